@@ -1,0 +1,3 @@
+from fakebank.cli import main
+
+main()

@@ -1,0 +1,35 @@
+"""Error kinds of fakebank, each with the exit code the CLI turns it into.
+
+Every module raises these (never ``sys.exit``); ``cli.main`` is the one place that maps them to exit codes.
+Messages say what went wrong and what to do next.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+
+class FakebankError(Exception):
+    """Base of every error fakebank raises on purpose."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(FakebankError):
+    """The command was asked for something it cannot do (bad option, bad value)."""
+
+
+class CheckpointError(FakebankError):
+    """A weights spec could not be resolved, read or loaded strictly."""
+
+
+class BankError(FakebankError):
+    """A bank folder is missing, locked, corrupt or built with another model."""
+
+
+class InputError(FakebankError):
+    """One input file could not be used; the rest of the batch goes on."""
+
+    exit_code = EXIT_SOME_FAILED
