@@ -1,0 +1,323 @@
+"""The one facade that joins the extractor and the bank; the CLI and the HTTP service both call it.
+
+Last stage before the user (embed + bank + decide → **api** → cli, service). Every JSON record the
+contract (DESIGN §2) names is built here and only here, so the CLI and the service cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from fakebank.bank import Bank, BankWriter, NewItem, check_label, check_model, default_bank_path, read_manifest
+from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote
+from fakebank.errors import BankError, UsageError
+from fakebank.pdq import PDQ_MIN_QUALITY, hamming
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".avif", ".heic"}
+COMMIT_EVERY_ITEMS = 64  # a crash during `add` loses at most this many embedded images …
+COMMIT_EVERY_S = 15.0  # … or this many seconds of work; a rerun skips what was committed
+DEFAULT_K = 10
+
+
+def expand_inputs(paths: Sequence[str | os.PathLike], recursive: bool = False) -> list[str]:
+    """Files named directly are kept as given; folders contribute their images (recursively with -r)."""
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            walker = path.rglob("*") if recursive else path.iterdir()
+            out.extend(str(f) for f in sorted(walker) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(str(path))  # a missing file becomes a per-input error later
+    return out
+
+
+class Fakebank:
+    """A bank plus (lazily) the model that fills and queries it."""
+
+    def __init__(
+        self,
+        bank: str | os.PathLike | None = None,
+        *,
+        weights: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int | None = None,
+        positive_label: str | None = None,
+    ) -> None:
+        self.bank_path = Path(bank) if bank else default_bank_path()
+        self._weights = weights
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+        self.positive_label = positive_label
+        self._lock = threading.Lock()
+
+    # -- model --------------------------------------------------------------------------------------
+
+    def weights_spec(self) -> str | None:
+        """--weights > the spec the bank was built with > FAKEBANK_WEIGHTS > the authors' release."""
+        if self._weights:
+            return self._weights
+        try:
+            model = read_manifest(self.bank_path).get("model") or {}
+        except BankError:
+            model = {}
+        return model.get("spec")
+
+    @cached_property
+    def extractor(self):
+        from fakebank.embed import DEFAULT_BATCH_SIZE, Extractor  # torch is imported only when needed
+        from fakebank.model import load_model
+
+        model = load_model(self.weights_spec(), positive_label=self.positive_label)
+        return Extractor(model, device=self.device, precision=self.precision,
+                         batch_size=self.batch_size or DEFAULT_BATCH_SIZE)
+
+    @cached_property
+    def model_info(self) -> dict:
+        m = self.extractor.model
+        return {
+            "spec": m.spec,
+            "name": m.name,
+            "revision": m.revision,
+            "trained": m.trained,
+            "arch": m.arch,
+            "identity_hash": m.identity_hash,
+            "identity": m.identity,
+        }
+
+    def model_record(self) -> dict:
+        info = self.model_info
+        return {"name": info["name"], "revision": info["revision"], "trained": info["trained"]}
+
+    # -- bank snapshot ------------------------------------------------------------------------------
+
+    def open_bank(self) -> Bank:
+        return Bank.open(self.bank_path)
+
+    def writer(self, *, with_model: bool = True) -> BankWriter:
+        if with_model:
+            return BankWriter(self.bank_path, model_info=self.model_info, embedding_dim=self.extractor.model.embed_dim)
+        return BankWriter(self.bank_path, create=False)
+
+    # -- add ------------------------------------------------------------------------------------------
+
+    def add(
+        self,
+        files: Iterable[str],
+        *,
+        label: str = "fake",
+        source: str | None = None,
+        campaign: str | None = None,
+        note: str | None = None,
+        sources: Iterable | None = None,
+    ) -> Iterator[dict]:
+        """Embed and add images; yields one record per input once its outcome is durable.
+
+        Commits every COMMIT_EVERY_ITEMS images or COMMIT_EVERY_S seconds, so a crash loses little and a
+        rerun skips (as `duplicate`) every image already committed.
+        """
+        from fakebank.embed import Embedding, FailedInput, Source
+
+        check_label(label)
+        inputs = sources if sources is not None else (Source(f) for f in files)
+        with self.writer() as w:
+            pending: list[tuple[NewItem, str]] = []
+            seen: dict[str, str] = {}
+            last_commit = time.monotonic()
+
+            def flush() -> Iterator[dict]:
+                nonlocal pending, last_commit
+                if pending:
+                    ids = w.add([item for item, _ in pending])
+                    for (item, path), item_id in zip(pending, ids):
+                        yield self._add_record(path, item_id, item.sha256, "added", item.p_fake, label)
+                pending = []
+                last_commit = time.monotonic()
+
+            for result in self.extractor.extract(inputs, skip=lambda sha: w.bank.id_of_sha256(sha) is not None or sha in seen):
+                if isinstance(result, FailedInput):
+                    yield self._add_record(result.path, None, None, "error", None, None, result.error)
+                    continue
+                # Skipped (known before decoding) or embedded: either way, never add a sha256 twice.
+                existing = w.bank.id_of_sha256(result.sha256)
+                if existing is not None or result.sha256 in seen or not isinstance(result, Embedding):
+                    yield self._add_record(result.path, existing, result.sha256, "duplicate", None,
+                                           w.bank.item(existing)["label"] if existing is not None else label)
+                    continue
+                seen[result.sha256] = result.path
+                pending.append((NewItem(
+                    sha256=result.sha256, path=result.path, label=label, p_fake=result.p_fake,
+                    logit=result.logit, pdq=result.pdq.hash, pdq_quality=result.pdq.quality,
+                    cls=result.cls, patch=result.patch, width=result.width, height=result.height,
+                    source=source, campaign=campaign, note=note,
+                ), result.path))
+                if len(pending) >= COMMIT_EVERY_ITEMS or time.monotonic() - last_commit >= COMMIT_EVERY_S:
+                    yield from flush()
+            yield from flush()
+
+    @staticmethod
+    def _add_record(path, item_id, sha256, status, p_fake, label, error=None) -> dict:
+        return {"path": path, "id": item_id, "sha256": sha256, "status": status, "p_fake": p_fake,
+                "label": label, "error": error}
+
+    # -- query ---------------------------------------------------------------------------------------
+
+    def query(self, files: Iterable[str], *, k: int = DEFAULT_K, sources: Iterable | None = None) -> Iterator[dict]:
+        """One verdict record per input (contract: DESIGN §2 `query`)."""
+        from fakebank.embed import FailedInput, Source
+
+        if k < 1:
+            raise UsageError(f"-k must be ≥ 1, not {k}")
+        bank = self.open_bank()
+        check_model(bank.manifest, self.model_info, self.bank_path)
+        params = FusionParams.from_dict(bank.manifest.get("fusion"))
+        inputs = sources if sources is not None else (Source(f) for f in files)
+        for result in self.extractor.extract(inputs):
+            if isinstance(result, FailedInput):
+                yield {"path": result.path, "sha256": None, "verdict": None, "reason": None, "score": None,
+                       "p_model": None, "p_knn": None, "match": None, "neighbors": [],
+                       "model": self.model_record(), "error": result.error}
+                continue
+            neighbors = self.neighbors(bank, result, k, params)
+            yield self.query_record(result.path, result.sha256, decide(result.logit, neighbors, params))
+
+    def neighbors(self, bank: Bank, emb, k: int, params: FusionParams) -> list[Neighbor]:
+        """Top-k by cls cosine ∪ every PDQ match (dihedral, ≤ threshold), closest first."""
+        if len(bank) == 0:
+            return []
+        sims, ids = bank.search("cls", emb.cls[None, :], k)
+        candidates = {int(i) for i in ids[0] if i >= 0}
+        query_usable = emb.pdq.quality >= PDQ_MIN_QUALITY
+        if query_usable:
+            codes = np.frombuffer(b"".join(emb.pdq.dihedral), np.uint8).reshape(-1, 32)
+            for hits in bank.pdq_within(codes, params.pdq_threshold):
+                candidates.update(i for i, _ in hits)
+        out = []
+        for item_id in candidates:
+            r = bank.row(item_id)
+            sim = float(bank.vectors["cls"][r] @ emb.cls)
+            dist = None
+            if query_usable and bank.pdq_quality[r] >= PDQ_MIN_QUALITY:
+                stored = bank.pdq_codes[r].tobytes()
+                dist = min(hamming(h, stored) for h in emb.pdq.dihedral)
+            meta = bank.table
+            out.append(Neighbor(
+                id=item_id, path=meta.column("path")[r].as_py(), label=str(bank.labels[r]),
+                campaign=meta.column("campaign")[r].as_py(), similarity=round(sim, 6), pdq_distance=dist,
+            ))
+        out.sort(key=lambda n: -n.similarity)
+        return out
+
+    def query_record(self, path: str, sha256: str, d: Decision) -> dict:
+        return {
+            "path": path,
+            "sha256": sha256,
+            "verdict": d.verdict,
+            "reason": d.reason,
+            "score": round(d.score, 6),
+            "p_model": round(d.p_model, 6),
+            "p_knn": None if d.p_knn is None else round(d.p_knn, 6),
+            "match": d.match.to_dict() if d.match else None,
+            "neighbors": [n.to_dict() for n in d.neighbors],
+            "model": self.model_record(),
+        }
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        bank = self.open_bank()
+        m = bank.manifest
+        size = sum(p.stat().st_size for p in self.bank_path.iterdir() if p.is_file())
+        model = m.get("model") or {}
+        return {
+            "bank": str(self.bank_path),
+            "format_version": m["format_version"],
+            "items": m["counts"]["items"],
+            "labels": {k: v for k, v in m["counts"].items() if k != "items"},
+            "model": {k: model.get(k) for k in ("name", "revision", "trained", "arch", "spec", "identity_hash")},
+            "embedding_dim": m["embedding_dim"],
+            "indexes": {k: v["factory"] for k, v in m.get("indexes", {}).items()},
+            "fusion": FusionParams.from_dict(m.get("fusion")).to_dict(),
+            "created_at": m["created_at"],
+            "updated_at": m["updated_at"],
+            "bytes_on_disk": size,
+        }
+
+    def label(self, ids: Sequence[int], label: str) -> list[dict]:
+        check_label(label)
+        with self.writer(with_model=False) as w:
+            w.set_label(ids, label)
+            return [{"id": int(i), "label": label, "status": "updated"} for i in ids]
+
+    def remove(self, ids: Sequence[int]) -> list[dict]:
+        with self.writer(with_model=False) as w:
+            w.remove(ids)
+            return [{"id": int(i), "status": "removed"} for i in ids]
+
+    def calibrate(self, folder: str | os.PathLike, *, k: int = DEFAULT_K) -> dict:
+        """Fit the fusion weights on DIR/fake and DIR/real against this bank; store them in the manifest."""
+        from fakebank.embed import Embedding
+
+        folder = Path(folder)
+        fake, real = expand_inputs([folder / "fake"], True), expand_inputs([folder / "real"], True)
+        if not (folder / "fake").is_dir() or not (folder / "real").is_dir():
+            raise UsageError(f"{folder} must hold fake/ and real/ sub-folders of images")
+        if not fake or not real:
+            raise UsageError(f"{folder}: need images in both fake/ ({len(fake)}) and real/ ({len(real)})")
+        bank = self.open_bank()
+        check_model(bank.manifest, self.model_info, self.bank_path)
+        base = FusionParams.from_dict(bank.manifest.get("fusion"))
+        truth = {p: 1 for p in fake} | {p: 0 for p in real}
+        logits, knn, ys, failed = [], [], [], []
+        for e in self.extractor.extract(fake + real):
+            if not isinstance(e, Embedding):
+                failed.append(e.path)
+                continue
+            # An image that is itself in the bank would teach the fusion to trust exact copies only.
+            neigh = [n for n in self.neighbors(bank, e, k + 1, base) if n.id != bank.id_of_sha256(e.sha256)][:k]
+            logits.append(e.logit)
+            knn.append(knn_vote(neigh, base))
+            ys.append(truth[e.path])
+        if len(set(ys)) < 2:
+            raise UsageError(f"{folder}: too few decodable images of each class to calibrate")
+        y = np.asarray(ys)
+        before = _scores(np.asarray(logits), knn, base)
+        fitted = fit_fusion(np.asarray(logits), knn, y, base)
+        fitted = FusionParams(**{**fitted.to_dict(),
+                                 "source": f"calibrate {folder} on {datetime.now(timezone.utc).date()}"})
+        after = _scores(np.asarray(logits), knn, fitted)
+        with self.writer(with_model=False) as w:
+            w.set_fusion(fitted.to_dict())
+        return {
+            "images": len(y), "fake": int(y.sum()), "real": int(len(y) - y.sum()), "failed": failed,
+            "before": _metrics(before, y, base.threshold), "after": _metrics(after, y, fitted.threshold),
+            "fusion": fitted.to_dict(),
+        }
+
+
+def _scores(logits: np.ndarray, knn: list, params: FusionParams) -> np.ndarray:
+    return np.array([fuse(float(lg), p, params) for lg, p in zip(logits, knn)])
+
+
+def _metrics(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict:
+    return {"accuracy": round(float(((scores > threshold) == (y == 1)).mean()), 4),
+            "average_precision": round(average_precision(scores, y), 4)}
+
+
+def average_precision(scores: np.ndarray, y: np.ndarray) -> float:
+    order = np.argsort(-scores, kind="stable")
+    hits = (y[order] == 1).astype(np.float64)
+    if hits.sum() == 0:
+        return 0.0
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision_at * hits).sum() / hits.sum())

@@ -1,0 +1,231 @@
+"""The `fakebank` command line (DESIGN §2): parse → api → print.
+
+JSON Lines on stdout with --json (field names are a contract); progress and human text on stderr.
+Exit codes: 0 success, 1 some inputs failed (the rest were done), 2 usage error. Errors become exit
+codes in `main` only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from fakebank.api import DEFAULT_K, Fakebank, expand_inputs
+from fakebank.errors import EXIT_SOME_FAILED, FakebankError
+
+app = typer.Typer(
+    name="fakebank",
+    help="A bank of known AI-generated images: have we seen this before, is it fake, which campaign?",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+
+BankOpt = Annotated[Optional[Path], typer.Option("--bank", help="Bank folder [env FAKEBANK_BANK; default indexes/default].")]
+WeightsOpt = Annotated[Optional[str], typer.Option(
+    "--weights", help="Folder, .safetensors file, hf:OWNER/NAME[@REV] or untrained:ARCH[:SEED] "
+    "[default: the bank's model, else env FAKEBANK_WEIGHTS, else hf:OwensLab/commfor-model-384].")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA and on CPUs with native bf16, else fp32).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per forward pass [default 8].")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout (a stable contract).")]
+PositiveOpt = Annotated[Optional[str], typer.Option(
+    "--positive-label", help="Which checkpoint label is the fake/positive class, when it cannot be told.")]
+
+
+def _command(fn):
+    """Register a command whose FakebankErrors become a message on stderr and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FakebankError as e:
+            err.print("error: " + str(e), highlight=False, markup=False)
+            raise typer.Exit(e.exit_code) from None
+
+    return app.command()(wrapper)
+
+
+def _fb(bank, weights=None, device="auto", precision="auto", batch_size=None, positive_label=None) -> Fakebank:
+    return Fakebank(bank, weights=weights, device=device, precision=precision, batch_size=batch_size,
+                    positive_label=positive_label)
+
+
+def _emit(record: dict, as_json: bool, human) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+    else:
+        human(record)
+
+
+@contextmanager
+def _progress(total: int, what: str, as_json: bool):
+    """A rich progress bar on stderr; silent with --json or when stderr is not a terminal."""
+    if as_json or not err.is_terminal or total <= 1:
+        yield lambda: None
+        return
+    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda: bar.advance(task)
+
+
+def _warn_untrained(fb: Fakebank) -> None:
+    if not fb.model_info["trained"]:
+        err.print(f"[yellow]warning:[/] {fb.model_info['name']} has random weights: p_fake and verdicts are "
+                  "meaningless, but matching against the bank is real. Set FAKEBANK_WEIGHTS for real scores.")
+
+
+@_command
+def add(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")] = False,
+    label: Annotated[str, typer.Option("--label", help="fake | real | unknown")] = "fake",
+    source: Annotated[Optional[str], typer.Option("--source", help="Where these came from.")] = None,
+    campaign: Annotated[Optional[str], typer.Option("--campaign", help="Known campaign name (ground truth).")] = None,
+    note: Annotated[Optional[str], typer.Option("--note")] = None,
+    bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Embed images and add them to the bank (resumable: what is already there is skipped)."""
+    fb = _fb(bank, weights, device, precision, batch_size, positive_label)
+    files = expand_inputs(paths, recursive)
+    if not files:
+        raise typer.BadParameter("no images found (folders are searched for image files; use -r for sub-folders)")
+    _warn_untrained(fb)
+    counts = {"added": 0, "duplicate": 0, "error": 0}
+
+    def human(r: dict) -> None:
+        if r["status"] == "error":
+            err.print("error " + r['error'], markup=False, highlight=False)
+        elif r["status"] == "duplicate":
+            out.print(f"duplicate  id={r['id']}  {r['path']}")
+        else:
+            out.print(f"added      id={r['id']}  p_fake={r['p_fake']:.3f}  {r['path']}")
+
+    with _progress(len(files), "adding", as_json) as tick:
+        for r in fb.add(files, label=label, source=source, campaign=campaign, note=note):
+            counts[r["status"]] += 1
+            _emit(r, as_json, human)
+            tick()
+    err.print(f"{counts['added']} added, {counts['duplicate']} already in the bank, {counts['error']} failed "
+              f"→ {fb.bank_path}")
+    if counts["error"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@_command
+def query(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours to look up.")] = DEFAULT_K,
+    recursive: Annotated[bool, typer.Option("-r", "--recursive")] = False,
+    bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Verdicts for images: known copy? what do the model and the nearest known items say?"""
+    fb = _fb(bank, weights, device, precision, batch_size, positive_label)
+    files = expand_inputs(paths, recursive)
+    if not files:
+        raise typer.BadParameter("no images found")
+    _warn_untrained(fb)
+    failed = 0
+
+    def human(r: dict) -> None:
+        if r.get("error"):
+            err.print("error " + r['error'], markup=False, highlight=False)
+            return
+        colour = {"fake": "red", "real": "green"}.get(r["verdict"], "yellow")
+        line = (f"[{colour}]{r['verdict']:9}[/] score={r['score']:.3f} p_model={r['p_model']:.3f} "
+                f"p_knn={'-' if r['p_knn'] is None else format(r['p_knn'], '.3f')} ({r['reason']})  {r['path']}")
+        if r["match"]:
+            m = r["match"]
+            line += (f"\n           ↳ copy of #{m['id']} ({m['label']}) {m['path']} "
+                     f"(similarity {m['similarity']:.3f}, pdq distance {m['pdq_distance']})")
+        out.print(line)
+
+    with _progress(len(files), "querying", as_json) as tick:
+        for r in fb.query(files, k=k):
+            failed += bool(r.get("error"))
+            _emit(r, as_json, human)
+            tick()
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@_command
+def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
+    """What is in the bank, and which model built it."""
+    r = _fb(bank).info()
+    if as_json:
+        _emit(r, True, None)
+        return
+    m = r["model"]
+    out.print(f"bank        {r['bank']}  (format {r['format_version']}, {r['bytes_on_disk'] / 1e6:.1f} MB)")
+    out.print(f"items       {r['items']}  " + "  ".join(f"{k}={v}" for k, v in r["labels"].items()))
+    out.print(f"model       {m['name']} rev={m['revision']} arch={m['arch']} trained={m['trained']} "
+              f"identity={str(m['identity_hash'])[:12]}")
+    out.print(f"indexes     " + ", ".join(f"{k}: {v}" for k, v in r["indexes"].items()))
+    f = r["fusion"]
+    out.print(f"fusion      w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f} "
+              f"min_sim={f['min_similarity']} dup_sim={f['duplicate_similarity']} ({f['source']})")
+    out.print(f"updated     {r['updated_at']}")
+
+
+@_command
+def label(
+    ids: Annotated[list[int], typer.Argument(help="Item ids (see query/add output).")],
+    new_label: Annotated[str, typer.Option("--label", help="fake | real | unknown")],
+    bank: BankOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Change items' labels (an analyst override; takes effect on the next query)."""
+    for r in _fb(bank).label(ids, new_label):
+        _emit(r, as_json, lambda r: out.print(f"#{r['id']} → {r['label']}"))
+
+
+@_command
+def remove(
+    ids: Annotated[list[int], typer.Argument(help="Item ids.")],
+    bank: BankOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Remove items from the bank."""
+    for r in _fb(bank).remove(ids):
+        _emit(r, as_json, lambda r: out.print(f"#{r['id']} removed"))
+
+
+@_command
+def calibrate(
+    folder: Annotated[Path, typer.Argument(help="Folder with fake/ and real/ sub-folders of labelled images.")],
+    k: Annotated[int, typer.Option("-k", min=1)] = DEFAULT_K,
+    bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Fit the model/neighbour fusion weights on labelled images and store them in the bank."""
+    fb = _fb(bank, weights, device, precision, batch_size, positive_label)
+    _warn_untrained(fb)
+    r = fb.calibrate(folder, k=k)
+    if as_json:
+        _emit(r, True, None)
+        return
+    out.print(f"{r['images']} images ({r['fake']} fake, {r['real']} real), {len(r['failed'])} failed")
+    for when in ("before", "after"):
+        out.print(f"{when:7} accuracy={r[when]['accuracy']:.4f}  AP={r[when]['average_precision']:.4f}")
+    f = r["fusion"]
+    out.print(f"stored  w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f}")
+
+
+def main() -> None:
+    """Entry point for the console script and `python -m fakebank`."""
+    app()

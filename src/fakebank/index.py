@@ -1,0 +1,117 @@
+"""FAISS only: choose an index for a size, build it from vectors, search it, save and load it.
+
+Sits under the bank (the bank owns meaning; this module only maps int64 ids to vectors). Every
+approximate index is checked in tests against ``exact_search``, the brute-force oracle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+# DESIGN §5: below this batch size FAISS skips BLAS for flat search and runs ≈8× slower.
+faiss.cvar.distance_compute_blas_threshold = 20
+
+EXACT_LIMIT = 100_000  # below: exact inner product search (≈8 ms/query at 100k × 384)
+HNSW_LIMIT = 10_000_000  # below: HNSW32 (0.3–0.5 ms/query at 1M, recall@10 ≥ 0.95 with efSearch 128)
+HNSW_EF_SEARCH = 128
+BYTES_PER_FLOAT = 4
+
+
+def choose_factory(n: int, dim: int, memory_budget_bytes: int = 8 << 30) -> str:
+    """The index for `n` vectors of `dim` floats: a pure function of size and memory budget.
+
+    Exact below EXACT_LIMIT; HNSW over full vectors while they fit the budget; IVF-PQ beyond (tens of
+    millions), whose codes are 64 bytes a vector.
+    """
+    if n < EXACT_LIMIT:
+        return "IDMap2,Flat"
+    full = n * dim * BYTES_PER_FLOAT * 1.3  # HNSW32 links add ≈30% at d=384
+    if n < HNSW_LIMIT and full <= memory_budget_bytes:
+        return "IDMap2,HNSW32,Flat"
+    nlist = int(min(65536, max(4096, 4 * np.sqrt(n))))
+    return f"IDMap2,IVF{nlist},PQ64"
+
+
+def build(factory: str, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    """An inner-product index over L2-normalised float32 vectors, keyed by int64 ids."""
+    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    _tune(index)
+    if len(ids):
+        if not index.is_trained:
+            index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+    return index
+
+
+def add(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> None:
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities [Q, k], ids [Q, k]); missing neighbours have id -1."""
+    k = max(1, k)
+    if index.ntotal == 0:
+        q = len(queries)
+        return np.full((q, k), -np.inf, np.float32), np.full((q, k), -1, np.int64)
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force oracle with the same output convention as `search`."""
+    sims = queries @ vectors.T
+    k_eff = min(k, len(ids))
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k_eff]
+    out_s = np.full((len(queries), k), -np.inf, np.float32)
+    out_i = np.full((len(queries), k), -1, np.int64)
+    out_s[:, :k_eff] = np.take_along_axis(sims, order, axis=1)
+    out_i[:, :k_eff] = ids[order]
+    return out_s, out_i
+
+
+def build_binary(codes: np.ndarray, ids: np.ndarray) -> faiss.IndexBinary:
+    """Exact Hamming index over 256-bit codes (BinaryFlat: exact, ≈1 ms/query at 1M; DESIGN §5).
+
+    Not IndexBinaryMultiHash: holding one vector, it loses it after a save/load round trip.
+    """
+    index = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(256))
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(codes, dtype=np.uint8), ids.astype(np.int64))
+    return index
+
+
+def binary_within(index: faiss.IndexBinary, queries: np.ndarray, max_distance: int) -> list[list[tuple[int, int]]]:
+    """Per query, every (id, hamming distance) with distance ≤ max_distance (inclusive)."""
+    if index.ntotal == 0 or len(queries) == 0:
+        return [[] for _ in range(len(queries))]
+    # FAISS binary range search keeps distances strictly below the radius.
+    lims, dist, ids = index.range_search(np.ascontiguousarray(queries, dtype=np.uint8), max_distance + 1)
+    return [
+        [(int(ids[j]), int(dist[j])) for j in range(lims[i], lims[i + 1])] for i in range(len(queries))
+    ]
+
+
+def save(index: faiss.Index | faiss.IndexBinary, path: Path) -> None:
+    if isinstance(index, faiss.IndexBinary):
+        faiss.write_index_binary(index, str(path))
+    else:
+        faiss.write_index(index, str(path))
+
+
+def load(path: Path, binary: bool = False) -> faiss.Index | faiss.IndexBinary:
+    index = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
+    if not binary:
+        _tune(index)
+    return index
+
+
+def _tune(index: faiss.Index) -> None:
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = HNSW_EF_SEARCH
+    elif isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = 32

@@ -1,0 +1,312 @@
+"""Checkpoint → a timm ViT in eval mode, with its preprocessing, label semantics and identity.
+
+Second stage of the flow (spec → checkpoint → **model** → embed). Sizes come from the checkpoint's
+config and tensor shapes, never from constants; loading is strict. Preprocessing is resolved as timm
+does it: checkpoint config first, then the authors' recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from functools import partial
+
+import torch
+import timm
+from torch import nn
+from timm.models.vision_transformer import VisionTransformer
+
+from fakebank.checkpoints import (
+    LAYOUT_TIMM,
+    LAYOUT_TRANSFORMERS,
+    LAYOUT_WRAPPER,
+    Checkpoint,
+    default_weights_spec,
+    read_checkpoint,
+)
+from fakebank.errors import CheckpointError
+from fakebank.preprocess import COMMFOR_PREPROCESSING, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+# Label names that mean "the class this tool flags" when a checkpoint has several outputs.
+POSITIVE_LABEL_NAMES = ("fake", "ai", "ai-generated", "ai_generated", "generated", "synthetic", "deepfake",
+                        "artificial", "nsfw")
+# The authors resize the shorter side to 440 for a 384 crop (and 256 for 224): ratio 440/384.
+COMMFOR_RESIZE_RATIO = 440 / 384
+_STANDARD_VIT_NAMES = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large"}
+_PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+@dataclass(frozen=True)
+class LabelSemantics:
+    """How the head's outputs turn into P(positive class)."""
+
+    num_outputs: int
+    positive_index: int
+    positive_name: str
+
+    def logit(self, out: torch.Tensor) -> torch.Tensor:
+        """Log-odds of the positive class, [B]. One output: itself; several: softmax log-odds vs the rest."""
+        out = out.float()
+        if self.num_outputs == 1:
+            return out[:, 0]
+        pos = out[:, self.positive_index]
+        rest = torch.cat([out[:, : self.positive_index], out[:, self.positive_index + 1 :]], dim=1)
+        return pos - torch.logsumexp(rest, dim=1)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    module: nn.Module
+    spec: str
+    name: str
+    revision: str | None
+    trained: bool
+    arch: str
+    embed_dim: int
+    preprocessing: Preprocessing
+    labels: LabelSemantics
+    weights_sha256: str
+
+    @property
+    def identity(self) -> dict:
+        """What a bank records: embeddings from a different identity are not comparable."""
+        return {
+            "arch": self.arch,
+            "weights_sha256": self.weights_sha256,
+            "preprocessing": self.preprocessing.to_dict(),
+            "labels": asdict(self.labels),
+        }
+
+    @property
+    def identity_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass → (logit [B], cls [B, D], patch [B, D]); embeddings not yet normalised."""
+        tokens = self.module.forward_features(pixels)
+        cls = self.module.forward_head(tokens, pre_logits=True)
+        logits = self.module.head(cls)
+        patch = tokens[:, self.module.num_prefix_tokens :].mean(dim=1)
+        return self.labels.logit(logits), cls, patch
+
+
+def load_model(spec: str | None = None, *, positive_label: str | None = None) -> LoadedModel:
+    """Build the model a weights spec names (None → FAKEBANK_WEIGHTS or the authors' release)."""
+    spec = spec or default_weights_spec()
+    if spec.startswith("untrained:"):
+        return _untrained(spec)
+    ckpt = read_checkpoint(spec)
+    if ckpt.layout == LAYOUT_TIMM and "architecture" in ckpt.config:
+        module, arch = _build_timm(ckpt)
+    else:
+        module, arch = _build_vit_from_shapes(ckpt)
+    _load_strict(module, ckpt.state_dict, ckpt.spec)
+    module.eval()
+    num_outputs = module.head.out_features
+    return LoadedModel(
+        module=module,
+        spec=spec,
+        name=ckpt.name,
+        revision=ckpt.revision,
+        trained=True,
+        arch=arch,
+        embed_dim=module.embed_dim,
+        preprocessing=_resolve_preprocessing(ckpt, module),
+        labels=_resolve_labels(ckpt, num_outputs, positive_label),
+        weights_sha256=ckpt.weights_sha256,
+    )
+
+
+def _untrained(spec: str) -> LoadedModel:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[1]:
+        raise CheckpointError(f"bad spec {spec!r}: use untrained:ARCH[:SEED], e.g. untrained:vit_small_patch16_384:0")
+    arch, seed = parts[1], parts[2] if len(parts) == 3 else "0"
+    if not seed.isdigit():
+        raise CheckpointError(f"bad seed in {spec!r}: the seed must be a non-negative integer")
+    if arch not in timm.list_models():
+        raise CheckpointError(f"unknown timm architecture {arch!r} in {spec!r} (see timm.list_models('vit*'))")
+    with torch.random.fork_rng():
+        torch.manual_seed(int(seed))
+        module = timm.create_model(arch, pretrained=False, num_classes=1).eval()
+    if not isinstance(module, VisionTransformer):
+        raise CheckpointError(f"{arch} is not a ViT; fakebank needs class and patch tokens")
+    h = hashlib.sha256(f"untrained:{arch}:{seed}".encode())
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().numpy().tobytes())
+    size = module.patch_embed.img_size[0]
+    return LoadedModel(
+        module=module,
+        spec=spec,
+        name=f"untrained:{arch}",
+        revision=seed,
+        trained=False,
+        arch=arch,
+        embed_dim=module.embed_dim,
+        preprocessing=_commfor_recipe(size),
+        labels=LabelSemantics(1, 0, "fake"),
+        weights_sha256=h.hexdigest(),
+    )
+
+
+def _build_timm(ckpt: Checkpoint) -> tuple[nn.Module, str]:
+    cfg = ckpt.config
+    arch = cfg["architecture"]
+    num_classes = _head_rows(ckpt)
+    try:
+        module = timm.create_model(arch, pretrained=False, num_classes=num_classes, **cfg.get("model_args", {}))
+    except Exception as e:  # noqa: BLE001 - timm raises RuntimeError/TypeError/KeyError for bad configs
+        raise CheckpointError(f"{ckpt.spec}: timm cannot build {arch!r} from its config.json ({e})") from e
+    if not isinstance(module, VisionTransformer):
+        raise CheckpointError(f"{ckpt.spec}: {arch} is not a ViT; fakebank needs class and patch tokens")
+    return module, arch
+
+
+def _build_vit_from_shapes(ckpt: Checkpoint) -> tuple[nn.Module, str]:
+    """Build a timm VisionTransformer whose sizes come from the tensors (and the config for heads/eps)."""
+    sd, cfg = ckpt.state_dict, ckpt.config
+    for key in ("patch_embed.proj.weight", "pos_embed", "cls_token", "head.weight"):
+        if key not in sd:
+            hint = " — is this a backbone-only checkpoint? pass --weights to a classifier" if key == "head.weight" else ""
+            raise CheckpointError(f"{ckpt.spec}: missing key {key}{hint}")
+    embed_dim, _, patch, _ = sd["patch_embed.proj.weight"].shape
+    depth = len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+    grid = sd["pos_embed"].shape[1] - sd["cls_token"].shape[1]
+    side = math.isqrt(grid)
+    if side * side != grid:
+        raise CheckpointError(f"{ckpt.spec}: pos_embed holds {grid} patch positions, not a square grid")
+    img_size = side * patch
+    mlp_hidden = sd["blocks.0.mlp.fc1.weight"].shape[0] if depth else 4 * embed_dim
+    heads = cfg.get("num_attention_heads") or cfg.get("num_heads") or max(1, embed_dim // 64)
+    eps = cfg.get("layer_norm_eps", 1e-12 if ckpt.layout == LAYOUT_TRANSFORMERS else 1e-6)
+    module = VisionTransformer(
+        img_size=img_size,
+        patch_size=patch,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp_hidden / embed_dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in sd,
+        num_classes=_head_rows(ckpt),
+        global_pool="token",
+        norm_layer=partial(nn.LayerNorm, eps=eps),
+    )
+    size_name = _STANDARD_VIT_NAMES.get((embed_dim, depth))
+    arch = (
+        f"vit_{size_name}_patch{patch}_{img_size}"
+        if size_name
+        else f"vit_d{depth}_w{embed_dim}_h{heads}_patch{patch}_{img_size}"
+    )
+    return module, arch
+
+
+def _head_rows(ckpt: Checkpoint) -> int:
+    head = ckpt.state_dict.get("head.weight")
+    if head is None:
+        raise CheckpointError(
+            f"{ckpt.spec}: missing keys head.weight, head.bias — is this a backbone-only checkpoint? "
+            "pass --weights to a classifier"
+        )
+    return head.shape[0]
+
+
+def _load_strict(module: nn.Module, sd: dict[str, torch.Tensor], spec: str) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    mis_shaped = sorted(
+        f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and sd[k].shape != v.shape
+    )
+    problems = []
+    if missing:
+        problems.append("missing keys " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected keys " + ", ".join(unexpected))
+    if mis_shaped:
+        problems.append("mis-shaped keys " + "; ".join(mis_shaped))
+    if problems:
+        raise CheckpointError(f"{spec}: cannot load strictly: " + " | ".join(problems))
+    module.load_state_dict(sd, strict=True)
+
+
+def _commfor_recipe(size: int) -> Preprocessing:
+    if size == COMMFOR_PREPROCESSING.crop:
+        return COMMFOR_PREPROCESSING
+    resize = 256 if size == 224 else round(size * COMMFOR_RESIZE_RATIO)
+    return Preprocessing(resize=resize, crop=size, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def _resolve_preprocessing(ckpt: Checkpoint, module: nn.Module) -> Preprocessing:
+    size = module.patch_embed.img_size[0]
+    pre = ckpt.preprocessor_config
+    if ckpt.layout == LAYOUT_TRANSFORMERS and pre:
+        return _from_transformers_processor(pre, size, ckpt.spec)
+    pcfg = ckpt.config.get("pretrained_cfg")
+    if ckpt.layout == LAYOUT_TIMM and pcfg:
+        img = int(pcfg.get("input_size", (3, size, size))[-1])
+        crop_pct = float(pcfg.get("crop_pct", 1.0))
+        return Preprocessing(
+            resize=math.floor(img / crop_pct),
+            crop=img,
+            interpolation=pcfg.get("interpolation", "bicubic"),
+            mean=tuple(pcfg.get("mean", IMAGENET_MEAN)),
+            std=tuple(pcfg.get("std", IMAGENET_STD)),
+        )
+    # The authors' wrapper (and bare files) carry no preprocessing: their recipe applies.
+    return _commfor_recipe(size)
+
+
+def _from_transformers_processor(pre: dict, size: int, spec: str) -> Preprocessing:
+    interpolation = _PIL_RESAMPLE.get(pre.get("resample", 2))
+    if interpolation is None:
+        raise CheckpointError(f"{spec}: preprocessor_config resample={pre.get('resample')} is not supported")
+    sz = pre.get("size", {"height": size, "width": size})
+    if isinstance(sz, int):
+        sz = {"shortest_edge": sz}
+    resize: int | tuple[int, int]
+    resize = int(sz["shortest_edge"]) if "shortest_edge" in sz else (int(sz["height"]), int(sz["width"]))
+    crop = None
+    if pre.get("do_center_crop"):
+        cs = pre.get("crop_size", size)
+        crop = int(cs["height"]) if isinstance(cs, dict) else int(cs)
+    if pre.get("do_rescale", True) and abs(float(pre.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
+        raise CheckpointError(f"{spec}: rescale_factor {pre.get('rescale_factor')} is not supported (only 1/255)")
+    normalize = pre.get("do_normalize", True)
+    return Preprocessing(
+        resize=resize,
+        crop=crop,
+        interpolation=interpolation,
+        mean=tuple(pre.get("image_mean", IMAGENET_MEAN)) if normalize else (0.0, 0.0, 0.0),
+        std=tuple(pre.get("image_std", IMAGENET_STD)) if normalize else (1.0, 1.0, 1.0),
+    )
+
+
+def _resolve_labels(ckpt: Checkpoint, num_outputs: int, positive_label: str | None) -> LabelSemantics:
+    cfg = ckpt.config
+    if "id2label" in cfg:
+        names = [str(cfg["id2label"][k]) for k in sorted(cfg["id2label"], key=int)]
+    elif "label_names" in cfg:
+        names = [str(n) for n in cfg["label_names"]]
+    else:
+        names = []
+    if num_outputs == 1:
+        # One logit: its sigmoid is P(positive). The authors' models use real:0, fake:1.
+        return LabelSemantics(1, 0, positive_label or (names[0] if names and not names[0].startswith("LABEL_") else "fake"))
+    if len(names) != num_outputs:
+        names = [f"LABEL_{i}" for i in range(num_outputs)]
+    wanted = [positive_label.lower()] if positive_label else list(POSITIVE_LABEL_NAMES)
+    lowered = [n.lower() for n in names]
+    for w in wanted:
+        if w in lowered:
+            i = lowered.index(w)
+            return LabelSemantics(num_outputs, i, names[i])
+    raise CheckpointError(
+        f"{ckpt.spec}: cannot tell which of the labels {names} is the fake/positive class; "
+        "pass --positive-label NAME"
+    )

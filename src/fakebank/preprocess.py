@@ -1,0 +1,306 @@
+"""Image file → upright 8-bit RGB PIL image → normalised float32 array for the model.
+
+Where it sits in the flow::
+
+    image file ──► preprocess.load_rgb ──► preprocess.to_array ──► embed (model)
+                        └──────────────────► pdq.pdq_hash
+
+``load_rgb`` is the one place that decodes untrusted files: it bounds the decoded size before any pixel
+is decoded (decompression bombs), takes the first frame of animations, applies EXIF orientation and
+converts every Pillow mode to 8-bit RGB. Every failure is an :class:`~fakebank.errors.InputError` that
+names the file and says what to do, so a batch can skip that file and go on.
+
+``to_array`` reproduces torchvision's ``Resize → CenterCrop → ToTensor → Normalize`` on a PIL image
+with Pillow and numpy only (same resampling, same rounding, same float32 arithmetic in the same order).
+
+This module never imports the model, torch or torchvision, and never changes Pillow's global settings
+(``ImageFile.LOAD_TRUNCATED_IMAGES``, ``Image.MAX_IMAGE_PIXELS``, warning filters): it is called from
+several threads at once.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fakebank.errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Bound on width × height, checked from the header before any pixel is decoded. 50 M pixels is a
+# 8660×5773 photo (150 MB as RGB); Pillow's own bomb limit (Image.MAX_IMAGE_PIXELS, ≈ 89.5 M) still
+# applies on top of it.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def _is_positive_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x > 0
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB image becomes the model's input (torchvision semantics, applied on PIL images).
+
+    ``resize``: an int resizes the shorter side to it and the longer side to
+    ``int(resize * long / short)`` (torchvision ``Resize(int)``); ``(h, w)`` resizes to exactly that.
+    ``crop``: centre crop to ``crop × crop`` (torchvision ``CenterCrop``, zero padding where the image is
+    smaller), or ``None``. ``interpolation``: ``"bilinear"`` or ``"bicubic"``, Pillow's resampling, which
+    antialiases when shrinking as torchvision does on PIL images. ``mean``/``std``: per RGB channel,
+    applied to pixel values scaled to [0, 1].
+    """
+
+    resize: int | tuple[int, int]
+    crop: int | None
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        resize = self.resize
+        if isinstance(resize, (list, tuple)):
+            if len(resize) != 2 or not all(_is_positive_int(s) for s in resize):
+                raise ValueError(f"Preprocessing.resize must be a positive int or (height, width), got {resize!r}")
+            object.__setattr__(self, "resize", (int(resize[0]), int(resize[1])))
+        elif not _is_positive_int(resize):
+            raise ValueError(f"Preprocessing.resize must be a positive int or (height, width), got {resize!r}")
+        if self.crop is not None and not _is_positive_int(self.crop):
+            raise ValueError(f"Preprocessing.crop must be a positive int or None, got {self.crop!r}")
+        if self.interpolation not in _RESAMPLE:
+            raise ValueError(
+                f"Preprocessing.interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}"
+            )
+        for field in ("mean", "std"):
+            value = getattr(self, field)
+            try:
+                value = tuple(float(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError(f"Preprocessing.{field} must be 3 numbers (R, G, B), got {value!r}") from None
+            if len(value) != 3 or not all(np.isfinite(value)):
+                raise ValueError(f"Preprocessing.{field} must be 3 finite numbers (R, G, B), got {value!r}")
+            object.__setattr__(self, field, value)
+        if not all(s > 0 for s in self.std):
+            raise ValueError(f"Preprocessing.std must be > 0 for every channel, got {self.std!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (tuples as lists); ``Preprocessing.from_dict`` reads it back unchanged."""
+        return {
+            "resize": list(self.resize) if isinstance(self.resize, tuple) else self.resize,
+            "crop": self.crop,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        keys = {"resize", "crop", "interpolation", "mean", "std"}
+        if not isinstance(d, dict) or set(d) != keys:
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"preprocessing record must have exactly the keys {sorted(keys)}, got {got}")
+        resize = d["resize"]
+        return cls(
+            resize=tuple(resize) if isinstance(resize, (list, tuple)) else resize,
+            crop=d["crop"],
+            interpolation=d["interpolation"],
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+        )
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square the model sees: the crop, or the resize when it is an exact square."""
+        if self.crop is not None:
+            return self.crop
+        if isinstance(self.resize, tuple) and self.resize[0] == self.resize[1]:
+            return self.resize[0]
+        raise ValueError(
+            f"preprocessing {self.to_dict()} gives no fixed square input: set crop, or resize to (n, n)"
+        )
+
+
+# The authors' reference recipe (Community-Forensics models.py): Resize(440), CenterCrop(384), ToTensor,
+# Normalize(ImageNet mean/std).
+COMMFOR_PREPROCESSING = Preprocessing(
+    resize=440, crop=384, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# file → RGB
+
+
+def load_rgb(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Decode an image file (a path, or the raw bytes of an upload) to an upright 8-bit RGB image.
+
+    ``name`` labels the file in error messages (default: the path, or ``"<bytes>"``). Images with more
+    than ``max_pixels`` pixels are refused from their header, before decoding; so is anything Pillow
+    itself flags as a decompression bomb (more than ``Image.MAX_IMAGE_PIXELS``). Animated images give
+    their first frame. EXIF orientation is applied. Alpha is dropped, not composited (as Meta's PDQ tools
+    do). Raises :class:`InputError` for any file that cannot be used.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "<bytes>"
+        data = bytes(source)
+        if not data:
+            raise InputError(f"{label}: the upload is empty (0 bytes); send the image file's contents")
+        fp: Any = io.BytesIO(data)
+    else:
+        label = name or os.fspath(source)
+        fp = os.fspath(source)
+        try:
+            st = os.stat(fp)
+        except FileNotFoundError:
+            raise InputError(f"{label}: no such file; check the path") from None
+        except OSError as e:
+            raise InputError(f"{label}: cannot be read ({e.strerror or e}); check the path and its permissions") from e
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{label}: is a folder, not an image file; pass the image files inside it")
+        if st.st_size == 0:
+            raise InputError(f"{label}: the file is empty (0 bytes); re-download or re-export it")
+
+    try:
+        with Image.open(fp) as im:
+            _check_pixels(im, label, max_pixels)
+            im.load()  # the first frame only; Pillow opens animations at frame 0
+            _upright(im)
+            return _to_rgb(im, label)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise InputError(
+            f"{label}: too many pixels for Pillow's decompression-bomb guard ({e}); "
+            "downscale it before indexing"
+        ) from e
+    except UnidentifiedImageError as e:
+        raise InputError(
+            f"{label}: not an image Pillow can read (unknown format or damaged header); "
+            "check that it is a JPEG, PNG, WebP, GIF, BMP or TIFF file, or re-download it"
+        ) from e
+    except FileNotFoundError:
+        raise InputError(f"{label}: no such file; check the path") from None
+    except PermissionError as e:
+        raise InputError(f"{label}: permission denied; check the file's permissions") from e
+    except MemoryError as e:
+        raise InputError(f"{label}: not enough memory to decode it; downscale it before indexing") from e
+    except Exception as e:  # noqa: BLE001 - Pillow's decoders raise OSError, SyntaxError, ValueError,
+        # struct.error, EOFError, IndexError … on damaged input; each is one unusable file, cause kept.
+        raise InputError(
+            f"{label}: is truncated or corrupt ({type(e).__name__}: {e}); re-download or re-export it"
+        ) from e
+
+
+def _check_pixels(im: Image.Image, label: str, max_pixels: int) -> None:
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise InputError(f"{label}: has no pixels ({width}×{height}); re-export it")
+    limit = max_pixels
+    if Image.MAX_IMAGE_PIXELS is not None:
+        # Pillow warns above MAX_IMAGE_PIXELS (and refuses above twice that): refuse those too, so that
+        # its warning always ends as this error. Changing warning filters per call is not thread-safe.
+        limit = min(limit, Image.MAX_IMAGE_PIXELS)
+    if width * height > limit:
+        raise InputError(
+            f"{label}: {width}×{height} = {width * height:,} pixels is more than the limit of {limit:,} "
+            "(decompression-bomb guard); downscale it, or raise max_pixels if the file is trusted"
+        )
+
+
+def _upright(im: Image.Image) -> None:
+    """Apply the EXIF orientation tag, in place (no copy of an image that is already upright). An
+    unreadable EXIF block leaves the image as stored, which is what any viewer that ignores EXIF shows;
+    it does not make the pixels unusable."""
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, IndexError):  # damaged EXIF block
+        pass
+
+
+def _to_rgb(im: Image.Image, label: str) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB, with the right scaling for high-bit-depth and float modes."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("1", "L", "LA", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
+        # CMYK: Pillow's JPEG decoder already undoes Adobe's inverted CMYK, so this is not inverted.
+        # Alpha (LA, RGBA) is dropped, as Meta's PDQ tools drop it.
+        return im.convert("RGB")
+    if mode in ("P", "PA"):
+        # Palette with transparency goes through RGBA (Pillow's recommended path), then drops alpha.
+        has_alpha = mode == "PA" or "transparency" in im.info or (im.palette is not None and "A" in im.palette.mode)
+        return im.convert("RGBA").convert("RGB") if has_alpha else im.convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit range → 8 bits by dropping the low byte. Pillow's own I→RGB conversion clips at 255,
+        # which turns a 16-bit image almost entirely white.
+        values = np.asarray(im).astype(np.int64)
+        gray = np.clip(values >> 8, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        if values.size and values.max() <= 1.0:  # a [0, 1] float image
+            values = values * np.float32(255.0)
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    try:
+        return im.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise InputError(
+            f"{label}: pixel mode {mode!r} cannot be converted to RGB; re-save it as PNG or JPEG"
+        ) from e
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RGB → normalised array
+
+
+def to_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
+    """RGB PIL image → float32 ``[3, H, W]`` C-contiguous array, as torchvision's
+    ``Compose([Resize, CenterCrop, ToTensor, Normalize])`` computes it on the same image."""
+    if img.mode != "RGB":
+        raise ValueError(f"to_array needs an RGB image (use load_rgb), got mode {img.mode!r}")
+    img = _resize(img, pre.resize, _RESAMPLE[pre.interpolation])
+    if pre.crop is not None:
+        img = _center_crop(img, pre.crop)
+    chw = np.asarray(img).transpose(2, 0, 1).astype(np.float32, order="C")
+    # ToTensor: x / 255; Normalize: (x - mean) / std, all float32, in torchvision's order.
+    chw /= np.float32(255.0)
+    chw -= np.asarray(pre.mean, dtype=np.float32)[:, None, None]
+    chw /= np.asarray(pre.std, dtype=np.float32)[:, None, None]
+    return chw
+
+
+def _resize(img: Image.Image, size: int | tuple[int, int], resample: Image.Resampling) -> Image.Image:
+    w, h = img.size
+    if isinstance(size, tuple):
+        new_h, new_w = size
+    else:  # torchvision _compute_resized_output_size: the shorter side to `size`, the longer truncated
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = size, int(size * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), resample)
+
+
+def _center_crop(img: Image.Image, crop: int) -> Image.Image:
+    """torchvision CenterCrop: round((size - crop) / 2) offset; a side shorter than the crop is padded with
+    zeros, ``(crop - size) // 2`` before it (Pillow's crop fills outside the image with zeros)."""
+    w, h = img.size
+    if (w, h) == (crop, crop):
+        return img
+    left = -((crop - w) // 2) if crop > w else int(round((w - crop) / 2.0))
+    top = -((crop - h) // 2) if crop > h else int(round((h - crop) / 2.0))
+    return img.crop((left, top, left + crop, top + crop))
