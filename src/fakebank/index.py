@@ -110,7 +110,8 @@ def load(path: Path, binary: bool = False) -> faiss.Index | faiss.IndexBinary:
 
 
 def _tune(index: faiss.Index) -> None:
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    outer = faiss.downcast_index(index)
+    inner = faiss.downcast_index(outer.index) if hasattr(outer, "index") else outer
     if isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efSearch = HNSW_EF_SEARCH
     elif isinstance(inner, faiss.IndexIVF):
