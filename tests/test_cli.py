@@ -1,0 +1,180 @@
+"""The CLI contract, in process (typer's CliRunner), on real images with a small untrained ViT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from fakebank.bank import Bank
+from fakebank.cli import app
+
+DATA = Path(__file__).parent / "data"
+WEIGHTS = "untrained:test_vit:0"  # 160-px ViT: fast; matching is real even though scores are not
+ADD_KEYS = {"path", "id", "sha256", "status", "p_fake", "label", "error"}
+QUERY_KEYS = {"path", "sha256", "verdict", "reason", "score", "p_model", "p_knn", "match", "neighbors", "model"}
+NEIGHBOR_KEYS = {"id", "path", "label", "campaign", "similarity", "pdq_distance"}
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, list[dict], str]:
+    res = runner.invoke(app, [str(a) for a in args])
+    lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    return res.exit_code, lines, res.stderr
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Real images: the Community Forensics sample fakes and PDQ reference photos (vendored)."""
+    folder = tmp_path_factory.mktemp("photos")
+    sources = sorted((DATA / "commfor").glob("*.png"))[:3] + sorted((DATA / "pdq").rglob("*.jpg"))[:2]
+    assert len(sources) == 5, "vendored test images missing from tests/data"
+    for i, src in enumerate(sources):
+        Image.open(src).convert("RGB").resize((512, 512)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture()
+def bank(tmp_path, photos) -> Path:
+    path = tmp_path / "bank"
+    code, lines, _ = run("add", photos, "--bank", path, "--weights", WEIGHTS, "--json")
+    assert code == 0 and [r["status"] for r in lines] == ["added"] * 5
+    return path
+
+
+def test_add_contract_and_resume(tmp_path, photos, bank):
+    code, lines, _ = run("add", photos, "--bank", bank, "--json")  # the bank's own model is reused
+    assert code == 0
+    assert all(set(r) == ADD_KEYS for r in lines)
+    assert [r["status"] for r in lines] == ["duplicate"] * 5
+    assert sorted(r["id"] for r in lines) == [1, 2, 3, 4, 5]
+    assert len(Bank.open(bank)) == 5
+
+
+def test_add_reports_bad_files_and_goes_on(tmp_path, photos):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.open(photos / "img0.png").save(folder / "good.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    data = (photos / "img1.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 3])
+    (folder / "copy.png").write_bytes((folder / "good.png").read_bytes())  # same bytes: added once
+    code, lines, _ = run("add", folder, "--bank", tmp_path / "b", "--weights", WEIGHTS, "--json")
+    assert code == 1
+    by_name = {Path(r["path"]).name: r for r in lines}
+    assert len(lines) == 5
+    for bad in ("empty.jpg", "text.jpg", "truncated.png"):
+        assert by_name[bad]["status"] == "error" and bad in by_name[bad]["error"]
+    assert sorted([by_name["good.png"]["status"], by_name["copy.png"]["status"]]) == ["added", "duplicate"]
+
+
+def test_query_finds_transformed_copies(tmp_path, photos, bank):
+    src = Image.open(photos / "img2.png")
+    q = tmp_path / "q"
+    q.mkdir()
+    src.save(q / "reencoded.jpg", quality=60)
+    src.resize((300, 300)).save(q / "small.png")
+    ImageOps.mirror(src).save(q / "mirrored.jpg", quality=90)
+    code, lines, _ = run("query", q, "--bank", bank, "-k", "3", "--json")
+    assert code == 0 and len(lines) == 3
+    for r in lines:
+        assert set(r) == QUERY_KEYS
+        assert r["reason"] == "near_duplicate" and r["verdict"] == "fake"
+        assert set(r["match"]) == NEIGHBOR_KEYS and r["match"]["id"] == 3
+        assert r["match"]["pdq_distance"] <= 31
+        assert r["model"] == {"name": "untrained:test_vit", "revision": "0", "trained": False}
+        assert all(set(n) == NEIGHBOR_KEYS for n in r["neighbors"])
+
+
+def test_label_flips_verdicts_of_copies_and_remove(tmp_path, photos, bank):
+    q = tmp_path / "copy.jpg"
+    Image.open(photos / "img0.png").save(q, quality=70)
+    code, lines, _ = run("label", "1", "--label", "real", "--bank", bank, "--json")
+    assert code == 0 and lines == [{"id": 1, "label": "real", "status": "updated"}]
+    _, (r,), _ = run("query", q, "--bank", bank, "--json")
+    assert (r["verdict"], r["reason"], r["match"]["id"]) == ("real", "near_duplicate", 1)
+    code, lines, _ = run("remove", "1", "--bank", bank, "--json")
+    assert code == 0 and lines == [{"id": 1, "status": "removed"}]
+    _, (r,), _ = run("query", q, "--bank", bank, "--json")
+    assert r["match"] is None or r["match"]["id"] != 1
+    _, (info,), _ = run("info", "--bank", bank, "--json")
+    assert info["items"] == 4 and info["labels"] == {"fake": 4, "real": 0, "unknown": 0}
+    assert info["model"]["trained"] is False and info["model"]["spec"] == WEIGHTS
+
+
+def test_info_human_output(bank):
+    res = runner.invoke(app, ["info", "--bank", str(bank)])
+    assert res.exit_code == 0 and "items       5" in res.stdout and "test_vit" in res.stdout
+
+
+def test_usage_errors_exit_2(tmp_path, photos, bank):
+    assert run("add", photos, "--bank", bank, "--label", "maybe")[0] == 2
+    assert run("query", photos, "--bank", bank, "-k", "0")[0] == 2
+    assert run("query", photos, "--bank", bank, "--device", "tpu")[0] == 2
+    code, _, err = run("query", photos, "--bank", tmp_path / "none")
+    assert code == 2 and "no bank at" in err
+    code, _, err = run("add", photos, "--bank", bank, "--weights", "untrained:test_vit:1")
+    assert code == 2 and "not comparable" in err
+    code, _, err = run("label", "99", "--label", "fake", "--bank", bank)
+    assert code == 2 and "no item with id 99" in err
+    assert run("add", tmp_path / "empty-dir-does-not-exist-but-is-file.jpg", "--bank", bank)[0] == 1
+
+
+def test_calibrate_stores_fusion(tmp_path, photos, bank):
+    d = tmp_path / "cal"
+    (d / "fake").mkdir(parents=True)
+    (d / "real").mkdir()
+    for i in range(3):
+        Image.open(photos / f"img{i}.png").rotate(3).save(d / "fake" / f"{i}.jpg")
+    for i in (3, 4):
+        Image.open(photos / f"img{i}.png").rotate(3).save(d / "real" / f"{i}.jpg")
+    code, (r,), _ = run("calibrate", d, "--bank", bank, "--json")
+    assert code == 0 and r["images"] == 5 and set(r["before"]) == {"accuracy", "average_precision"}
+    _, (info,), _ = run("info", "--bank", bank, "--json")
+    assert info["fusion"]["source"].startswith("calibrate")
+
+
+def test_module_entry_point_and_help():
+    res = subprocess.run([sys.executable, "-m", "fakebank", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0
+    for cmd in ("add", "query", "info", "label", "remove", "calibrate"):
+        assert cmd in res.stdout
+
+
+def test_sigkilled_add_resumes_without_loss(tmp_path, photos):
+    """Kill `fakebank add` mid-run; every acknowledged item survives and a rerun finishes the job."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    base = [Image.open(p) for p in sorted(photos.iterdir())]
+    for i in range(150):  # distinct real images: crops of the photos
+        img = base[i % len(base)]
+        x, y = (i * 7) % 200, (i * 13) % 200
+        img.crop((x, y, x + 300, y + 300)).save(folder / f"{i:03d}.jpg", quality=85)
+    bank = tmp_path / "bank"
+    cmd = [sys.executable, "-m", "fakebank", "add", str(folder), "--bank", str(bank), "--weights", WEIGHTS,
+           "--json", "--batch-size", "16"]
+    acknowledged: set[int] = set()
+    for delay in (4.0, 6.0):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        acknowledged |= {json.loads(line)["id"] for line in out.splitlines() if '"added"' in line}
+        if (bank / "manifest.json").exists():
+            b = Bank.open(bank)
+            assert acknowledged <= set(b.ids.tolist())
+            assert len(set(b.table.column("sha256").to_pylist())) == len(b)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    b = Bank.open(bank)
+    assert len(b) == 150 and acknowledged <= set(b.ids.tolist())
+    assert len(set(b.table.column("sha256").to_pylist())) == 150
