@@ -87,7 +87,7 @@ def read_checkpoint(spec: str) -> Checkpoint:
 def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
     """Tell the layout by a telltale key, as timm's checkpoint_filter_fn does."""
     keys = state_dict.keys()
-    if any(k.startswith("vit.embeddings.") or k.startswith("vit.encoder.") for k in keys):
+    if any(k.startswith(_HF_TELLTALES) for k in keys):
         return LAYOUT_TRANSFORMERS
     if "vit.cls_token" in keys or "vit.patch_embed.proj.weight" in keys:
         return LAYOUT_WRAPPER
@@ -100,48 +100,85 @@ def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
     )
 
 
+# transformers ViT keys that no timm checkpoint has: `vit.`-prefixed from ViTForImageClassification, bare
+# from a backbone-only ViTModel.
+_HF_TELLTALES = ("vit.embeddings.", "vit.encoder.layer.", "embeddings.patch_embeddings.", "encoder.layer.")
+
+# timm key ↔ transformers key: the table transformers uses to import timm ViTs, read the other way.
+# `{i}` is the block index, `{p}` weight|bias. q/k/v are handled apart: they are rows of timm's `qkv`.
+_HF_RENAMES: tuple[tuple[str, str], ...] = (
+    ("cls_token", "vit.embeddings.cls_token"),
+    ("pos_embed", "vit.embeddings.position_embeddings"),
+    ("patch_embed.proj.{p}", "vit.embeddings.patch_embeddings.projection.{p}"),
+    ("norm.{p}", "vit.layernorm.{p}"),
+    ("head.{p}", "classifier.{p}"),
+    ("blocks.{i}.norm1.{p}", "vit.encoder.layer.{i}.layernorm_before.{p}"),
+    ("blocks.{i}.norm2.{p}", "vit.encoder.layer.{i}.layernorm_after.{p}"),
+    ("blocks.{i}.attn.proj.{p}", "vit.encoder.layer.{i}.attention.output.dense.{p}"),
+    ("blocks.{i}.mlp.fc1.{p}", "vit.encoder.layer.{i}.intermediate.dense.{p}"),
+    ("blocks.{i}.mlp.fc2.{p}", "vit.encoder.layer.{i}.output.dense.{p}"),
+)
+_HF_QKV = ("blocks.{i}.attn.qkv.{p}", "vit.encoder.layer.{i}.attention.attention.{n}.{p}")
+_QKV_NAMES = ("query", "key", "value")
+
+
 def convert_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers ViTForImageClassification keys → timm keys.
+    """transformers ViTForImageClassification (or backbone-only ViTModel) keys → timm keys.
 
     The inverse of the rename table transformers uses to import timm ViTs: query/key/value are
     concatenated back into `qkv`. Every source key must be consumed; leftovers are reported as unexpected.
+    A key the source lacks is simply not produced: strict loading then reports it as missing.
     """
+    if not any(k.startswith("vit.") for k in sd):  # ViTModel: same keys without the `vit.` prefix
+        sd = {f"vit.{k}": v for k, v in sd.items()}
     src = dict(sd)
     out: dict[str, torch.Tensor] = {}
-
-    def take(dst: str, key: str) -> None:
-        if key in src:
-            out[dst] = src.pop(key)
-
-    take("cls_token", "vit.embeddings.cls_token")
-    take("pos_embed", "vit.embeddings.position_embeddings")
-    for p in ("weight", "bias"):
-        take(f"patch_embed.proj.{p}", f"vit.embeddings.patch_embeddings.projection.{p}")
-        take(f"norm.{p}", "vit.layernorm." + p)
-        take(f"head.{p}", "classifier." + p)
     layers = sorted({int(m.group(1)) for k in sd if (m := re.match(r"vit\.encoder\.layer\.(\d+)\.", k))})
-    for i in layers:
-        s, d = f"vit.encoder.layer.{i}.", f"blocks.{i}."
-        for p in ("weight", "bias"):
-            take(f"{d}norm1.{p}", f"{s}layernorm_before.{p}")
-            take(f"{d}norm2.{p}", f"{s}layernorm_after.{p}")
-            take(f"{d}attn.proj.{p}", f"{s}attention.output.dense.{p}")
-            take(f"{d}mlp.fc1.{p}", f"{s}intermediate.dense.{p}")
-            take(f"{d}mlp.fc2.{p}", f"{s}output.dense.{p}")
-            qkv = [f"{s}attention.attention.{n}.{p}" for n in ("query", "key", "value")]
-            if all(k in src for k in qkv):
-                out[f"{d}attn.qkv.{p}"] = torch.cat([src.pop(k) for k in qkv], dim=0)
+    for p in ("weight", "bias"):
+        for dst, key in _HF_RENAMES:
+            for i in layers if "{i}" in dst else [None]:
+                k = key.format(i=i, p=p)
+                if k in src:
+                    out[dst.format(i=i, p=p)] = src.pop(k)
+        for i in layers:
+            qkv = [_HF_QKV[1].format(i=i, n=n, p=p) for n in _QKV_NAMES]
+            present = [k for k in qkv if k in src]
+            if present and len(present) < 3:
+                raise CheckpointError(
+                    "transformers checkpoint is missing keys "
+                    + ", ".join(k for k in qkv if k not in src)
+                    + " (query, key and value come together); re-export the checkpoint"
+                )
+            if present:
+                out[_HF_QKV[0].format(i=i, p=p)] = torch.cat([src.pop(k) for k in qkv], dim=0)
     # A pooler is not part of ViTForImageClassification's classification path; drop it explicitly.
     for k in [k for k in src if k.startswith("vit.pooler.")]:
         src.pop(k)
     if src:
         raise CheckpointError(
-            "transformers checkpoint has keys fakebank cannot map: "
+            "transformers checkpoint has unexpected keys fakebank cannot map: "
             + ", ".join(sorted(src)[:10])
             + ("…" if len(src) > 10 else "")
             + "; is this a ViTForImageClassification checkpoint?"
         )
     return out
+
+
+def source_key(layout: str, key: str) -> str:
+    """A timm key as the checkpoint file of ``layout`` spells it (for error messages)."""
+    if layout == LAYOUT_WRAPPER:
+        return f"vit.{key}"
+    if layout != LAYOUT_TRANSFORMERS:
+        return key
+    parts = key.split(".")
+    i = next((x for x in parts if x.isdigit()), None)
+    p = parts[-1]
+    for dst, src in _HF_RENAMES:
+        if dst.format(i=i, p=p) == key:
+            return src.format(i=i, p=p)
+    if _HF_QKV[0].format(i=i, p=p) == key:
+        return "|".join(_HF_QKV[1].format(i=i, n=n, p=p) for n in _QKV_NAMES)
+    return key
 
 
 def _resolve_files(spec: str) -> tuple[Path, str, str | None]:
@@ -182,7 +219,8 @@ def _resolve_hub(spec: str, repo: str, revision: str | None) -> tuple[Path, str,
     except ImportError as e:  # pragma: no cover - installed with timm
         raise CheckpointError("huggingface_hub is not installed; pip install huggingface_hub") from e
     patterns = ["*.json", "model.safetensors"]
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    cache_dir = _hub_cache_dir()
     folder = None
     errors = []
     for local_only in (True, False):
@@ -190,14 +228,14 @@ def _resolve_hub(spec: str, repo: str, revision: str | None) -> tuple[Path, str,
             break
         try:
             folder = snapshot_download(
-                repo, revision=revision, allow_patterns=patterns, local_files_only=local_only
+                repo, revision=revision, allow_patterns=patterns, local_files_only=local_only, cache_dir=cache_dir
             )
             break
         except Exception as e:  # noqa: BLE001 - hub errors are many types; all mean "not here"
             errors.append(f"{type(e).__name__}: {e}".splitlines()[0])
     if folder is None or not (Path(folder) / "model.safetensors").is_file():
         raise CheckpointError(
-            f"weights {spec} are not in the Hugging Face cache and could not be downloaded "
+            f"weights {spec} are not in the Hugging Face cache ({cache_dir}) and could not be downloaded "
             f"({'; '.join(errors) or 'no model.safetensors in the snapshot'}). Download them on a machine "
             f"with network access (huggingface-cli download {repo}), or set {WEIGHTS_ENV} / --weights to a "
             "local folder or .safetensors file"
@@ -205,6 +243,15 @@ def _resolve_hub(spec: str, repo: str, revision: str | None) -> tuple[Path, str,
     folder = Path(folder)
     # snapshot folders are named by the commit they hold: that is the revision actually used.
     return folder / "model.safetensors", repo, folder.name
+
+
+def _hub_cache_dir() -> str:
+    """The hub cache as huggingface_hub resolves it, but read from the environment now rather than when
+    huggingface_hub was first imported (so HF_HOME / HF_HUB_CACHE set later still count)."""
+    env = os.environ
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return os.path.expandvars(os.path.expanduser(cache))
 
 
 def _read_json(path: Path) -> dict:

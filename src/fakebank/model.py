@@ -7,6 +7,7 @@ does it: checkpoint config first, then the authors' recipe.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -17,6 +18,8 @@ from functools import partial
 import torch
 import timm
 from torch import nn
+from timm.data import resolve_data_config
+from timm.models import PretrainedCfg
 from timm.models.vision_transformer import VisionTransformer
 
 from fakebank.checkpoints import (
@@ -26,6 +29,7 @@ from fakebank.checkpoints import (
     Checkpoint,
     default_weights_spec,
     read_checkpoint,
+    source_key,
 )
 from fakebank.errors import CheckpointError
 from fakebank.preprocess import COMMFOR_PREPROCESSING, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -36,7 +40,17 @@ POSITIVE_LABEL_NAMES = ("fake", "ai", "ai-generated", "ai_generated", "generated
 # The authors resize the shorter side to 440 for a 384 crop (and 256 for 224): ratio 440/384.
 COMMFOR_RESIZE_RATIO = 440 / 384
 _STANDARD_VIT_NAMES = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large"}
+# Heads cannot be read from tensor shapes. timm's ViTs use 64-wide heads (tiny 3, small 6, base 12,
+# large 16) except these widths (huge, giant, gigantic: 16 heads each).
+_TIMM_VIT_HEAD_DIM = 64
+_TIMM_VIT_HEADS_BY_WIDTH = {1280: 16, 1408: 16, 1664: 16}
 _PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+# transformers `hidden_act` → the GELU timm must use to compute the same function.
+_HF_ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_new": partial(nn.GELU, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(nn.GELU, approximate="tanh"),
+}
 
 
 @dataclass(frozen=True)
@@ -103,9 +117,11 @@ def load_model(spec: str | None = None, *, positive_label: str | None = None) ->
         module, arch = _build_timm(ckpt)
     else:
         module, arch = _build_vit_from_shapes(ckpt)
-    _load_strict(module, ckpt.state_dict, ckpt.spec)
+    _load_strict(module, ckpt)
     module.eval()
     num_outputs = module.head.out_features
+    preprocessing = _resolve_preprocessing(ckpt, module)
+    _check_input_size(ckpt, module, preprocessing)
     return LoadedModel(
         module=module,
         spec=spec,
@@ -114,7 +130,7 @@ def load_model(spec: str | None = None, *, positive_label: str | None = None) ->
         trained=True,
         arch=arch,
         embed_dim=module.embed_dim,
-        preprocessing=_resolve_preprocessing(ckpt, module),
+        preprocessing=preprocessing,
         labels=_resolve_labels(ckpt, num_outputs, positive_label),
         weights_sha256=ckpt.weights_sha256,
     )
@@ -154,11 +170,15 @@ def _untrained(spec: str) -> LoadedModel:
 
 
 def _build_timm(ckpt: Checkpoint) -> tuple[nn.Module, str]:
+    """Build the architecture a timm hub config names, as ``timm.create_model('local-dir:…')`` would:
+    ``model_args`` are the constructor arguments and ``pretrained_cfg`` fills the rest (input size)."""
     cfg = ckpt.config
     arch = cfg["architecture"]
-    num_classes = _head_rows(ckpt)
+    kwargs = dict(cfg.get("model_args") or {})
+    kwargs["num_classes"] = _head_rows(ckpt)  # model_args may repeat it; the tensor decides
+    pcfg = _timm_pretrained_cfg(cfg)
     try:
-        module = timm.create_model(arch, pretrained=False, num_classes=num_classes, **cfg.get("model_args", {}))
+        module = timm.create_model(arch, pretrained=False, pretrained_cfg=pcfg, **kwargs)
     except Exception as e:  # noqa: BLE001 - timm raises RuntimeError/TypeError/KeyError for bad configs
         raise CheckpointError(f"{ckpt.spec}: timm cannot build {arch!r} from its config.json ({e})") from e
     if not isinstance(module, VisionTransformer):
@@ -166,13 +186,28 @@ def _build_timm(ckpt: Checkpoint) -> tuple[nn.Module, str]:
     return module, arch
 
 
+def _timm_pretrained_cfg(cfg: dict) -> dict:
+    """The ``pretrained_cfg`` of a timm hub config.json (or of the legacy single-dict form), restricted to
+    the fields this timm knows, with the adjustments timm's own config parser makes."""
+    pcfg = dict(cfg["pretrained_cfg"]) if "pretrained_cfg" in cfg else dict(cfg)
+    model_args = cfg.get("model_args") or {}
+    if model_args.get("dynamic_img_size") or model_args.get("strict_img_size") is False:
+        pcfg["fixed_input_size"] = False
+    if "num_classes" in cfg:
+        pcfg["num_classes"] = cfg["num_classes"]
+    known = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    return {k: v for k, v in pcfg.items() if k in known}
+
+
 def _build_vit_from_shapes(ckpt: Checkpoint) -> tuple[nn.Module, str]:
     """Build a timm VisionTransformer whose sizes come from the tensors (and the config for heads/eps)."""
     sd, cfg = ckpt.state_dict, ckpt.config
-    for key in ("patch_embed.proj.weight", "pos_embed", "cls_token", "head.weight"):
+    for key in ("patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.mlp.fc1.weight"):
         if key not in sd:
-            hint = " — is this a backbone-only checkpoint? pass --weights to a classifier" if key == "head.weight" else ""
-            raise CheckpointError(f"{ckpt.spec}: missing key {key}{hint}")
+            raise CheckpointError(
+                f"{ckpt.spec}: missing key {source_key(ckpt.layout, key)}; cannot tell the model's size without it"
+            )
+    num_classes = _head_rows(ckpt)
     embed_dim, _, patch, _ = sd["patch_embed.proj.weight"].shape
     depth = len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
     grid = sd["pos_embed"].shape[1] - sd["cls_token"].shape[1]
@@ -180,9 +215,24 @@ def _build_vit_from_shapes(ckpt: Checkpoint) -> tuple[nn.Module, str]:
     if side * side != grid:
         raise CheckpointError(f"{ckpt.spec}: pos_embed holds {grid} patch positions, not a square grid")
     img_size = side * patch
-    mlp_hidden = sd["blocks.0.mlp.fc1.weight"].shape[0] if depth else 4 * embed_dim
-    heads = cfg.get("num_attention_heads") or cfg.get("num_heads") or max(1, embed_dim // 64)
-    eps = cfg.get("layer_norm_eps", 1e-12 if ckpt.layout == LAYOUT_TRANSFORMERS else 1e-6)
+    mlp_hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
+    heads = int(
+        cfg.get("num_attention_heads")
+        or cfg.get("num_heads")
+        or _TIMM_VIT_HEADS_BY_WIDTH.get(embed_dim, max(1, embed_dim // _TIMM_VIT_HEAD_DIM))
+    )
+    if embed_dim % heads:
+        raise CheckpointError(f"{ckpt.spec}: width {embed_dim} is not divisible into {heads} attention heads")
+    # transformers ViT's LayerNorm eps defaults to 1e-12, timm's to 1e-6: use the checkpoint's own.
+    eps = float(cfg.get("layer_norm_eps", 1e-12 if ckpt.layout == LAYOUT_TRANSFORMERS else 1e-6))
+    act_layer = None
+    if ckpt.layout == LAYOUT_TRANSFORMERS:
+        act = cfg.get("hidden_act", "gelu")
+        act_layer = _HF_ACTIVATIONS.get(act) if isinstance(act, str) else None
+        if act_layer is None:
+            raise CheckpointError(
+                f"{ckpt.spec}: config.json hidden_act={act!r} is not supported (only {sorted(_HF_ACTIVATIONS)})"
+            )
     module = VisionTransformer(
         img_size=img_size,
         patch_size=patch,
@@ -191,9 +241,10 @@ def _build_vit_from_shapes(ckpt: Checkpoint) -> tuple[nn.Module, str]:
         num_heads=heads,
         mlp_ratio=mlp_hidden / embed_dim,
         qkv_bias="blocks.0.attn.qkv.bias" in sd,
-        num_classes=_head_rows(ckpt),
+        num_classes=num_classes,
         global_pool="token",
         norm_layer=partial(nn.LayerNorm, eps=eps),
+        act_layer=act_layer,
     )
     size_name = _STANDARD_VIT_NAMES.get((embed_dim, depth))
     arch = (
@@ -207,31 +258,38 @@ def _build_vit_from_shapes(ckpt: Checkpoint) -> tuple[nn.Module, str]:
 def _head_rows(ckpt: Checkpoint) -> int:
     head = ckpt.state_dict.get("head.weight")
     if head is None:
+        keys = ", ".join(source_key(ckpt.layout, k) for k in ("head.weight", "head.bias"))
         raise CheckpointError(
-            f"{ckpt.spec}: missing keys head.weight, head.bias — is this a backbone-only checkpoint? "
+            f"{ckpt.spec}: missing keys {keys} — is this a backbone-only checkpoint? "
             "pass --weights to a classifier"
         )
     return head.shape[0]
 
 
-def _load_strict(module: nn.Module, sd: dict[str, torch.Tensor], spec: str) -> None:
+def _load_strict(module: nn.Module, ckpt: Checkpoint) -> None:
+    """Load every tensor or fail naming the keys, as the checkpoint file spells them."""
+    sd = ckpt.state_dict
+    name = lambda k: source_key(ckpt.layout, k)  # noqa: E731
     expected = module.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     mis_shaped = sorted(
-        f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        f"{name(k)} {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items()
         if k in sd and sd[k].shape != v.shape
     )
     problems = []
     if missing:
-        problems.append("missing keys " + ", ".join(missing))
+        problems.append("missing keys " + ", ".join(map(name, missing)))
     if unexpected:
-        problems.append("unexpected keys " + ", ".join(unexpected))
+        problems.append("unexpected keys " + ", ".join(map(name, unexpected)))
     if mis_shaped:
         problems.append("mis-shaped keys " + "; ".join(mis_shaped))
     if problems:
-        raise CheckpointError(f"{spec}: cannot load strictly: " + " | ".join(problems))
+        raise CheckpointError(
+            f"{ckpt.spec}: cannot load strictly: " + " | ".join(problems)
+            + " — is this checkpoint complete, and of the architecture its config.json names?"
+        )
     module.load_state_dict(sd, strict=True)
 
 
@@ -247,19 +305,48 @@ def _resolve_preprocessing(ckpt: Checkpoint, module: nn.Module) -> Preprocessing
     pre = ckpt.preprocessor_config
     if ckpt.layout == LAYOUT_TRANSFORMERS and pre:
         return _from_transformers_processor(pre, size, ckpt.spec)
-    pcfg = ckpt.config.get("pretrained_cfg")
-    if ckpt.layout == LAYOUT_TIMM and pcfg:
-        img = int(pcfg.get("input_size", (3, size, size))[-1])
-        crop_pct = float(pcfg.get("crop_pct", 1.0))
-        return Preprocessing(
-            resize=math.floor(img / crop_pct),
-            crop=img,
-            interpolation=pcfg.get("interpolation", "bicubic"),
-            mean=tuple(pcfg.get("mean", IMAGENET_MEAN)),
-            std=tuple(pcfg.get("std", IMAGENET_STD)),
-        )
+    if ckpt.layout == LAYOUT_TIMM and "architecture" in ckpt.config:
+        return _from_timm_data_config(resolve_data_config(model=module), ckpt.spec)
     # The authors' wrapper (and bare files) carry no preprocessing: their recipe applies.
     return _commfor_recipe(size)
+
+
+def _from_timm_data_config(dc: dict, spec: str) -> Preprocessing:
+    """timm's eval transform (``transforms_imagenet_eval``) for a resolved data config."""
+    _, h, w = dc["input_size"]
+    crop_pct, mode = float(dc["crop_pct"]), dc.get("crop_mode", "center")
+    if h != w or mode not in ("center", "squash"):
+        raise CheckpointError(
+            f"{spec}: timm preprocessing input_size={tuple(dc['input_size'])}, crop_mode={mode!r} is not supported "
+            "(only square inputs with crop_mode center or squash)"
+        )
+    scale = math.floor(h / crop_pct)
+    try:
+        return Preprocessing(
+            resize=scale if mode == "center" else (scale, scale),
+            crop=h,
+            interpolation=dc["interpolation"],
+            mean=tuple(dc["mean"]),
+            std=tuple(dc["std"]),
+        )
+    except ValueError as e:
+        raise CheckpointError(f"{spec}: unsupported preprocessing in config.json pretrained_cfg ({e})") from e
+
+
+def _check_input_size(ckpt: Checkpoint, module: nn.Module, pre: Preprocessing) -> None:
+    """A fixed-size ViT fed another size fails on every image: refuse it at load time instead."""
+    if getattr(module, "dynamic_img_size", False):
+        return
+    size = tuple(module.patch_embed.img_size)
+    try:
+        side = pre.input_size
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt.spec}: {e}") from e
+    if (side, side) != size:
+        raise CheckpointError(
+            f"{ckpt.spec}: preprocessing gives {side}×{side} images but the model takes {size[0]}×{size[1]} "
+            "(its position embeddings); the checkpoint's preprocessing config does not match its weights"
+        )
 
 
 def _from_transformers_processor(pre: dict, size: int, spec: str) -> Preprocessing:
@@ -289,24 +376,43 @@ def _from_transformers_processor(pre: dict, size: int, spec: str) -> Preprocessi
 
 def _resolve_labels(ckpt: Checkpoint, num_outputs: int, positive_label: str | None) -> LabelSemantics:
     cfg = ckpt.config
-    if "id2label" in cfg:
+    if isinstance(cfg.get("id2label"), dict):  # transformers
         names = [str(cfg["id2label"][k]) for k in sorted(cfg["id2label"], key=int)]
-    elif "label_names" in cfg:
-        names = [str(n) for n in cfg["label_names"]]
+    elif "label_names" in cfg or "labels" in cfg:  # timm (`labels` in its legacy single-dict config)
+        raw = cfg.get("label_names", cfg.get("labels"))
+        names = [str(raw[k]) for k in sorted(raw, key=int)] if isinstance(raw, dict) else [str(n) for n in raw]
     else:
         names = []
     if num_outputs == 1:
-        # One logit: its sigmoid is P(positive). The authors' models use real:0, fake:1.
-        return LabelSemantics(1, 0, positive_label or (names[0] if names and not names[0].startswith("LABEL_") else "fake"))
+        # One logit: its sigmoid is P(positive). With two names the positive one is class 1 (the authors'
+        # models use real:0, fake:1); transformers writes LABEL_0 when there are none.
+        if positive_label:
+            name = positive_label
+        elif len(names) == 2:
+            name = names[1]
+        elif len(names) == 1 and not names[0].startswith("LABEL_"):
+            name = names[0]
+        else:
+            name = "fake"
+        return LabelSemantics(1, 0, name)
+    note = ""
     if len(names) != num_outputs:
+        if names:
+            note = f" (config.json names {len(names)} labels for {num_outputs} outputs, so they are ignored)"
         names = [f"LABEL_{i}" for i in range(num_outputs)]
-    wanted = [positive_label.lower()] if positive_label else list(POSITIVE_LABEL_NAMES)
     lowered = [n.lower() for n in names]
-    for w in wanted:
-        if w in lowered:
-            i = lowered.index(w)
-            return LabelSemantics(num_outputs, i, names[i])
+    if positive_label:
+        if positive_label.lower() not in lowered:
+            raise CheckpointError(
+                f"{ckpt.spec}: --positive-label {positive_label!r} is not one of the labels {names}{note}"
+            )
+        i = lowered.index(positive_label.lower())
+        return LabelSemantics(num_outputs, i, names[i])
+    found = [i for i, n in enumerate(lowered) if n in POSITIVE_LABEL_NAMES]
+    if len(found) == 1:
+        return LabelSemantics(num_outputs, found[0], names[found[0]])
+    what = "several of" if found else "none of"
     raise CheckpointError(
-        f"{ckpt.spec}: cannot tell which of the labels {names} is the fake/positive class; "
-        "pass --positive-label NAME"
+        f"{ckpt.spec}: cannot tell which of the labels {names} is the fake/positive class ({what} them is a "
+        f"known positive name){note}; pass --positive-label NAME"
     )
