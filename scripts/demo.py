@@ -68,11 +68,12 @@ def make_queries(folder: Path, fakes: list[Path], reals: list[Path], unseen: Pat
 
 def main() -> int:
     fakes = sorted((DATA / "commfor").glob("*.png"))
-    pdq_photos = sorted((DATA / "pdq").rglob("*.jpg"))
-    if not fakes or len(pdq_photos) < 3:
+    photos = DATA / "pdq" / "reg-test-input"
+    reals = [photos / "dih" / "bridge-1-original.jpg"] + [photos / "labelme-subset" / f"q{n}.jpg" for n in ("0122", "0291")]
+    unseen = photos / "labelme-subset" / "q2821.jpg"
+    if not fakes or not all(p.is_file() for p in [*reals, unseen]):
         console.print(f"[red]sample images missing under {DATA}[/]")
         return 2
-    reals, unseen = pdq_photos[:-1][:3], pdq_photos[-1]
     weights = pick_weights()
     shutil.rmtree(BANK, ignore_errors=True)
     fb = Fakebank(BANK, weights=weights)

@@ -140,6 +140,7 @@ def query(
     files = expand_inputs(paths, recursive)
     if not files:
         raise typer.BadParameter("no images found")
+    fb.open_bank()  # a missing bank is the first thing to report, before loading any model
     _warn_untrained(fb)
     failed = 0
 
