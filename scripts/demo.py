@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 BANK = ROOT / "indexes" / "demo"
 UNTRAINED = "untrained:vit_small_patch16_384:0"
-console = Console()
+console = Console(width=None if Console().is_terminal else 120)
 
 
 def pick_weights() -> str:
@@ -56,13 +56,13 @@ def make_queries(folder: Path, fakes: list[Path], reals: list[Path], unseen: Pat
 
     for i, src in enumerate(fakes[:2]):
         img = Image.open(src).convert("RGB")
-        save(img, f"fake{i}_q40.jpg", f"{src.name} re-encoded JPEG q40", quality=40)
-        save(img.resize((img.width // 3, img.height // 3)), f"fake{i}_small.png", f"{src.name} resized to 1/3")
-        save(ImageOps.mirror(img), f"fake{i}_mirror.jpg", f"{src.name} mirrored", quality=90)
-        save(img.rotate(90, expand=True), f"fake{i}_rot90.webp", f"{src.name} rotated 90°, WEBP")
+        save(img, f"fake{i}_q40.jpg", f"{src.stem} JPEG q40", quality=40)
+        save(img.resize((img.width // 3, img.height // 3)), f"fake{i}_small.png", f"{src.stem} resized 1/3")
+        save(ImageOps.mirror(img), f"fake{i}_mirror.jpg", f"{src.stem} mirrored", quality=90)
+        save(img.rotate(90, expand=True), f"fake{i}_rot90.webp", f"{src.stem} rot 90° WEBP")
     real = Image.open(reals[0]).convert("RGB")
-    save(real, "real_q50.jpg", f"{reals[0].name} (known real) re-encoded q50", quality=50)
-    save(Image.open(unseen).convert("RGB"), "unseen.jpg", f"{unseen.name}: not in the bank", quality=90)
+    save(real, "real_q50.jpg", f"{reals[0].stem} (real) JPEG q50", quality=50)
+    save(Image.open(unseen).convert("RGB"), "unseen.jpg", f"{unseen.stem} (not in bank)", quality=90)
     return out
 
 
@@ -101,12 +101,12 @@ def main() -> int:
         colour = {"fake": "red", "real": "green"}.get(r["verdict"], "yellow")
         table.add_row(
             what[r["path"]], f"[{colour}]{r['verdict']}[/]", r["reason"], f"{r['score']:.3f}", f"{r['p_model']:.3f}",
-            f"#{m['id']} {Path(m['path']).name} ({m['label']})" if m else "-",
+            f"#{m['id']} {Path(m['path']).stem} ({m['label']})" if m else "-",
             f"{m['similarity']:.3f}" if m else "-", str(m["pdq_distance"]) if m else "-",
         )
     console.print(table)
     console.print(f"   {len(results)} queries in {elapsed:.1f} s.  Inspect the bank: fakebank info --bank indexes/demo")
-    missed = [r for r, (_, w) in zip(results, queries) if "not in the bank" not in w and r["match"] is None]
+    missed = [r for r, (_, w) in zip(results, queries) if "not in bank" not in w and r["match"] is None]
     if missed:
         console.print(f"[yellow]{len(missed)} edited copies were not matched[/]")
     return 0
