@@ -28,16 +28,19 @@ from PIL import Image
 PDQ_MATCH_THRESHOLD = 31
 # Meta: discard hashes of quality <= 49 for matching (pdq/README.md).
 PDQ_MIN_QUALITY = 50
-# Longest side an image is shrunk to (Pillow bilinear, aspect kept) before hashing. Meta's C++
-# pdq-photo-hasher squashes to 512×512 first; we measured 512 against Meta's criterion for a correct
-# implementation (quality >= 80 → within 10 bits of the C++ reference, here the C++ --int64 listing in
-# pdq/sql/README.md, which full-resolution pdqhash reproduces bit for bit) and it fails: up to 12 bits on
-# the bridge dihedral images and up to 16 bits (42 of 336 dihedral hashes over 10) against full resolution
-# on 42 photos of 1024–4032 px. 544–608 still reach 12 bits on one 1024-px image; 640 is the smallest
-# tried that passes everywhere: at most 6 bits from the C++ listing, mean 4.8 / max 10 from full
-# resolution. Speed (pdqhash.compute_dihedral incl. the resize, one core): 1024² px 47 → 17 ms, 1600×1004
-# 42 → 15 ms, 4032×3024 434 → 54 ms (512 would give 14 / 12 / 50 ms). None hashes at full resolution.
-PDQ_MAX_SIDE = 640
+# Longest side an image is shrunk to (Pillow bilinear, aspect kept) before hashing; smaller images are
+# hashed as they are. Meta's C++ pdq-photo-hasher squashes to 512×512 first, for speed. Measured against
+# Meta's correctness criterion (quality >= 80 → within 10 bits of the C++ reference; full-resolution
+# pdqhash reproduces the C++ --int64 listing of pdq/sql/README.md bit for bit, so "vs full" below is the
+# same test on more images), 512 fails: vs full, mean 7.5 / max 16 bits on 42 photos × 8 dihedral hashes
+# (42 of 336 over 10) and mean 9.4 / max 20 on 99 random crops (33 over 10). 640, 800, 1024 and 1280
+# each fail somewhere too (max 12–14 bits on 1–6% of images): any resampling moves hashes by 2–5 bits on
+# average with a tail. 1536 is the smallest tried that passes everywhere: C++ listing max 4, 42 photos
+# mean 2.4 / max 8, 99 crops max 8, 120 crops of 12-MP photos mean 3–4 / max 10. Speed (one core,
+# compute_dihedral incl. the resize): 4032×3024 ≈ 400 ms → 133 ms (512: 47 ms); 2.8k-px crops
+# ≈ 200 → 80 ms; images up to 1536 px (≈ 43 ms at 1024²) are unchanged. It also bounds pdqhash's
+# float64 luma temporaries (24 bytes per pixel: 1.2 GB for a 50-MP image at full resolution).
+PDQ_MAX_SIDE = 1536
 
 _HASH_BYTES = 32
 _N_DIHEDRAL = 8
@@ -48,8 +51,10 @@ class PdqHash:
     """PDQ hash of one image.
 
     ``hash``: 32 bytes, the image as is. ``quality``: 0–100 (Meta: do not match below 50).
-    ``dihedral``: 8 hashes in ``pdqhash.compute_dihedral`` order — original, rotate 90, rotate 180,
-    rotate 270, flip x, flip y, flip +1 (transpose), flip −1 (transverse); ``dihedral[0] == hash``.
+    ``dihedral``: 8 hashes in ``pdqhash.compute_dihedral`` order, each ≈ the hash of the image turned by
+    a Pillow ``Image.Transpose`` (measured): 0 original (``dihedral[0] == hash``), 1 ``ROTATE_90``
+    (counter-clockwise), 2 ``ROTATE_180``, 3 ``ROTATE_270``, 4 ``FLIP_TOP_BOTTOM`` (Meta's "flip x"),
+    5 ``FLIP_LEFT_RIGHT`` (Meta's "flip y"), 6 ``TRANSPOSE`` ("flip +1"), 7 ``TRANSVERSE`` ("flip −1").
     """
 
     hash: bytes

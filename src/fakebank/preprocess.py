@@ -166,7 +166,8 @@ def load_rgb(
         except FileNotFoundError:
             raise InputError(f"{label}: no such file; check the path") from None
         except OSError as e:
-            raise InputError(f"{label}: cannot be read ({e.strerror or e}); check the path and its permissions") from e
+            reason = e.strerror or e
+            raise InputError(f"{label}: cannot be read ({reason}); check the path and its permissions") from e
         if stat.S_ISDIR(st.st_mode):
             raise InputError(f"{label}: is a folder, not an image file; pass the image files inside it")
         if st.st_size == 0:
@@ -207,15 +208,20 @@ def _check_pixels(im: Image.Image, label: str, max_pixels: int) -> None:
     width, height = im.size
     if width <= 0 or height <= 0:
         raise InputError(f"{label}: has no pixels ({width}×{height}); re-export it")
-    limit = max_pixels
-    if Image.MAX_IMAGE_PIXELS is not None:
-        # Pillow warns above MAX_IMAGE_PIXELS (and refuses above twice that): refuse those too, so that
-        # its warning always ends as this error. Changing warning filters per call is not thread-safe.
-        limit = min(limit, Image.MAX_IMAGE_PIXELS)
-    if width * height > limit:
+    pixels = width * height
+    if pixels > max_pixels:
         raise InputError(
-            f"{label}: {width}×{height} = {width * height:,} pixels is more than the limit of {limit:,} "
+            f"{label}: {width}×{height} = {pixels:,} pixels is more than the limit of {max_pixels:,} "
             "(decompression-bomb guard); downscale it, or raise max_pixels if the file is trusted"
+        )
+    # Pillow has already warned (DecompressionBombWarning) when pixels > Image.MAX_IMAGE_PIXELS; refuse
+    # those too, so that its warning always ends as this error (silencing it would mean changing the
+    # process-wide warning filters, which is not thread-safe).
+    if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"{label}: {width}×{height} = {pixels:,} pixels is more than Pillow's decompression-bomb limit "
+            f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}); downscale it, or raise both limits "
+            "if the file is trusted"
         )
 
 
@@ -240,20 +246,21 @@ def _to_rgb(im: Image.Image, label: str) -> Image.Image:
         return im.convert("RGB")
     if mode in ("P", "PA"):
         # Palette with transparency goes through RGBA (Pillow's recommended path), then drops alpha.
-        has_alpha = mode == "PA" or "transparency" in im.info or (im.palette is not None and "A" in im.palette.mode)
+        palette_alpha = im.palette is not None and "A" in im.palette.mode
+        has_alpha = mode == "PA" or "transparency" in im.info or palette_alpha
         return im.convert("RGBA").convert("RGB") if has_alpha else im.convert("RGB")
     if mode.startswith("I;16") or mode == "I":
-        # 16-bit range → 8 bits by dropping the low byte. Pillow's own I→RGB conversion clips at 255,
-        # which turns a 16-bit image almost entirely white.
+        # 16-bit range (mode I is what older Pillows and TIFF give for 16-bit files) → 8 bits by dropping
+        # the low byte. Pillow's own I→RGB conversion clips at 255: a 16-bit image turns almost all white.
         values = np.asarray(im).astype(np.int64)
         gray = np.clip(values >> 8, 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
+        return Image.fromarray(gray).convert("RGB")
     if mode == "F":
         values = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         if values.size and values.max() <= 1.0:  # a [0, 1] float image
             values = values * np.float32(255.0)
         gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
+        return Image.fromarray(gray).convert("RGB")
     try:
         return im.convert("RGB")
     except (ValueError, OSError) as e:
