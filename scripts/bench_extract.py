@@ -58,9 +58,12 @@ def bare_forward(ex: Extractor, pixels: np.ndarray, batch: int) -> tuple[float, 
     return len(pixels) / (time.perf_counter() - t), np.concatenate(cls), np.concatenate(logits)
 
 
-def end_to_end(weights: str, files: list[Path], precision: str, batch: int, bank: Path) -> float:
+def end_to_end(weights: str, files: list[Path], precision: str, batch: int, bank: Path,
+               decode_threads: int | None) -> float:
     fb = Fakebank(bank, weights=weights, precision=precision, batch_size=batch)
-    fb.extractor  # model load is not part of the throughput
+    if decode_threads:
+        fb.extractor.decode_threads = decode_threads
+    # model load and warm-up are not part of the throughput
     fb.extractor.embed_pixels(np.zeros((1, 3, *[fb.extractor.model.preprocessing.input_size] * 2), np.float32))
     t = time.perf_counter()
     results = list(fb.add([str(f) for f in files]))
@@ -74,6 +77,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--weights", default="untrained:vit_small_patch16_384:0")
+    ap.add_argument("--decode-threads", type=int, default=None, help="default: the extractor's")
     ap.add_argument("--precisions", default=None, help="comma list; default fp32 (+bf16 where native)")
     args = ap.parse_args()
     precisions = args.precisions.split(",") if args.precisions else (
@@ -102,7 +106,8 @@ def main() -> None:
                     fp32, pixels, args.batch_size)
             cos = float((cls * ref_cls).sum(1).min())
             dlogit = float(np.abs(logit - ref_logit).max())
-            e2e = end_to_end(args.weights, files, precision, args.batch_size, tmp / f"bank-{precision}")
+            e2e = end_to_end(args.weights, files, precision, args.batch_size, tmp / f"bank-{precision}",
+                             args.decode_threads)
             print(f"{precision:9} {bare:10.2f} {e2e:10.2f} {e2e / bare:6.2f} {cos:9.6f} {dlogit:11.5f}", flush=True)
 
 
