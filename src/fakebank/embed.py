@@ -67,7 +67,9 @@ class FailedInput:
 
 
 @dataclass(frozen=True)
-class _Decoded:
+class Decoded:
+    """An input read, hashed and preprocessed, waiting for the model."""
+
     path: str
     sha256: str
     width: int
@@ -160,7 +162,7 @@ class Extractor:
 
     # -- decode side ----------------------------------------------------------------------------
 
-    def decode(self, source: Source, skip: Callable[[str], bool] | None = None) -> _Decoded | Skipped:
+    def decode(self, source: Source, skip: Callable[[str], bool] | None = None) -> Decoded | Skipped:
         """Read, hash and preprocess one input; raises InputError naming it."""
         data = source.data
         if data is None:
@@ -172,7 +174,7 @@ class Extractor:
         if skip is not None and skip(sha256):
             return Skipped(source.name, sha256)
         img = load_rgb(data, name=source.name, max_pixels=self.max_pixels)
-        return _Decoded(
+        return Decoded(
             path=source.name,
             sha256=sha256,
             width=img.width,
@@ -192,7 +194,7 @@ class Extractor:
         """
         window = self.batch_size * 2
         pending: deque[Future] = deque()
-        batch: list[_Decoded] = []
+        batch: list[Decoded] = []
         with ThreadPoolExecutor(self.decode_threads, thread_name_prefix="fakebank-decode") as pool:
             it = iter(sources)
             exhausted = False
@@ -219,18 +221,22 @@ class Extractor:
                     batch = []
             yield from self._run_batch(batch)
 
-    def _decode_or_fail(self, source: Source, skip) -> _Decoded | Skipped | FailedInput:
+    def _decode_or_fail(self, source: Source, skip) -> Decoded | Skipped | FailedInput:
         try:
             return self.decode(source, skip)
         except InputError as e:
             return FailedInput(source.name, str(e))
 
-    def _run_batch(self, batch: list[_Decoded]) -> Iterator[Embedding]:
-        if not batch:
-            return
+    def _run_batch(self, batch: list[Decoded]) -> Iterator[Embedding]:
+        if batch:
+            yield from self.embed_decoded(batch)
+
+    def embed_decoded(self, batch: list[Decoded]) -> list[Embedding]:
+        """One forward pass over already-decoded inputs (the HTTP service batches across requests)."""
         logit, p_fake, cls, patch = self.embed_pixels(np.stack([d.pixels for d in batch]))
+        out = []
         for i, d in enumerate(batch):
-            yield Embedding(
+            out.append(Embedding(
                 path=d.path,
                 sha256=d.sha256,
                 width=d.width,
@@ -240,4 +246,5 @@ class Extractor:
                 p_fake=float(p_fake[i]),
                 cls=cls[i],
                 patch=patch[i],
-            )
+            ))
+        return out
