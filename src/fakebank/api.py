@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fakebank.bank import Bank, BankWriter, NewItem, check_label, check_model, default_bank_path, read_manifest
+from fakebank.bank import (
+    MANIFEST, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path, read_manifest,
+)
 from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote
 from fakebank.errors import BankError, UsageError
 from fakebank.pdq import PDQ_MIN_QUALITY, hamming
@@ -60,6 +62,8 @@ class Fakebank:
         self.batch_size = batch_size
         self.positive_label = positive_label
         self._lock = threading.Lock()
+        self._snapshot: tuple[tuple | None, Bank] | None = None
+        self._write_lock = threading.Lock()  # one writer per process; the bank's flock covers processes
 
     # -- model --------------------------------------------------------------------------------------
 
@@ -103,6 +107,25 @@ class Fakebank:
 
     def open_bank(self) -> Bank:
         return Bank.open(self.bank_path)
+
+    def snapshot(self) -> Bank:
+        """The latest committed bank, reopened only when the manifest changed; never waits for a writer."""
+        try:
+            st = (self.bank_path / MANIFEST).stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        current = self._snapshot
+        if current is not None and current[0] == key:
+            return current[1]
+        with self._lock:
+            if self._snapshot is None or self._snapshot[0] != key:
+                self._snapshot = (key, self.open_bank())
+            return self._snapshot[1]
+
+    def _publish(self, bank: Bank) -> None:
+        st = (self.bank_path / MANIFEST).stat()
+        self._snapshot = ((st.st_ino, st.st_mtime_ns, st.st_size), bank)
 
     def writer(self, *, with_model: bool = True) -> BankWriter:
         if with_model:
@@ -155,15 +178,34 @@ class Fakebank:
                                            w.bank.item(existing)["label"] if existing is not None else label)
                     continue
                 seen[result.sha256] = result.path
-                pending.append((NewItem(
-                    sha256=result.sha256, path=result.path, label=label, p_fake=result.p_fake,
-                    logit=result.logit, pdq=result.pdq.hash, pdq_quality=result.pdq.quality,
-                    cls=result.cls, patch=result.patch, width=result.width, height=result.height,
-                    source=source, campaign=campaign, note=note,
-                ), result.path))
+                pending.append((new_item(result, label, source, campaign, note), result.path))
                 if len(pending) >= COMMIT_EVERY_ITEMS or time.monotonic() - last_commit >= COMMIT_EVERY_S:
                     yield from flush()
             yield from flush()
+
+    def add_embedded(self, embs: Sequence, *, label: str = "fake", source: str | None = None,
+                     campaign: str | None = None, note: str | None = None) -> list[dict]:
+        """Add already-embedded images in one commit (the HTTP service's path); records as `add`'s."""
+        check_label(label)
+        records: list[dict | None] = [None] * len(embs)
+        with self._write_lock, BankWriter(self.bank_path, model_info=self.model_info,
+                                          embedding_dim=self.extractor.model.embed_dim,
+                                          snapshot=self._snapshot[1] if self._snapshot else None,
+                                          persist_indexes=False) as w:
+            fresh, seen = [], set()
+            for i, e in enumerate(embs):
+                existing = w.bank.id_of_sha256(e.sha256)
+                if existing is not None or e.sha256 in seen:
+                    records[i] = self._add_record(e.path, existing, e.sha256, "duplicate", None,
+                                                  w.bank.item(existing)["label"] if existing is not None else label)
+                else:
+                    seen.add(e.sha256)
+                    fresh.append(i)
+            ids = w.add([new_item(embs[i], label, source, campaign, note) for i in fresh])
+            for i, item_id in zip(fresh, ids):
+                records[i] = self._add_record(embs[i].path, item_id, embs[i].sha256, "added", embs[i].p_fake, label)
+            self._publish(w.bank)
+        return records
 
     @staticmethod
     def _add_record(path, item_id, sha256, status, p_fake, label, error=None) -> dict:
@@ -180,16 +222,22 @@ class Fakebank:
             raise UsageError(f"-k must be ≥ 1, not {k}")
         bank = self.open_bank()
         check_model(bank.manifest, self.model_info, self.bank_path)
-        params = FusionParams.from_dict(bank.manifest.get("fusion"))
         inputs = sources if sources is not None else (Source(f) for f in files)
         for result in self.extractor.extract(inputs):
             if isinstance(result, FailedInput):
-                yield {"path": result.path, "sha256": None, "verdict": None, "reason": None, "score": None,
-                       "p_model": None, "p_knn": None, "match": None, "neighbors": [],
-                       "model": self.model_record(), "error": result.error}
+                yield self.query_error_record(result.path, result.error)
                 continue
-            neighbors = self.neighbors(bank, result, k, params)
-            yield self.query_record(result.path, result.sha256, decide(result.logit, neighbors, params))
+            yield self.query_embedded(bank, result, k)
+
+    def query_error_record(self, path: str, error: str) -> dict:
+        return {"path": path, "sha256": None, "verdict": None, "reason": None, "score": None, "p_model": None,
+                "p_knn": None, "match": None, "neighbors": [], "model": self.model_record(), "error": error}
+
+    def query_embedded(self, bank: Bank, emb, k: int = DEFAULT_K) -> dict:
+        """The `query` record of one embedded image against a bank snapshot."""
+        params = FusionParams.from_dict(bank.manifest.get("fusion"))
+        neighbors = self.neighbors(bank, emb, k, params)
+        return self.query_record(emb.path, emb.sha256, decide(emb.logit, neighbors, params))
 
     def neighbors(self, bank: Bank, emb, k: int, params: FusionParams) -> list[Neighbor]:
         """Top-k by cls cosine ∪ every PDQ match (dihedral, ≤ threshold), closest first."""
@@ -303,6 +351,15 @@ class Fakebank:
             "before": _metrics(before, y, base.threshold), "after": _metrics(after, y, fitted.threshold),
             "fusion": fitted.to_dict(),
         }
+
+
+def new_item(emb, label: str, source: str | None, campaign: str | None, note: str | None) -> NewItem:
+    """The bank row of an embedded image."""
+    return NewItem(
+        sha256=emb.sha256, path=emb.path, label=label, p_fake=emb.p_fake, logit=emb.logit,
+        pdq=emb.pdq.hash, pdq_quality=emb.pdq.quality, cls=emb.cls, patch=emb.patch,
+        width=emb.width, height=emb.height, source=source, campaign=campaign, note=note,
+    )
 
 
 def _scores(logits: np.ndarray, knn: list, params: FusionParams) -> np.ndarray:

@@ -114,8 +114,11 @@ class Bank:
         self.labels = np.asarray(table.column("label").to_pylist(), dtype=object)
         self._indexes: dict[str, object] = {}
 
-    def with_appended(self, manifest: dict, new: pa.Table) -> "Bank":
-        """This snapshot plus appended rows, reusing what is already derived (indexes included)."""
+    def with_appended(self, manifest: dict, new: pa.Table, *, copy_indexes: bool = False) -> "Bank":
+        """This snapshot plus appended rows, reusing what is already derived (indexes included).
+
+        Indexes are moved to the new snapshot, or copied when other threads may still search this one.
+        """
         bank = Bank.__new__(Bank)
         bank.path, bank.manifest, bank.dim = self.path, manifest, self.dim
         bank.table = pa.concat_tables([self.table, new])
@@ -130,10 +133,12 @@ class Bank:
         bank.pdq_codes = np.concatenate([self.pdq_codes, _pdq_codes(new)])
         bank.pdq_quality = np.concatenate([self.pdq_quality, new.column("pdq_quality").to_numpy().astype(np.int16)])
         bank.labels = np.concatenate([self.labels, np.asarray(new.column("label").to_pylist(), dtype=object)])
-        bank._indexes = self._indexes
+        if copy_indexes:
+            bank._indexes = {k: faiss_index.clone(idx) for k, idx in self._indexes.items()}
+        else:
+            bank._indexes, self._indexes = self._indexes, {}
         for kind, idx in bank._indexes.items():
             bank._add_rows(kind, idx, start)
-        self._indexes = {}
         return bank
 
     # -- opening ----------------------------------------------------------------------------------
@@ -303,8 +308,15 @@ class BankWriter:
         embedding_dim: int | None = None,
         create: bool = True,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+        snapshot: Bank | None = None,
+        persist_indexes: bool = True,
     ) -> None:
+        """`snapshot`: a Bank the caller already holds (and may keep searching from other threads); it is
+        reused when it is still the latest commit. `persist_indexes=False` leaves index files stale (they
+        are caught up on open): for many small commits, as an HTTP service makes."""
         self.path = Path(path)
+        self._snapshot = snapshot
+        self.persist_indexes = persist_indexes
         self.model_info = model_info
         self.embedding_dim = embedding_dim
         self.create = create
@@ -324,7 +336,11 @@ class BankWriter:
         try:
             if not (self.path / MANIFEST).is_file():
                 self._write_manifest(self._new_manifest())
-            self.bank = Bank.open(self.path)
+            snap = self._snapshot
+            if snap is not None and snap.manifest["generation"] == read_manifest(self.path)["generation"]:
+                self.bank = snap
+            else:
+                self.bank, self._snapshot = Bank.open(self.path), None
             if self.model_info is not None:
                 check_model(self.bank.manifest, self.model_info, self.path)
             self._sweep()
@@ -335,7 +351,7 @@ class BankWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if self._dirty and self.bank is not None:
+            if self._dirty and self.bank is not None and self.persist_indexes:
                 self._write_indexes()
         finally:
             self._release_lock()
@@ -471,7 +487,9 @@ class BankWriter:
             manifest["model"] = self.model_info
         self._write_manifest(manifest)
         if appended is not None:
-            self.bank = self.bank.with_appended(manifest, appended)
+            # The caller's snapshot may be searched by other threads: copy its indexes, don't move them.
+            shared = self._snapshot is not None and self.bank is self._snapshot
+            self.bank = self.bank.with_appended(manifest, appended, copy_indexes=shared)
         else:
             self.bank = Bank(self.path, manifest, table)
         self._dirty = True

@@ -95,6 +95,14 @@ def binary_within(index: faiss.IndexBinary, queries: np.ndarray, max_distance: i
     ]
 
 
+def clone(index: faiss.Index | faiss.IndexBinary) -> faiss.Index | faiss.IndexBinary:
+    if isinstance(index, faiss.IndexBinary):
+        return faiss.clone_binary_index(index)
+    copy = faiss.clone_index(index)
+    _tune(copy)
+    return copy
+
+
 def save(index: faiss.Index | faiss.IndexBinary, path: Path) -> None:
     if isinstance(index, faiss.IndexBinary):
         faiss.write_index_binary(index, str(path))
