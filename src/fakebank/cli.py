@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -225,6 +226,31 @@ def calibrate(
         out.print(f"{when:7} accuracy={r[when]['accuracy']:.4f}  AP={r[when]['average_precision']:.4f}")
     f = r["fusion"]
     out.print(f"stored  w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f}")
+
+
+@_command
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (beyond loopback needs FAKEBANK_API_KEY).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Per-file upload bound.")] = 20,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Decoded pixels per image.")] = 50_000_000,
+    bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = None, positive_label: PositiveOpt = None,
+) -> None:
+    """Serve the bank over HTTP (FastAPI; OpenAPI docs at /docs)."""
+    from fakebank.service import API_KEY_ENV, ServiceConfig, check_bind
+    from fakebank.service import serve as run_server
+
+    api_key = os.environ.get(API_KEY_ENV) or None
+    check_bind(host, api_key)
+    fb = _fb(bank, weights, device, precision, batch_size, positive_label)
+    _warn_untrained(fb)
+    if not api_key:
+        err.print(f"no {API_KEY_ENV} set: the API is open to anyone who can reach {host}")
+    err.print(f"fakebank serving {fb.bank_path} with {fb.model_info['name']} on http://{host}:{port} (docs: /docs)")
+    config = ServiceConfig(api_key=api_key, max_upload_bytes=max_upload_mb * 1024 * 1024, max_pixels=max_pixels,
+                           max_batch=fb.extractor.batch_size)
+    run_server(fb, host, port, config)
 
 
 def main() -> None:

@@ -33,3 +33,7 @@ class InputError(FakebankError):
     """One input file could not be used; the rest of the batch goes on."""
 
     exit_code = EXIT_SOME_FAILED
+
+
+class TooLargeError(InputError):
+    """An input over a size bound (bytes or decoded pixels): refused before it can exhaust memory."""

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fakebank.errors import InputError
+from fakebank.errors import InputError, TooLargeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -182,7 +182,7 @@ def load_rgb(
     except InputError:
         raise
     except Image.DecompressionBombError as e:
-        raise InputError(
+        raise TooLargeError(
             f"{label}: too many pixels for Pillow's decompression-bomb guard ({e}); "
             "downscale it before indexing"
         ) from e
@@ -210,7 +210,7 @@ def _check_pixels(im: Image.Image, label: str, max_pixels: int) -> None:
         raise InputError(f"{label}: has no pixels ({width}×{height}); re-export it")
     pixels = width * height
     if pixels > max_pixels:
-        raise InputError(
+        raise TooLargeError(
             f"{label}: {width}×{height} = {pixels:,} pixels is more than the limit of {max_pixels:,} "
             "(decompression-bomb guard); downscale it, or raise max_pixels if the file is trusted"
         )
@@ -218,7 +218,7 @@ def _check_pixels(im: Image.Image, label: str, max_pixels: int) -> None:
     # those too, so that its warning always ends as this error (silencing it would mean changing the
     # process-wide warning filters, which is not thread-safe).
     if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
-        raise InputError(
+        raise TooLargeError(
             f"{label}: {width}×{height} = {pixels:,} pixels is more than Pillow's decompression-bomb limit "
             f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}); downscale it, or raise both limits "
             "if the file is trusted"

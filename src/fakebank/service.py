@@ -1,0 +1,344 @@
+"""The HTTP service (DESIGN §3): FastAPI over the api facade, with cross-request micro-batching.
+
+Last stage beside the CLI (api → **service**); it never imports cli. JSON bodies reuse the api's record
+builders, so field names are the CLI's. Concurrent queries are decoded in threads, then batched into
+one forward pass by `MicroBatcher`; reads use the api's bank snapshot (never blocked by a writer);
+writes are serialised and answered only once committed (fsynced), so an acknowledged item survives
+a kill -9.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+import hmac
+import ipaddress
+import os
+import queue
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fakebank.api import DEFAULT_K, Fakebank
+from fakebank.bank import MANIFEST, check_label, check_model
+from fakebank.embed import Decoded, Embedding, Extractor, Source
+from fakebank.errors import BankError, FakebankError, InputError, TooLargeError, UsageError
+
+API_KEY_ENV = "FAKEBANK_API_KEY"
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file
+DEFAULT_MAX_PIXELS = 50_000_000  # decoded pixels per image
+MAX_FILES_PER_REQUEST = 32
+MAX_WAIT_S = 0.005  # how long the first request of a batch waits for company
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    api_key: str | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_batch: int = 8
+    max_wait_s: float = MAX_WAIT_S
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse to listen beyond loopback without an API key."""
+    if not api_key and not is_loopback(host):
+        raise UsageError(
+            f"refusing to listen on {host} without an API key: set {API_KEY_ENV} (clients then send "
+            "'Authorization: Bearer <key>'), or listen on 127.0.0.1"
+        )
+
+
+class MicroBatcher:
+    """Collects decoded images from concurrent requests into one forward pass (≤ max_batch, ≤ max_wait)."""
+
+    def __init__(self, extractor: Extractor, max_batch: int, max_wait_s: float) -> None:
+        self.extractor = extractor
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._queue: queue.Queue[tuple[Decoded, Future] | None] = queue.Queue()
+        self.batches = 0
+        self.images = 0
+        self._thread = threading.Thread(target=self._run, name="fakebank-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, decoded: Decoded) -> Future:
+        fut: Future = Future()
+        self._queue.put((decoded, fut))
+        return fut
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            try:
+                embs = self.extractor.embed_decoded([d for d, _ in batch])
+            except Exception as e:  # noqa: BLE001 - a failed forward fails its requests, not the thread
+                for _, fut in batch:
+                    fut.set_exception(e)
+                continue
+            self.batches += 1
+            self.images += len(batch)
+            for (_, fut), emb in zip(batch, embs):
+                fut.set_result(emb)
+
+
+class Metrics:
+    """Prometheus text exposition of request counts and latencies (no extra dependency)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+        self.sums: dict[str, float] = defaultdict(float)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests[(method, route, status)] += 1
+            i = next((j for j, b in enumerate(LATENCY_BUCKETS) if seconds <= b), len(LATENCY_BUCKETS))
+            self.buckets[route][i] += 1
+            self.sums[route] += seconds
+
+    def render(self, extra: list[str]) -> str:
+        lines = ["# HELP fakebank_requests_total HTTP requests by method, route and status.",
+                 "# TYPE fakebank_requests_total counter"]
+        with self._lock:
+            for (method, route, status), n in sorted(self.requests.items()):
+                lines.append(f'fakebank_requests_total{{method="{method}",route="{route}",status="{status}"}} {n}')
+            lines += ["# HELP fakebank_request_seconds Request latency.", "# TYPE fakebank_request_seconds histogram"]
+            for route, counts in sorted(self.buckets.items()):
+                cum = 0
+                for b, c in zip((*LATENCY_BUCKETS, "+Inf"), counts):
+                    cum += c
+                    lines.append(f'fakebank_request_seconds_bucket{{route="{route}",le="{b}"}} {cum}')
+                lines.append(f'fakebank_request_seconds_sum{{route="{route}"}} {self.sums[route]:.6f}')
+                lines.append(f'fakebank_request_seconds_count{{route="{route}"}} {cum}')
+        return "\n".join(lines + extra) + "\n"
+
+
+class LabelPatch(BaseModel):
+    label: str
+
+
+def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
+    """The FastAPI app over one Fakebank (model loaded once, at start-up)."""
+    config = config or ServiceConfig()
+    extractor = fb.extractor
+    extractor.max_pixels = config.max_pixels
+    batcher = MicroBatcher(extractor, config.max_batch, config.max_wait_s)
+    metrics = Metrics()
+    max_request_bytes = config.max_upload_bytes * MAX_FILES_PER_REQUEST + (1 << 20)
+
+    if not (fb.bank_path / MANIFEST).exists():
+        with fb.writer():  # an empty bank, so that queries work before the first upload
+            pass
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(
+        title="fakebank",
+        version="1",
+        description="Known-fake image bank: kNN-augmented verdicts, near-duplicates, campaigns. "
+        "Send 'Authorization: Bearer <key>' when the server has an API key.",
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_request_bytes:
+            response = JSONResponse({"error": f"request body of {int(length):,} bytes is over the limit of "
+                                     f"{max_request_bytes:,}; send fewer or smaller files"}, status_code=413)
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # noqa: BLE001 - last line of defence: a bug must not kill the server
+                response = JSONResponse({"error": "internal error; see the server log"}, status_code=500)
+        route = request.scope.get("route")
+        metrics.observe(request.method, getattr(route, "path", "unmatched"), response.status_code,
+                        time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(FakebankError)
+    async def _fakebank_error(request: Request, e: FakebankError):
+        status = 413 if isinstance(e, TooLargeError) else 422 if isinstance(e, InputError) else (
+            404 if "no item with id" in str(e) else 400 if isinstance(e, UsageError) else 409)
+        return JSONResponse({"error": str(e)}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        return JSONResponse({"error": e.detail}, status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
+
+    def require_key(request: Request) -> None:
+        if not config.api_key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), config.api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    Auth = Depends(require_key)
+
+    async def read_uploads(files: list[UploadFile]) -> list[tuple[str, bytes]]:
+        if not files:
+            raise HTTPException(422, "no image uploaded: send multipart field 'file' (one or more)")
+        if len(files) > MAX_FILES_PER_REQUEST:
+            raise HTTPException(413, f"{len(files)} files in one request; the limit is {MAX_FILES_PER_REQUEST}")
+        out = []
+        for f in files:
+            data = await f.read(config.max_upload_bytes + 1)
+            name = os.path.basename(f.filename or "upload")  # never echo a client's directory structure
+            if len(data) > config.max_upload_bytes:
+                raise HTTPException(413, f"{name}: over the upload limit of {config.max_upload_bytes:,} bytes")
+            out.append((name, data))
+        return out
+
+    async def embed_uploads(uploads: list[tuple[str, bytes]]) -> list[Embedding | FakebankError]:
+        """Decode in threads, then embed through the shared batcher; per-file errors are kept in place."""
+        async def one(name: str, data: bytes) -> Embedding | FakebankError:
+            try:
+                decoded = await run_in_threadpool(extractor.decode, Source(name, data))
+            except InputError as e:
+                return e
+            return await asyncio.wrap_future(batcher.submit(decoded))
+
+        return await asyncio.gather(*(one(n, d) for n, d in uploads))
+
+    def all_failed(results: list) -> None:
+        errors = [r for r in results if isinstance(r, FakebankError)]
+        if errors and len(errors) == len(results):
+            raise errors[0] if len(errors) == 1 else InputError("; ".join(str(e) for e in errors))
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/v1/query", dependencies=[Auth])
+    async def query(file: Annotated[list[UploadFile], File(description="image(s)")],
+                    k: Annotated[int, Form(ge=1, le=100)] = DEFAULT_K) -> dict:
+        uploads = await read_uploads(file)
+        bank = await run_in_threadpool(fb.snapshot)
+        check_model(bank.manifest, fb.model_info, fb.bank_path)
+        results = await embed_uploads(uploads)
+        all_failed(results)
+        records = [fb.query_error_record(name, str(r)) if isinstance(r, FakebankError)
+                   else await run_in_threadpool(fb.query_embedded, bank, r, k)
+                   for (name, _), r in zip(uploads, results)]
+        return {"results": records}
+
+    @app.post("/v1/items", dependencies=[Auth])
+    async def add_items(file: Annotated[list[UploadFile], File(description="image(s)")],
+                        label: Annotated[str, Form()] = "fake",
+                        source: Annotated[str | None, Form()] = None,
+                        campaign: Annotated[str | None, Form()] = None,
+                        note: Annotated[str | None, Form()] = None) -> dict:
+        check_label(label)
+        uploads = await read_uploads(file)
+        results = await embed_uploads(uploads)
+        all_failed(results)
+        embs = [r for r in results if isinstance(r, Embedding)]
+        added = iter(await run_in_threadpool(
+            fb.add_embedded, embs, label=label, source=source, campaign=campaign, note=note))
+        records = [fb._add_record(name, None, None, "error", None, None, str(r)) if isinstance(r, FakebankError)
+                   else next(added) for (name, _), r in zip(uploads, results)]
+        return {"results": records}
+
+    @app.get("/v1/items/{item_id}", dependencies=[Auth])
+    def get_item(item_id: int) -> dict:
+        bank = fb.snapshot()
+        if not bank.has(item_id):
+            raise HTTPException(404, f"no item with id {item_id}")
+        return bank.item(item_id)
+
+    @app.patch("/v1/items/{item_id}", dependencies=[Auth])
+    def patch_item(item_id: int, body: LabelPatch) -> dict:
+        with fb._write_lock:
+            return fb.label([item_id], body.label)[0]
+
+    @app.delete("/v1/items/{item_id}", dependencies=[Auth])
+    def delete_item(item_id: int) -> dict:
+        with fb._write_lock:
+            return fb.remove([item_id])[0]
+
+    @app.get("/v1/info", dependencies=[Auth])
+    def info() -> dict:
+        return fb.info()
+
+    @app.get("/metrics", dependencies=[Auth], response_class=PlainTextResponse)
+    def metrics_text() -> str:
+        try:
+            bank = fb.snapshot()
+            items = len(bank)
+        except BankError:
+            items = 0
+        m = fb.model_info
+        extra = [
+            "# HELP fakebank_bank_items Items in the bank.", "# TYPE fakebank_bank_items gauge",
+            f"fakebank_bank_items {items}",
+            "# HELP fakebank_model_info The loaded model.", "# TYPE fakebank_model_info gauge",
+            f'fakebank_model_info{{name="{m["name"]}",revision="{m["revision"]}",trained="{str(m["trained"]).lower()}",'
+            f'identity="{m["identity_hash"][:16]}"}} 1',
+            "# HELP fakebank_batches_total Forward passes run by the micro-batcher.",
+            "# TYPE fakebank_batches_total counter", f"fakebank_batches_total {batcher.batches}",
+            "# HELP fakebank_batched_images_total Images embedded by the micro-batcher.",
+            "# TYPE fakebank_batched_images_total counter", f"fakebank_batched_images_total {batcher.images}",
+        ]
+        return metrics.render(extra)
+
+    return app
+
+
+def serve(fb: Fakebank, host: str, port: int, config: ServiceConfig) -> None:
+    """Run uvicorn in this process (one worker: the model is loaded once)."""
+    import uvicorn
+
+    check_bind(host, config.api_key)
+    app = create_app(fb, config)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
