@@ -220,3 +220,18 @@ def test_sigkill_at_every_rename_leaves_a_consistent_bank(tmp_path, kill_at):
     leftovers = [p.name for p in bank_dir.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
     assert len(Bank.open(bank_dir)) == len(present) + 1
+
+
+def test_writer_reuses_a_shared_snapshot_without_disturbing_its_readers(tmp_path):
+    with writer(tmp_path) as w:
+        w.add([make_item(1), make_item(2)])
+    snap = Bank.open(tmp_path)
+    snap.search("cls", make_item(1).cls[None, :], 2)  # indexes loaded
+    snap.pdq_within(np.zeros((1, 32), np.uint8), 31)
+    with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM, snapshot=snap, persist_indexes=False) as w:
+        assert w.bank is snap  # still the latest commit: not reloaded
+        w.add([make_item(3)])
+    assert len(snap) == 2 and snap.index("cls").ntotal == 2 and snap.index("pdq").ntotal == 2
+    assert w.bank.index("cls").ntotal == 3 and w.bank.index("pdq").ntotal == 3
+    reopened = Bank.open(tmp_path)  # index files were left stale on purpose; they catch up on open
+    assert len(reopened) == 3 and reopened.index("cls").ntotal == 3

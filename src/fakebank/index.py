@@ -96,8 +96,8 @@ def binary_within(index: faiss.IndexBinary, queries: np.ndarray, max_distance: i
 
 
 def clone(index: faiss.Index | faiss.IndexBinary) -> faiss.Index | faiss.IndexBinary:
-    if isinstance(index, faiss.IndexBinary):
-        return faiss.clone_binary_index(index)
+    if isinstance(index, faiss.IndexBinary):  # clone_binary_index cannot copy IDMap2 wrappers
+        return faiss.deserialize_index_binary(faiss.serialize_index_binary(index))
     copy = faiss.clone_index(index)
     _tune(copy)
     return copy

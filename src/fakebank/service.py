@@ -13,6 +13,7 @@ import asyncio
 from contextlib import asynccontextmanager
 import hmac
 import ipaddress
+import logging
 import os
 import queue
 import threading
@@ -34,6 +35,7 @@ from fakebank.bank import MANIFEST, check_label, check_model
 from fakebank.embed import Decoded, Embedding, Extractor, Source
 from fakebank.errors import BankError, FakebankError, InputError, TooLargeError, UsageError
 
+log = logging.getLogger("fakebank.service")
 API_KEY_ENV = "FAKEBANK_API_KEY"
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file
 DEFAULT_MAX_PIXELS = 50_000_000  # decoded pixels per image
@@ -194,6 +196,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
             try:
                 response = await call_next(request)
             except Exception:  # noqa: BLE001 - last line of defence: a bug must not kill the server
+                log.exception("unhandled error in %s %s", request.method, request.url.path)
                 response = JSONResponse({"error": "internal error; see the server log"}, status_code=500)
         route = request.scope.get("route")
         metrics.observe(request.method, getattr(route, "path", "unmatched"), response.status_code,
