@@ -235,3 +235,15 @@ def test_writer_reuses_a_shared_snapshot_without_disturbing_its_readers(tmp_path
     assert w.bank.index("cls").ntotal == 3 and w.bank.index("pdq").ntotal == 3
     reopened = Bank.open(tmp_path)  # index files were left stale on purpose; they catch up on open
     assert len(reopened) == 3 and reopened.index("cls").ntotal == 3
+
+
+def test_many_small_commits_are_compacted(tmp_path, monkeypatch):
+    monkeypatch.setattr("fakebank.bank.MAX_SEGMENTS", 4)
+    with writer(tmp_path, persist_indexes=False) as w:
+        for i in range(10):
+            w.add([make_item(i)])
+    bank = Bank.open(tmp_path)
+    assert len(bank.manifest["segments"]) <= 4 and len(bank) == 10
+    assert sorted(p.name for p in tmp_path.glob("seg-*.parquet")) == sorted(s["file"] for s in bank.manifest["segments"])
+    _, ids = bank.search("cls", make_item(9).cls[None, :], 1)
+    assert ids[0, 0] == 10

@@ -207,6 +207,11 @@ class Fakebank:
             self._publish(w.bank)
         return records
 
+    def persist_indexes(self) -> None:
+        """Write the derived index files for the latest commit (the service does so on shutdown)."""
+        with self._write_lock, self.writer(with_model=False) as w:
+            w.write_indexes()
+
     @staticmethod
     def _add_record(path, item_id, sha256, status, p_fake, label, error=None) -> dict:
         return {"path": path, "id": item_id, "sha256": sha256, "status": status, "p_fake": p_fake,

@@ -41,6 +41,7 @@ DEFAULT_BANK = "indexes/default"
 BANK_ENV = "FAKEBANK_BANK"
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 VECTOR_KINDS = ("cls", "patch")
+MAX_SEGMENTS = 64  # more append-only segments than this are compacted into one
 PDQ_BYTES = 32
 _OWNED_FILE = re.compile(r"^(seg-\d+\.parquet|(cls|patch|pdq)-\d+\.faiss|.*\.tmp)$")
 
@@ -398,7 +399,17 @@ class BankWriter:
         manifest["segments"] = manifest["segments"] + [seg]
         manifest["next_id"] = first + len(items)
         self._commit(manifest, gen, appended=table)
+        if len(self.bank.manifest["segments"]) > MAX_SEGMENTS:
+            self.compact()
         return ids
+
+    def compact(self) -> None:
+        """Merge every segment into one (many small commits, as the HTTP service makes, add up)."""
+        self._rewrite([], lambda t, mask: t)
+
+    def write_indexes(self) -> None:
+        """Persist the derived indexes now (otherwise done on close unless persist_indexes=False)."""
+        self._write_indexes()
 
     def set_label(self, ids: Iterable[int], label: str) -> None:
         check_label(label)
