@@ -475,7 +475,7 @@ class BankWriter:
         name = f"seg-{gen:06d}.parquet"
         tmp = self.path / (name + ".tmp")
         pq.write_table(table, tmp, compression="zstd")
-        _fsync_file(tmp)
+        _fsync(tmp)
         os.replace(tmp, self.path / name)
         return {"file": name, "rows": len(table)}
 
@@ -509,9 +509,9 @@ class BankWriter:
     def _write_manifest(self, manifest: dict) -> None:
         tmp = self.path / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        _fsync_file(tmp)
+        _fsync(tmp)
         os.replace(tmp, self.path / MANIFEST)
-        _fsync_dir(self.path)
+        _fsync(self.path)
 
     def _write_indexes(self) -> None:
         """Persist derived indexes for the current state (a crash here only costs a rebuild later)."""
@@ -524,7 +524,7 @@ class BankWriter:
             name = f"{kind}-{gen:06d}.faiss"
             tmp = self.path / (name + ".tmp")
             faiss_index.save(idx, tmp)
-            _fsync_file(tmp)
+            _fsync(tmp)
             os.replace(tmp, self.path / name)
             entries[kind] = {
                 "file": name,
@@ -579,15 +579,8 @@ def _vector_array(vectors: list[np.ndarray], dim: int) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(flat, dim)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file's data, or a folder's entries (so that a rename inside it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
