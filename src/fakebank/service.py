@@ -76,6 +76,7 @@ class MicroBatcher:
 
     def __init__(self, extractor: Extractor, max_batch: int, max_wait_s: float) -> None:
         self.extractor = extractor
+        self.decoding = 0  # requests being decoded now: only they are worth waiting for
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._queue: queue.Queue[tuple[Decoded, Future] | None] = queue.Queue()
@@ -101,6 +102,8 @@ class MicroBatcher:
             batch = [first]
             deadline = time.monotonic() + self.max_wait_s
             while len(batch) < self.max_batch:
+                if self._queue.empty() and self.decoding == 0:
+                    break  # nobody else is on the way: a lone request must not pay the wait
                 try:
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
@@ -250,11 +253,15 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
     async def embed_uploads(uploads: list[tuple[str, bytes]]) -> list[Embedding | FakebankError]:
         """Decode in threads, then embed through the shared batcher; per-file errors are kept in place."""
         async def one(name: str, data: bytes) -> Embedding | FakebankError:
+            batcher.decoding += 1  # only touched on the event loop thread
             try:
                 decoded = await run_in_threadpool(extractor.decode, Source(name, data))
+                fut = batcher.submit(decoded)  # queued before it stops counting as "on the way"
             except InputError as e:
                 return e
-            return await asyncio.wrap_future(batcher.submit(decoded))
+            finally:
+                batcher.decoding -= 1
+            return await asyncio.wrap_future(fut)
 
         return await asyncio.gather(*(one(n, d) for n, d in uploads))
 
