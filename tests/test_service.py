@@ -309,3 +309,25 @@ def test_concurrent_writers_and_readers(tmp_path):
         assert added and httpx.get(srv.url + "/v1/info", headers=AUTH).json()["items"] == len(set(added))
     finally:
         srv.stop()
+
+
+def test_micro_batcher_groups_concurrent_requests_into_one_forward_pass():
+    from fakebank.embed import Extractor, Source
+    from fakebank.model import load_model
+    from fakebank.service import MicroBatcher
+
+    ex = Extractor(load_model(WEIGHTS), precision="fp32")
+    decoded = [ex.decode(Source(f"q{i}.jpg", data)) for i, data in enumerate(distinct_images(6, seed=9))]
+    batcher = MicroBatcher(ex, max_batch=8, max_wait_s=0.5)
+    try:
+        batcher.decoding = 1  # another request is on its way: the first one waits for company
+        futures = [batcher.submit(d) for d in decoded]
+        batcher.decoding = 0
+        results = [f.result(timeout=60) for f in futures]
+    finally:
+        batcher.close()
+    assert batcher.batches == 1 and batcher.images == 6
+    alone = ex.embed_decoded(decoded)  # same numbers as embedding them together outside the service
+    for got, want in zip(results, alone):
+        assert got.path == want.path and abs(got.logit - want.logit) < 1e-4
+        assert float(got.cls @ want.cls) > 0.9999
