@@ -156,9 +156,13 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=48, help="requests per concurrency level (×2 at 32)")
     ap.add_argument("--fault-trials", type=int, default=0)
     ap.add_argument("--fault-weights", default="untrained:test_vit:0")
+    ap.add_argument("--skip-load", action="store_true", help="only the fault trials")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.skip_load:
+            fault_trials(args.fault_weights, args.fault_trials, tmp)
+            return
         payloads = images(16)
         batched, single_ms = extractor_throughput(args.weights, 8)
         print(f"extractor: {batched:.2f} img/s at batch 8; one image alone {single_ms:.0f} ms ({args.weights})")
