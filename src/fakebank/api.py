@@ -20,6 +20,10 @@ from fakebank.bank import (
     MANIFEST, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path, read_manifest,
 )
 from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote
+from fakebank.dedup import DedupParams, Probe, pdq_distance
+from fakebank.dedup import find as dedup_find
+from fakebank.dedup import groups as dedup_groups
+from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.errors import BankError, UsageError
 from fakebank.pdq import PDQ_MIN_QUALITY, hamming
 
@@ -182,6 +186,8 @@ class Fakebank:
                 if len(pending) >= COMMIT_EVERY_ITEMS or time.monotonic() - last_commit >= COMMIT_EVERY_S:
                     yield from flush()
             yield from flush()
+            if w.bank.manifest.get("dedup") is None and len(w.bank):
+                w.set_manifest_entry("dedup", DedupParams().to_dict())  # the thresholds the bank matches with
 
     def add_embedded(self, embs: Sequence, *, label: str = "fake", source: str | None = None,
                      campaign: str | None = None, note: str | None = None) -> list[dict]:
@@ -244,32 +250,70 @@ class Fakebank:
         neighbors = self.neighbors(bank, emb, k, params)
         return self.query_record(emb.path, emb.sha256, decide(emb.logit, neighbors, params))
 
-    def neighbors(self, bank: Bank, emb, k: int, params: FusionParams) -> list[Neighbor]:
-        """Top-k by cls cosine ∪ every PDQ match (dihedral, ≤ threshold), closest first."""
+    def neighbors(self, bank: Bank, emb, k: int, params: FusionParams,
+                  dedup_params: DedupParams | None = None) -> list[Neighbor]:
+        """Top-k by cls cosine ∪ every near-duplicate dedup finds (PDQ, de-bordered PDQ, local features,
+        embedding), closest first; each neighbour carries dedup's judgement, which `decide` follows."""
         if len(bank) == 0:
             return []
+        dparams = dedup_params or DedupParams.from_dict(bank.manifest.get("dedup"))
+        probe = Probe.of_embedding(emb)
+        matches = {m.id: m for m in dedup_find(bank, probe, dparams)}
         sims, ids = bank.search("cls", emb.cls[None, :], k)
-        candidates = {int(i) for i in ids[0] if i >= 0}
-        query_usable = emb.pdq.quality >= PDQ_MIN_QUALITY
-        if query_usable:
-            codes = np.frombuffer(b"".join(emb.pdq.dihedral), np.uint8).reshape(-1, 32)
-            for hits in bank.pdq_within(codes, params.pdq_threshold):
-                candidates.update(i for i, _ in hits)
+        candidates = {int(i) for i in ids[0] if i >= 0} | set(matches)
         out = []
         for item_id in candidates:
             r = bank.row(item_id)
             sim = float(bank.vectors["cls"][r] @ emb.cls)
-            dist = None
-            if query_usable and bank.pdq_quality[r] >= PDQ_MIN_QUALITY:
-                stored = bank.pdq_codes[r].tobytes()
-                dist = min(hamming(h, stored) for h in emb.pdq.dihedral)
             meta = bank.table
+            m = matches.get(item_id)
             out.append(Neighbor(
                 id=item_id, path=meta.column("path")[r].as_py(), label=str(bank.labels[r]),
-                campaign=meta.column("campaign")[r].as_py(), similarity=round(sim, 6), pdq_distance=dist,
+                campaign=meta.column("campaign")[r].as_py(), similarity=round(sim, 6),
+                pdq_distance=pdq_distance(bank, probe, item_id), signal=m.signal if m else None, judged=True,
             ))
         out.sort(key=lambda n: -n.similarity)
         return out
+
+    # -- near-duplicates (DESIGN §1.6, §2 `dupes`) ----------------------------------------------------
+
+    def dedup_params(self, bank: Bank | None = None, **overrides) -> DedupParams:
+        """The bank's stored thresholds (or the defaults) with the given ones (None: keep) replaced."""
+        bank = bank or self.open_bank()
+        return DedupParams.from_dict(bank.manifest.get("dedup")).with_overrides(**overrides)
+
+    def dupes(self, files: Iterable[str], *, params: DedupParams | None = None,
+              sources: Iterable | None = None) -> Iterator[dict]:
+        """Per input, the bank items dedup judges near-duplicates of it (contract: DESIGN §2 `dupes`)."""
+        from fakebank.embed import FailedInput, Source
+
+        bank = self.open_bank()
+        check_model(bank.manifest, self.model_info, self.bank_path)
+        params = params or self.dedup_params(bank)
+        inputs = sources if sources is not None else (Source(f) for f in files)
+        for result in self.extractor.extract(inputs):
+            if isinstance(result, FailedInput):
+                yield {"path": result.path, "duplicates": [], "error": result.error}
+                continue
+            yield self.dupes_record(bank, result.path, dedup_find(bank, Probe.of_embedding(result), params))
+
+    @staticmethod
+    def dupes_record(bank: Bank, path: str, matches: list) -> dict:
+        return {"path": path, "duplicates": [
+            {"id": m.id, "path": bank.table.column("path")[bank.row(m.id)].as_py(), "similarity": m.similarity,
+             "pdq_distance": m.pdq_distance, "signal": m.signal} for m in matches]}
+
+    def dupe_groups(self, *, params: DedupParams | None = None, progress=None) -> Iterator[dict]:
+        """Groups of near-duplicates inside the bank, largest first: `{"group": [ids], "paths": [...]}`.
+        Needs no model: every item's stored hashes, features and embedding probe the bank's indexes."""
+        bank = self.open_bank()
+        for group in dedup_groups(bank, params or self.dedup_params(bank), progress=progress):
+            yield {"group": group, "paths": [bank.table.column("path")[bank.row(i)].as_py() for i in group]}
+
+    def save_dedup_params(self, params: DedupParams) -> None:
+        """Store thresholds in the bank's manifest: `query`'s match and `dupes` use them from then on."""
+        with self._write_lock, self.writer(with_model=False) as w:
+            w.set_manifest_entry("dedup", params.to_dict())
 
     def query_record(self, path: str, sha256: str, d: Decision) -> dict:
         return {
@@ -317,6 +361,68 @@ class Fakebank:
             w.remove(ids)
             return [{"id": int(i), "status": "removed"} for i in ids]
 
+    # -- campaigns (DESIGN §1.6) ---------------------------------------------------------------------
+
+    def campaigns(self, *, min_size: int = 2, similarity: float | None = None, min_p_fake: float | None = None,
+                  recompute: bool = True, save: bool = True) -> list[dict]:
+        """One record per campaign of ≥ min_size items, largest first (contract: DESIGN §2 `campaigns`)."""
+        bank, result = self.campaign_run(similarity=similarity, min_p_fake=min_p_fake, recompute=recompute, save=save)
+        return self.campaign_records(bank, result, min_size=min_size)
+
+    def campaign_run(self, *, similarity: float | None = None, min_p_fake: float | None = None,
+                     recompute: bool = True, save: bool = True):
+        """Cluster the flagged items of the latest snapshot and (with `save`) store the assignments.
+
+        Returns (snapshot, CampaignResult). Ids stay stable across runs; `recompute=False` lists the stored
+        campaigns without clustering. The model is never loaded.
+        """
+        from fakebank import campaigns as cp
+
+        bank = self.open_bank()
+        info = bank.manifest.get("campaigns") or {}
+        overrides = {"similarity": similarity, "min_p_fake": min_p_fake}
+        params = cp.CampaignParams(**{k: v for k, v in overrides.items() if v is not None})
+        if not recompute:
+            return bank, cp.result_from_stored(bank, bank.campaign_assignments(), params, info.get("next_number", 1))
+        clusters = cp.find_clusters(bank, params)
+        previous = bank.campaign_assignments()
+        result = cp.name_clusters(clusters, previous, info.get("next_number", 1))
+        if save:
+            with self._write_lock, self.writer(with_model=False) as w:
+                latest = w.bank.manifest.get("campaigns") or {}
+                if latest.get("file") != info.get("file"):  # another run stored meanwhile: keep its ids
+                    previous = w.bank.campaign_assignments()
+                    result = cp.name_clusters(clusters, previous, latest.get("next_number", 1))
+                table = result.assignments()
+                if not (_same_rows(table, previous) and latest.get("params") == params.to_dict()
+                        and latest.get("next_number") == result.next_number):
+                    w.commit_campaigns(table, {
+                        "params": params.to_dict(), "next_number": result.next_number,
+                        "computed_at": datetime.now(timezone.utc).isoformat(),
+                        "generation_clustered": bank.manifest["generation"], "campaigns": len(result.campaigns),
+                    })
+        return bank, result
+
+    @staticmethod
+    def campaign_records(bank: Bank, result, *, min_size: int = 2) -> list[dict]:
+        from fakebank.campaigns import summarize
+
+        if min_size < 1:
+            raise UsageError(f"--min-size must be ≥ 1, not {min_size}")
+        return summarize(bank, result.campaigns, min_size=min_size)
+
+    @staticmethod
+    def campaign_report(path: str | os.PathLike, bank: Bank, result, records: list[dict]) -> Path:
+        """The self-contained HTML report of `records` (thumbnails embedded from the items' paths)."""
+        from fakebank.campaigns import write_report
+
+        path = Path(path)
+        if path.is_dir():
+            raise UsageError(f"--report {path} is a folder; name an .html file")
+        if not path.parent.is_dir():
+            raise UsageError(f"--report {path}: folder {path.parent} does not exist")
+        return write_report(path, bank, records, result.events, params=result.params)
+
     def calibrate(self, folder: str | os.PathLike, *, k: int = DEFAULT_K) -> dict:
         """Fit the fusion weights on DIR/fake and DIR/real against this bank; store them in the manifest."""
         from fakebank.embed import Embedding
@@ -360,10 +466,15 @@ class Fakebank:
 
 def new_item(emb, label: str, source: str | None, campaign: str | None, note: str | None) -> NewItem:
     """The bank row of an embedded image."""
+    sig = getattr(emb, "signals", None)
     return NewItem(
         sha256=emb.sha256, path=emb.path, label=label, p_fake=emb.p_fake, logit=emb.logit,
         pdq=emb.pdq.hash, pdq_quality=emb.pdq.quality, cls=emb.cls, patch=emb.patch,
         width=emb.width, height=emb.height, source=source, campaign=campaign, note=note,
+        pdq_dihedral=b"".join(emb.pdq.dihedral[1:]),
+        pdq_trim=sig.pdq_trim.hash if sig is not None and sig.pdq_trim is not None else None,
+        pdq_trim_quality=sig.pdq_trim.quality if sig is not None and sig.pdq_trim is not None else None,
+        local=sig.local.strongest(LOCAL_BANK_FEATURES).to_bytes() if sig is not None and len(sig.local) else None,
     )
 
 
@@ -383,3 +494,14 @@ def average_precision(scores: np.ndarray, y: np.ndarray) -> float:
         return 0.0
     precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
     return float((precision_at * hits).sum() / hits.sum())
+
+
+def _same_rows(table, previous) -> bool:
+    """Whether two campaign assignment tables hold the same (id, campaign, origin) rows."""
+    if previous is None:
+        return len(table) == 0
+    if len(table) != len(previous):
+        return False
+    key = lambda t: sorted(zip(t.column("id").to_pylist(), t.column("campaign").to_pylist(),  # noqa: E731
+                               t.column("origin").to_pylist()))
+    return key(table) == key(previous)

@@ -43,7 +43,18 @@ DEFAULT_LOCK_TIMEOUT_S = 30.0
 VECTOR_KINDS = ("cls", "patch")
 MAX_SEGMENTS = 64  # more append-only segments than this are compacted into one
 PDQ_BYTES = 32
-_OWNED_FILE = re.compile(r"^(seg-\d+\.parquet|(cls|patch|pdq)-\d+\.faiss|.*\.tmp)$")
+_OWNED_FILE = re.compile(
+    r"^(seg-\d+\.parquet|campaigns-\d+\.parquet|(cls|patch|pdq|pdq_trim|local)-\d+\.faiss|.*\.tmp)$")
+# Near-duplicate signals (dedup.py) beyond `pdq`: the PDQ hashes of de-bordered images and the ORB
+# descriptors of every item, each in a derived binary index. A local descriptor's FAISS id is
+# item_id << LOCAL_ID_BITS | its rank within the item.
+DEDUP_INDEX_KINDS = ("pdq_trim", "local")
+BINARY_KINDS = ("pdq", *DEDUP_INDEX_KINDS)
+LOCAL_ID_BITS = 10
+PDQ_DIHEDRAL_BYTES = 7 * PDQ_BYTES  # the 7 rotated/mirrored hashes after the stored one
+# Computed campaign assignments (`fakebank campaigns`), a sidecar the manifest names under "campaigns";
+# the analyst's `campaign` column of the items table is never written by clustering.
+CAMPAIGNS_SCHEMA = pa.schema([("id", pa.int64()), ("campaign", pa.string()), ("origin", pa.string())])
 
 
 def default_bank_path() -> Path:
@@ -70,6 +81,11 @@ def items_schema(dim: int) -> pa.Schema:
             ("patch", pa.list_(pa.float32(), dim)),
             ("width", pa.int32()),
             ("height", pa.int32()),
+            # near-duplicate signals (signals.py); null for rows added without them
+            ("pdq_dihedral", pa.binary(PDQ_DIHEDRAL_BYTES)),
+            ("pdq_trim", pa.binary(PDQ_BYTES)),
+            ("pdq_trim_quality", pa.int16()),
+            ("local", pa.binary()),
         ]
     )
 
@@ -90,6 +106,10 @@ class NewItem:
     source: str | None = None
     campaign: str | None = None
     note: str | None = None
+    pdq_dihedral: bytes | None = None  # PdqHash.dihedral[1:], concatenated
+    pdq_trim: bytes | None = None  # PDQ of the de-bordered image, when it differs from the whole
+    pdq_trim_quality: int | None = None
+    local: bytes | None = None  # LocalFeatures.to_bytes()
 
 
 def check_label(label: str) -> str:
@@ -200,6 +220,19 @@ class Bank:
         rec["pdq"] = rec["pdq"].hex() if rec["pdq"] else None
         return rec
 
+    def campaign_assignments(self) -> pa.Table | None:
+        """The stored campaign assignments (id, campaign, origin) of this snapshot; None before any run.
+
+        Rows of items removed since may remain: callers keep the ids the bank still has.
+        """
+        entry = self.manifest.get("campaigns")
+        if not entry or not entry.get("file"):
+            return None
+        try:
+            return pq.read_table(self.path / entry["file"], schema=CAMPAIGNS_SCHEMA)
+        except FileNotFoundError:
+            raise BankError(f"{self.path}: the campaign assignments changed while being read; retry") from None
+
     def index(self, kind: str):
         """The FAISS index for `cls`, `patch` or `pdq`: loaded, caught up, or rebuilt from the table."""
         if kind not in self._indexes:
@@ -220,9 +253,9 @@ class Bank:
         if entry and (self.path / entry["file"]).is_file():
             covered = entry["segments"]
             if covered == segments[: len(covered)]:
-                idx = faiss_index.load(self.path / entry["file"], binary=kind == "pdq")
+                idx = faiss_index.load(self.path / entry["file"], binary=kind in BINARY_KINDS)
                 covered_rows = sum(s["rows"] for s in covered)
-                if idx.ntotal == covered_rows:
+                if idx.ntotal == entry.get("ntotal", covered_rows):
                     self._add_rows(kind, idx, covered_rows)
                     return idx
         return self.build_index(kind)
@@ -230,6 +263,10 @@ class Bank:
     def build_index(self, kind: str):
         if kind == "pdq":
             return faiss_index.build_binary(self.pdq_codes, self.ids)
+        if kind == "pdq_trim":
+            return faiss_index.build_binary(*_pdq_trim_rows(self.table))
+        if kind == "local":
+            return faiss_index.build_local(*_local_rows(self.table))
         factory = faiss_index.choose_factory(len(self), self.dim)
         return faiss_index.build(factory, self.vectors[kind], self.ids)
 
@@ -238,12 +275,41 @@ class Bank:
             return
         if kind == "pdq":
             idx.add_with_ids(self.pdq_codes[start:], self.ids[start:])
+        elif kind in DEDUP_INDEX_KINDS:
+            codes, ids = (_pdq_trim_rows if kind == "pdq_trim" else _local_rows)(self.table.slice(start))
+            if len(ids):
+                idx.add_with_ids(codes, ids)
         else:
             faiss_index.add(idx, self.vectors[kind][start:], self.ids[start:])
 
 
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
                  "logit", "pdq", "pdq_quality", "width", "height")
+
+
+def _pdq_trim_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [n, 32], item ids) of the rows that have a de-bordered PDQ hash."""
+    values = table.column("pdq_trim").to_pylist()
+    keep = [r for r, v in enumerate(values) if v is not None]
+    ids = table.column("id").to_numpy()[keep].astype(np.int64) if keep else np.zeros(0, np.int64)
+    codes = np.frombuffer(b"".join(values[r] for r in keep), np.uint8).reshape(-1, PDQ_BYTES).copy()
+    return codes, ids
+
+
+def _local_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(descriptors [n, 32], ids item_id << LOCAL_ID_BITS | rank) of every row's local features."""
+    from fakebank.signals import LocalFeatures  # cv2 only where local features are read
+
+    codes, ids = [], []
+    for item_id, blob in zip(table.column("id").to_pylist(), table.column("local").to_pylist()):
+        feats = LocalFeatures.from_bytes(blob)
+        n = min(len(feats), 1 << LOCAL_ID_BITS)
+        if n:
+            codes.append(feats.desc[:n])
+            ids.append((np.int64(item_id) << LOCAL_ID_BITS) | np.arange(n, dtype=np.int64))
+    if not codes:
+        return np.zeros((0, PDQ_BYTES), np.uint8), np.zeros(0, np.int64)
+    return np.ascontiguousarray(np.concatenate(codes)), np.concatenate(ids)
 
 
 def read_manifest(path: Path) -> dict:
@@ -391,6 +457,10 @@ class BankWriter:
                 "patch": _vector_array([it.patch for it in items], dim),
                 "width": pa.array([it.width for it in items], pa.int32()),
                 "height": pa.array([it.height for it in items], pa.int32()),
+                "pdq_dihedral": pa.array([it.pdq_dihedral for it in items], pa.binary(PDQ_DIHEDRAL_BYTES)),
+                "pdq_trim": pa.array([it.pdq_trim for it in items], pa.binary(PDQ_BYTES)),
+                "pdq_trim_quality": pa.array([it.pdq_trim_quality for it in items], pa.int16()),
+                "local": pa.array([it.local for it in items], pa.binary()),
             },
             schema=items_schema(dim),
         )
@@ -419,18 +489,60 @@ class BankWriter:
                      pa.string())))
 
     def set_campaigns(self, assignments: dict[int, str | None]) -> None:
-        """Set the `campaign` column of the given items (used by campaign clustering)."""
-        ids = list(assignments)
-        def apply(t: pa.Table, mask: np.ndarray) -> pa.Table:
-            values = t.column("campaign").to_pylist()
-            for r, item_id in enumerate(t.column("id").to_pylist()):
-                if item_id in assignments:
-                    values[r] = assignments[item_id]
-            return t.set_column(t.schema.get_field_index("campaign"), "campaign", pa.array(values, pa.string()))
-        self._rewrite(ids, apply)
+        """Set (None: clear) the computed campaign of the given items in the stored assignments.
+
+        Never touches the analyst's `campaign` column: those values are ground truth given at `add` time.
+        """
+        assert self.bank is not None
+        for i in assignments:
+            self.bank.row(i)  # raises UsageError naming an unknown id
+        current = self.bank.campaign_assignments()
+        rows = {} if current is None else {
+            i: (c, o) for i, c, o in zip(current.column("id").to_pylist(), current.column("campaign").to_pylist(),
+                                         current.column("origin").to_pylist())}
+        for i, name in assignments.items():
+            if name is None:
+                rows.pop(int(i), None)
+            else:
+                rows[int(i)] = (name, "computed")
+        table = pa.table({"id": pa.array(list(rows), pa.int64()),
+                          "campaign": pa.array([c for c, _ in rows.values()], pa.string()),
+                          "origin": pa.array([o for _, o in rows.values()], pa.string())}, schema=CAMPAIGNS_SCHEMA)
+        self.commit_campaigns(table, {k: v for k, v in (self.bank.manifest.get("campaigns") or {}).items()
+                                      if k != "file"})
+
+    def commit_campaigns(self, assignments: pa.Table, info: dict) -> None:
+        """Store a campaign run's assignments (CAMPAIGNS_SCHEMA) and its `info` in one atomic commit.
+
+        Items, labels and derived indexes are unchanged, so the index files stay valid.
+        """
+        assert self.bank is not None
+        manifest = dict(self.bank.manifest)
+        gen = manifest["generation"] + 1
+        name = f"campaigns-{gen:06d}.parquet"
+        tmp = self.path / (name + ".tmp")
+        pq.write_table(assignments.cast(CAMPAIGNS_SCHEMA), tmp, compression="zstd")
+        _fsync(tmp)
+        os.replace(tmp, self.path / name)
+        manifest["campaigns"] = {**info, "file": name, "assigned": len(assignments)}
+        dirty = self._dirty
+        self._commit(manifest, gen, table=self.bank.table)
+        self._dirty = dirty  # no index changed: keep the index files the manifest already names
 
     def remove(self, ids: Iterable[int]) -> None:
         self._rewrite(ids, lambda t, mask: t.filter(pa.array(~mask)))
+
+    def set_manifest_entry(self, key: str, value: dict) -> None:
+        """Store a settings record (e.g. the near-duplicate thresholds, "dedup") in the manifest, one commit."""
+        assert self.bank is not None
+        if key in ("format_version", "segments", "indexes", "counts", "generation", "next_id", "model"):
+            raise BankError(f"{key!r} is bank bookkeeping, not a setting")
+        manifest = dict(self.bank.manifest)
+        manifest[key] = value
+        gen = manifest["generation"] + 1
+        dirty = self._dirty
+        self._commit(manifest, gen, table=self.bank.table)
+        self._dirty = dirty  # no item changed: the index files the manifest names stay valid
 
     def set_fusion(self, fusion: dict) -> None:
         assert self.bank is not None
@@ -519,8 +631,10 @@ class BankWriter:
         manifest = dict(self.bank.manifest)
         gen = manifest["generation"]
         entries = {}
-        for kind in (*VECTOR_KINDS, "pdq"):
+        for kind in (*VECTOR_KINDS, *BINARY_KINDS):
             idx = self.bank.index(kind)
+            if kind in DEDUP_INDEX_KINDS and idx.ntotal == 0:
+                continue  # nothing to persist: rebuilt (empty) on open at no cost
             name = f"{kind}-{gen:06d}.faiss"
             tmp = self.path / (name + ".tmp")
             faiss_index.save(idx, tmp)
@@ -531,6 +645,9 @@ class BankWriter:
                 "factory": "IDMap2,BinaryFlat" if kind == "pdq" else faiss_index.choose_factory(len(self.bank), self.bank.dim),
                 "segments": manifest["segments"],
             }
+            if kind in DEDUP_INDEX_KINDS:  # not one vector per row: record how many it holds
+                entries[kind]["factory"] = "IDMap2,BinaryFlat" if kind == "pdq_trim" else faiss_index.local_factory(idx.ntotal)
+                entries[kind]["ntotal"] = int(idx.ntotal)
         manifest["indexes"] = entries
         self._write_manifest(manifest)
         self.bank.manifest = manifest
@@ -541,6 +658,7 @@ class BankWriter:
         assert self.bank is not None
         live = {s["file"] for s in self.bank.manifest["segments"]}
         live |= {e["file"] for e in self.bank.manifest.get("indexes", {}).values()}
+        live |= {(self.bank.manifest.get("campaigns") or {}).get("file")}
         for p in self.path.iterdir():
             if _OWNED_FILE.match(p.name) and p.name not in live and p.name != MANIFEST + ".tmp":
                 p.unlink(missing_ok=True)

@@ -253,6 +253,111 @@ def serve(
     run_server(fb, host, port, config)
 
 
+@_command
+def campaigns(
+    min_size: Annotated[int, typer.Option("--min-size", min=1, help="Smallest campaign to list.")] = 2,
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", help="Also write a self-contained HTML page (thumbnails embedded) to this file.")] = None,
+    similarity: Annotated[Optional[float], typer.Option(
+        "--similarity", min=0.0, max=1.0,
+        help="Mean cls/patch cosine that links two items [default 0.99, measured with untrained weights].")] = None,
+    min_p_fake: Annotated[Optional[float], typer.Option(
+        "--min-p-fake", min=0.0, max=1.0,
+        help="Also cluster `unknown` items the model scores at least this (default: label fake only).")] = None,
+    stored: Annotated[bool, typer.Option(
+        "--stored", help="List the campaigns stored by the last run, without clustering again.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Cluster but do not store the assignments.")] = False,
+    bank: BankOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Group flagged items into campaigns with stable ids (stored in the bank); report changes since last run."""
+    fb = _fb(bank)
+    snap, result = fb.campaign_run(similarity=similarity, min_p_fake=min_p_fake, recompute=not stored,
+                                   save=not dry_run)
+    records = fb.campaign_records(snap, result, min_size=min_size)
+    from fakebank.campaigns import event_text
+
+    for event in result.events:
+        err.print(event_text(event), markup=False, highlight=False)
+
+    def human(r: dict) -> None:
+        out.print(f"{r['campaign']:<14} {r['size']:>5} items  {r['first_seen'][:10]} … {r['last_seen'][:10]}  "
+                  f"p_fake={r['mean_p_fake']:.3f}  exemplar=#{r['exemplar']}  {', '.join(r['sources']) or '-'}",
+                  markup=False)
+
+    for r in records:
+        _emit(r, as_json, human)
+    s = result.stats
+    err.print(f"{len(records)} campaigns of ≥ {min_size} items"
+              + (f" from {s['selected']} flagged items ({s['edges']} edges)" if s else " (stored)")
+              + (" — not stored (--dry-run)" if dry_run and not stored else ""), markup=False, highlight=False)
+    if report is not None:
+        path = fb.campaign_report(report, snap, result, records)
+        err.print(f"report → {path}", markup=False, highlight=False)
+
+
+@_command
+def dupes(
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        help="Images to look up; none: groups of near-duplicates inside the bank.")] = None,
+    recursive: Annotated[bool, typer.Option("-r", "--recursive")] = False,
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", help="cls cosine at or above which two images are copies (the embedding signal) "
+        "[default: the bank's, else 0.99].")] = None,
+    pdq_threshold: Annotated[Optional[int], typer.Option(
+        "--pdq-threshold", help="PDQ Hamming distance, inclusive [default: the bank's, else Meta's 31].")] = None,
+    min_inliers: Annotated[Optional[int], typer.Option(
+        "--min-inliers", help="RANSAC inliers a local-feature match needs [default: the bank's, else 24].")] = None,
+    signals: Annotated[Optional[str], typer.Option(
+        "--signals", help="Comma-separated subset of pdq,pdq_trim,local,embedding [default: all].")] = None,
+    save: Annotated[bool, typer.Option(
+        "--save", help="Store these thresholds in the bank's manifest: query's match and dupes use them.")] = False,
+    bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Near-duplicates: bank items that are copies of the given images, or groups of copies in the bank."""
+    fb = _fb(bank, weights, device, precision, batch_size)
+    b = fb.open_bank()  # a missing bank is the first thing to report, before loading any model
+    try:
+        params = fb.dedup_params(b, pdq_threshold=pdq_threshold, embedding_threshold=threshold,
+                                 local_min_inliers=min_inliers,
+                                 signals=tuple(x.strip() for x in signals.split(",")) if signals else None)
+    except FakebankError as e:
+        raise typer.BadParameter(str(e)) from None
+    if save:
+        fb.save_dedup_params(params)
+        err.print(f"thresholds stored in {fb.bank_path}/manifest.json: {params.to_dict()}", markup=False)
+    if not paths:
+        with _progress(len(b), "grouping", as_json) as tick:
+            n = 0
+            for r in fb.dupe_groups(params=params, progress=tick):
+                n += 1
+                _emit(r, as_json, lambda r: out.print(f"group of {len(r['group'])}: "
+                                                      + ", ".join(f"#{i} {p}" for i, p in zip(r["group"], r["paths"]))))
+        err.print(f"{n} groups of near-duplicates among {len(b)} items")
+        return
+    files = expand_inputs(paths, recursive)
+    if not files:
+        raise typer.BadParameter("no images found")
+    failed = 0
+
+    def human(r: dict) -> None:
+        if r.get("error"):
+            err.print("error " + r["error"], markup=False, highlight=False)
+            return
+        out.print(f"{len(r['duplicates'])} near-duplicates  {r['path']}")
+        for d in r["duplicates"]:
+            out.print(f"    #{d['id']} {d['path']}  ({d['signal']}, similarity {d['similarity']:.3f}, "
+                      f"pdq distance {d['pdq_distance']})")
+
+    with _progress(len(files), "matching", as_json) as tick:
+        for r in fb.dupes(files, params=params):
+            failed += bool(r.get("error"))
+            _emit(r, as_json, human)
+            tick()
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
 def main() -> None:
     """Entry point for the console script and `python -m fakebank`."""
     app()

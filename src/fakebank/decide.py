@@ -65,9 +65,15 @@ class Neighbor:
     campaign: str | None
     similarity: float  # cls cosine
     pdq_distance: int | None  # min dihedral Hamming distance, None when either hash is unusable
+    # Set by the api from dedup.find, the one near-duplicate decision: `judged` says dedup looked at this
+    # neighbour, `signal` which of its signals matched (None: not a near-duplicate). Unjudged neighbours
+    # (built by hand) fall back to the PDQ/similarity thresholds of FusionParams.
+    signal: str | None = None
+    judged: bool = False
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The JSON contract of a neighbour (DESIGN §2): how it was judged is not part of it."""
+        return {k: getattr(self, k) for k in ("id", "path", "label", "campaign", "similarity", "pdq_distance")}
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,8 @@ def logit_of(p: float, eps: float = 1e-6) -> float:
 
 
 def is_near_duplicate(n: Neighbor, params: FusionParams) -> bool:
+    if n.judged:
+        return n.signal is not None
     pdq_hit = n.pdq_distance is not None and n.pdq_distance <= params.pdq_threshold
     return pdq_hit or n.similarity >= params.duplicate_similarity
 

@@ -23,6 +23,7 @@ from fakebank.errors import InputError, UsageError
 from fakebank.model import LoadedModel
 from fakebank.pdq import PdqHash, pdq_hash
 from fakebank.preprocess import DEFAULT_MAX_PIXELS, load_rgb, to_array
+from fakebank.signals import ImageSignals, image_signals
 
 DEFAULT_BATCH_SIZE = 8  # DESIGN §5: batch 8-16 is the CPU sweet spot; 32 is slower per image
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -50,6 +51,7 @@ class Embedding:
     p_fake: float
     cls: np.ndarray  # [D] float32, L2-normalised
     patch: np.ndarray  # [D] float32, L2-normalised
+    signals: ImageSignals | None = None  # de-bordered PDQ and local features (dedup); None: not computed
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Decoded:
     height: int
     pdq: PdqHash
     pixels: np.ndarray
+    signals: ImageSignals | None = None
 
 
 def cpu_has_native_bf16() -> bool:
@@ -181,6 +184,7 @@ class Extractor:
             height=img.height,
             pdq=pdq_hash(img),
             pixels=to_array(img, self.model.preprocessing),
+            signals=image_signals(img),
         )
 
     def extract(
@@ -246,5 +250,6 @@ class Extractor:
                 p_fake=float(p_fake[i]),
                 cls=cls[i],
                 patch=patch[i],
+                signals=d.signals,
             ))
         return out

@@ -95,6 +95,58 @@ def binary_within(index: faiss.IndexBinary, queries: np.ndarray, max_distance: i
     ]
 
 
+# Local-feature (ORB descriptor) index: exact below this many descriptors (≈ 1k bank items at 128 each),
+# then an inverted file over binary k-means cells (`local_factory`).
+LOCAL_EXACT_LIMIT = 1 << 17
+LOCAL_NPROBE = 4
+
+
+def local_factory(n: int) -> str:
+    """The local-descriptor index for `n` descriptors: a pure function of the count (tested on a table).
+
+    ≈ √n cells (a power of two, at most 8192) keeps both the coarse assignment and the scanned lists
+    short; each descriptor only has to find its match often enough to vote, not every time.
+    """
+    if n < LOCAL_EXACT_LIMIT:
+        return "BIDMap2,BFlat"
+    nlist = int(min(8192, 2 ** round(np.log2(np.sqrt(n)))))
+    return f"BIDMap2,BIVF{nlist}"
+
+
+def build_local(codes: np.ndarray, ids: np.ndarray, *, seed: int = 0) -> faiss.IndexBinary:
+    """Hamming index over 256-bit local descriptors keyed by int64 ids (many per bank item)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    factory = local_factory(len(codes))
+    if factory == "BIDMap2,BFlat":
+        return build_binary(codes, ids)
+    nlist = int(factory.removeprefix("BIDMap2,BIVF"))
+    ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(256), 256, nlist)  # the wrapper keeps the quantizer alive
+    sample = codes
+    if len(codes) > 40 * nlist:  # k-means needs tens of points a cell, not millions
+        sample = codes[np.random.default_rng(seed).choice(len(codes), 40 * nlist, replace=False)]
+    ivf.train(sample)
+    ivf.nprobe = LOCAL_NPROBE
+    index = faiss.IndexBinaryIDMap2(ivf)
+    index.add_with_ids(codes, ids.astype(np.int64))
+    return index
+
+
+def binary_knn(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hamming distances [Q, k], ids [Q, k]); missing neighbours have id -1."""
+    q = len(queries)
+    if index.ntotal == 0 or q == 0:
+        return np.full((q, k), 1 << 30, np.int32), np.full((q, k), -1, np.int64)
+    _tune_binary(index)
+    return index.search(np.ascontiguousarray(queries, dtype=np.uint8), k)
+
+
+def _tune_binary(index: faiss.IndexBinary) -> None:
+    outer = faiss.downcast_IndexBinary(index)
+    inner = faiss.downcast_IndexBinary(outer.index) if hasattr(outer, "index") else outer
+    if isinstance(inner, faiss.IndexBinaryIVF) and inner.nprobe != LOCAL_NPROBE:
+        inner.nprobe = LOCAL_NPROBE
+
+
 def clone(index: faiss.Index | faiss.IndexBinary) -> faiss.Index | faiss.IndexBinary:
     if isinstance(index, faiss.IndexBinary):  # clone_binary_index cannot copy IDMap2 wrappers
         return faiss.deserialize_index_binary(faiss.serialize_index_binary(index))

@@ -1,0 +1,336 @@
+"""Near-duplicates (DESIGN §1.6): the one decision that `fakebank dupes` and `query`'s `match` share.
+
+Sits after the bank (embed + signals → bank → **dedup** → decide/api); never imports torch or the model.
+A bank item is a near-duplicate of an image when one of these signals says so, checked in this order
+(the first that fires names the match's ``signal``):
+
+1. ``pdq`` — Meta's PDQ, any of the image's 8 rotations/mirrors within ``pdq_threshold`` bits of the
+   item's hash, both hashes of quality ≥ 50 (re-encodes, resizes, colour, blur, 90° turns, mirrors);
+2. ``pdq_trim`` — the same with the hashes of the *de-bordered* images on either side
+   (letterbox/pillarbox bars, caption bars, screenshot frames; :func:`fakebank.preprocess.content_box`);
+3. ``local`` — ORB keypoints: descriptors looked up in the bank's local index vote for items, and the
+   best-voted items are checked geometrically (RANSAC similarity transform, ≥ ``local_min_inliers``
+   consistent correspondences). Survives crops, overlays, small rotations and screenshots, none of which
+   leave PDQ a chance (a 2 % crop already moves a PDQ hash by ≈ 60 bits);
+4. ``embedding`` — cls cosine ≥ ``embedding_threshold``, for pairs PDQ cannot judge (a hash of quality
+   < 50): copies of images too flat for PDQ and ORB.
+
+None of these depends on the classifier's training, so matching is the same with ``untrained:`` weights.
+Every step is a FAISS look-up plus work on a few candidates: no pass over the whole bank per query.
+A match reports ``signal``, ``similarity`` (cls cosine, as `query`'s neighbours do), ``pdq_distance``
+(smallest over the whole and de-bordered hashes; None when no usable pair) and, for ``local``, ``inliers``.
+
+The thresholds are named constants below with where their values come from; a bank may store its own
+(``manifest["dedup"]``, written by ``fakebank dupes --save``), and every call may override them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from fakebank import index as faiss_index
+from fakebank.bank import LOCAL_ID_BITS, PDQ_BYTES, Bank
+from fakebank.errors import UsageError
+from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY, PdqHash
+from fakebank.signals import EMPTY_LOCAL, LocalFeatures
+
+SIGNALS = ("pdq", "pdq_trim", "local", "embedding")
+
+# cls cosine at or above which two images are taken as copies. Measured with untrained
+# vit_small_patch16_384 (DESIGN §1.5; scripts/bench_dedup.py): distinct photos reach 0.981, re-encoded,
+# resized and format-converted copies 0.995–1.000; colour changes, crops and borders fall far below, so
+# this signal only adds copies of images too flat for PDQ and ORB. Trained weights: recalibrate.
+EMBEDDING_THRESHOLD = 0.99
+# Hamming distance between two ORB descriptors (of 256 bits) for them to vote for each other. Measured on
+# the bench: corresponding keypoints of a copy sit at 10–45 bits; unrelated descriptors at ≈ 128 ± 16.
+LOCAL_MAX_DISTANCE = 48
+# RANSAC inliers of a similarity transform (rotation + uniform scale + shift) needed for a `local` match.
+# Measured on the bench (31 photos, every transform × every other photo): unrelated pairs reach 14–15
+# inliers, a few edited distractors 20–23 (text overlays, repeated texture): 20 let 0.64 % of the
+# distractors' copies through, above the 0.5 % target; the bench's crops to 60 % area keep 40+.
+LOCAL_MIN_INLIERS = 24
+LOCAL_RANSAC_PX = 8.0  # reprojection error in the 640-px frame (≈ 1.2 % of the side) that counts as inlier
+LOCAL_KNN = 2  # nearest bank descriptors looked up per query descriptor
+LOCAL_MIN_VOTES = 8  # correspondences an item needs before RANSAC is tried on it
+LOCAL_MAX_CANDIDATES = 8  # best-voted items checked geometrically per orientation (bounds the query cost)
+# Query keypoints looked up per orientation (plain and mirrored): all of them. With 256, a caption's
+# letters (strong corners) crowded the photo's keypoints out of a sparse product shot (tests/test_dedup.py).
+LOCAL_SEARCH_FEATURES = 384
+EMBEDDING_K = 16  # nearest items by cls looked at for the embedding signal
+_MAX_SCALE = 8.0  # a similarity transform that scales by more (or less than 1/8) is not a copy
+
+
+@dataclass(frozen=True)
+class DedupParams:
+    """Thresholds of the near-duplicate decision (defaults: the constants above)."""
+
+    pdq_threshold: int = PDQ_MATCH_THRESHOLD
+    embedding_threshold: float = EMBEDDING_THRESHOLD
+    local_min_inliers: int = LOCAL_MIN_INLIERS
+    local_max_distance: int = LOCAL_MAX_DISTANCE
+    signals: tuple[str, ...] = SIGNALS
+    source: str = "defaults"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.pdq_threshold <= 128:
+            raise UsageError(f"PDQ threshold must be in 0..128 bits (Meta's is {PDQ_MATCH_THRESHOLD}), "
+                             f"not {self.pdq_threshold}")
+        if not 0.0 < self.embedding_threshold <= 1.0:
+            raise UsageError(f"embedding threshold must be a cosine in (0, 1], not {self.embedding_threshold}")
+        if not 4 <= self.local_min_inliers <= 1000:
+            raise UsageError(f"local min inliers must be in 4..1000, not {self.local_min_inliers}")
+        if not 0 <= self.local_max_distance <= 128:
+            raise UsageError(f"local max distance must be in 0..128 bits, not {self.local_max_distance}")
+        signals = tuple(self.signals)
+        unknown = [s for s in signals if s not in SIGNALS]
+        if unknown or not signals:
+            raise UsageError(f"signals must be a non-empty subset of {', '.join(SIGNALS)}, not {list(signals)}")
+        object.__setattr__(self, "signals", tuple(s for s in SIGNALS if s in signals))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["signals"] = list(self.signals)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> DedupParams:
+        if not d:
+            return cls()
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "signals" in known:
+            known["signals"] = tuple(known["signals"])
+        return cls(**known)
+
+    def with_overrides(self, **overrides) -> DedupParams:
+        """These parameters with the given ones (None: keep) replaced; source says so when any is."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
+            return self
+        return replace(self, **given, source="overridden: " + ", ".join(f"{k}={v}" for k, v in sorted(given.items())))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What dedup needs of one image: the query's, or a bank item's own (for grouping the bank)."""
+
+    cls: np.ndarray
+    pdq: PdqHash | None = None  # whole image, with dihedral hashes
+    pdq_trim: PdqHash | None = None  # de-bordered image
+    local: LocalFeatures = EMPTY_LOCAL
+    local_mirror: LocalFeatures = EMPTY_LOCAL
+    exclude: int | None = None  # a bank item never matched (the probe's own)
+
+    @classmethod
+    def of_embedding(cls, emb) -> Probe:
+        sig = getattr(emb, "signals", None)
+        if sig is None:
+            return cls(cls=emb.cls, pdq=emb.pdq)
+        return cls(cls=emb.cls, pdq=emb.pdq, pdq_trim=sig.pdq_trim, local=sig.local, local_mirror=sig.local_mirror)
+
+    @classmethod
+    def of_item(cls, bank: Bank, item_id: int) -> Probe:
+        r = bank.row(item_id)
+        t = bank.table
+        h = bank.pdq_codes[r].tobytes()
+        dih = t.column("pdq_dihedral")[r].as_py()
+        variants = (h,) + (tuple(dih[i:i + PDQ_BYTES] for i in range(0, len(dih), PDQ_BYTES)) if dih else (h,) * 7)
+        trim = t.column("pdq_trim")[r].as_py()
+        trim_q = t.column("pdq_trim_quality")[r].as_py()
+        return cls(
+            cls=bank.vectors["cls"][r],
+            pdq=PdqHash(hash=h, quality=int(bank.pdq_quality[r]), dihedral=variants),
+            pdq_trim=PdqHash(hash=trim, quality=int(trim_q or 0), dihedral=(trim,) * 8) if trim else None,
+            local=LocalFeatures.from_bytes(t.column("local")[r].as_py()),
+            exclude=int(item_id),
+        )
+
+    def pdq_codes(self) -> list[bytes]:
+        """The probe's usable hashes: whole-image dihedral variants, then the de-bordered ones."""
+        codes: list[bytes] = []
+        for h in (self.pdq, self.pdq_trim):
+            if h is not None and h.quality >= PDQ_MIN_QUALITY:
+                codes.extend(dict.fromkeys(h.dihedral))  # unique, order kept
+        return codes
+
+
+@dataclass(frozen=True)
+class Match:
+    """A bank item judged a near-duplicate, and by which signal."""
+
+    id: int
+    signal: str
+    similarity: float  # cls cosine
+    pdq_distance: int | None
+    inliers: int | None = field(default=None)
+
+
+def find(bank: Bank, probe: Probe, params: DedupParams | None = None) -> list[Match]:
+    """Every bank item judged a near-duplicate of the probe, strongest signal first."""
+    params = params or DedupParams()
+    if len(bank) == 0:
+        return []
+    found: dict[int, tuple[str, int | None]] = {}  # id → (signal, inliers)
+
+    def note(item_id: int, signal: str, inliers: int | None = None) -> None:
+        if item_id != probe.exclude and bank.has(item_id) and item_id not in found:
+            found[item_id] = (signal, inliers)
+
+    codes = probe.pdq_codes()
+    if codes and ("pdq" in params.signals or "pdq_trim" in params.signals):
+        whole = len(dict.fromkeys(probe.pdq.dihedral)) if probe.pdq is not None and probe.pdq.quality >= PDQ_MIN_QUALITY else 0
+        q = np.frombuffer(b"".join(codes), np.uint8).reshape(-1, PDQ_BYTES)
+        for kind in ("pdq", "pdq_trim"):
+            for qi, hits in enumerate(faiss_index.binary_within(bank.index(kind), q, params.pdq_threshold)):
+                signal = "pdq" if kind == "pdq" and qi < whole else "pdq_trim"
+                if signal not in params.signals:
+                    continue
+                for item_id, _ in hits:
+                    if _stored_quality(bank, kind, item_id) >= PDQ_MIN_QUALITY:
+                        note(item_id, signal)
+    if "local" in params.signals:
+        for item_id, inliers in local_matches(bank, probe, params).items():
+            note(item_id, "local", inliers)
+    if "embedding" in params.signals:
+        # Only where PDQ cannot judge the pair (a hash of quality < 50): with untrained weights distinct
+        # photos come within 0.005 of the threshold, and where PDQ can speak it is the better judge
+        # (bench: cls ≥ 0.99 alone matched 10 % of the distractors' edits with the 160-px test ViT).
+        sims, ids = bank.search("cls", probe.cls[None, :], EMBEDDING_K + 1)
+        for s, i in zip(sims[0], ids[0]):
+            if i >= 0 and s >= params.embedding_threshold and pdq_distance(bank, probe, int(i)) is None:
+                note(int(i), "embedding")
+    order = {s: n for n, s in enumerate(SIGNALS)}
+    matches = [
+        Match(id=i, signal=sig, similarity=round(float(bank.vectors["cls"][bank.row(i)] @ probe.cls), 6),
+              pdq_distance=pdq_distance(bank, probe, i), inliers=inl)
+        for i, (sig, inl) in found.items()
+    ]
+    matches.sort(key=lambda m: (order[m.signal], m.pdq_distance if m.pdq_distance is not None else 257,
+                                -(m.inliers or 0), -m.similarity, m.id))
+    return matches
+
+
+def _stored_quality(bank: Bank, kind: str, item_id: int) -> int:
+    r = bank.row(item_id)
+    if kind == "pdq":
+        return int(bank.pdq_quality[r])
+    return int(bank.table.column("pdq_trim_quality")[r].as_py() or 0)
+
+
+def pdq_distance(bank: Bank, probe: Probe, item_id: int) -> int | None:
+    """Smallest Hamming distance between the probe's usable hashes and the item's (whole, de-bordered)."""
+    r = bank.row(item_id)
+    stored = []
+    if bank.pdq_quality[r] >= PDQ_MIN_QUALITY:
+        stored.append(bank.pdq_codes[r].tobytes())
+    trim = bank.table.column("pdq_trim")[r].as_py()
+    if trim and (bank.table.column("pdq_trim_quality")[r].as_py() or 0) >= PDQ_MIN_QUALITY:
+        stored.append(trim)
+    codes = probe.pdq_codes()
+    if not stored or not codes:
+        return None
+    return min((int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count() for a in codes for b in stored)
+
+
+def local_matches(bank: Bank, probe: Probe, params: DedupParams) -> dict[int, int]:
+    """item id → RANSAC inliers, for the items whose ORB keypoints agree geometrically with the probe's."""
+    orientations = [f.strongest(LOCAL_SEARCH_FEATURES) for f in (probe.local, probe.local_mirror) if len(f)]
+    if not orientations or len(bank) == 0:
+        return {}
+    index = bank.index("local")
+    if index.ntotal == 0:
+        return {}
+    dist, ids = faiss_index.binary_knn(index, np.concatenate([f.desc for f in orientations]), LOCAL_KNN)
+    out: dict[int, int] = {}
+    cache: dict[int, LocalFeatures] = {}
+    start = 0
+    for feats in orientations:
+        d, i = dist[start:start + len(feats)], ids[start:start + len(feats)]
+        start += len(feats)
+        for item_id, pairs in _candidates(d, i, params.local_max_distance, probe.exclude):
+            if item_id in out and out[item_id] >= params.local_min_inliers:
+                continue
+            if item_id not in cache:
+                if not bank.has(item_id):
+                    continue
+                cache[item_id] = LocalFeatures.from_bytes(bank.table.column("local")[bank.row(item_id)].as_py())
+            stored = cache[item_id]
+            qi, bj = pairs[:, 0], pairs[:, 1]
+            ok = bj < len(stored)
+            inliers = ransac_inliers(feats.xy[qi[ok]], stored.xy[bj[ok]])
+            if inliers >= params.local_min_inliers:
+                out[item_id] = max(out.get(item_id, 0), inliers)
+    return out
+
+
+def _candidates(dist: np.ndarray, ids: np.ndarray, max_distance: int, exclude: int | None):
+    """Per best-voted item: its correspondences [(query keypoint, stored keypoint rank)], one per query
+    keypoint (the nearest), items with at least LOCAL_MIN_VOTES, most votes first."""
+    q = np.repeat(np.arange(dist.shape[0]), dist.shape[1])
+    d, i = dist.ravel(), ids.ravel()
+    keep = (i >= 0) & (d <= max_distance)
+    q, d, i = q[keep], d[keep], i[keep]
+    item = i >> LOCAL_ID_BITS
+    rank = i & ((1 << LOCAL_ID_BITS) - 1)
+    if exclude is not None:
+        other = item != exclude
+        q, d, item, rank = q[other], d[other], item[other], rank[other]
+    order = np.lexsort((d, item, q))  # per (query keypoint, item): nearest first
+    q, item, rank = q[order], item[order], rank[order]
+    first = np.ones(len(q), bool)
+    first[1:] = (q[1:] != q[:-1]) | (item[1:] != item[:-1])
+    q, item, rank = q[first], item[first], rank[first]
+    items, counts = np.unique(item, return_counts=True)
+    best = items[np.argsort(-counts, kind="stable")][: LOCAL_MAX_CANDIDATES]
+    for it in best:
+        sel = item == it
+        if sel.sum() >= LOCAL_MIN_VOTES:
+            yield int(it), np.stack([q[sel], rank[sel]], axis=1)
+
+
+def ransac_inliers(src: np.ndarray, dst: np.ndarray) -> int:
+    """Correspondences consistent with one similarity transform src → dst (RANSAC; OpenCV's seeded RNG
+    makes it deterministic); 0 when the transform is degenerate or scales absurdly."""
+    if len(src) < 4:
+        return 0
+    M, inliers = cv2.estimateAffinePartial2D(
+        src.astype(np.float32), dst.astype(np.float32), method=cv2.RANSAC,
+        ransacReprojThreshold=LOCAL_RANSAC_PX, maxIters=1000, confidence=0.995)
+    if M is None or inliers is None:
+        return 0
+    scale = float(np.hypot(M[0, 0], M[1, 0]))
+    if not 1 / _MAX_SCALE < scale < _MAX_SCALE:
+        return 0
+    return int(inliers.sum())
+
+
+def groups(bank: Bank, params: DedupParams | None = None,
+           progress: Callable[[], None] | None = None) -> list[list[int]]:
+    """Groups of near-duplicates inside the bank: every item probes the bank's indexes (range search),
+    matches are edges, and the connected components of two or more items are the groups, each sorted,
+    largest first."""
+    params = params or DedupParams()
+    parent = {int(i): int(i) for i in bank.ids}
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for item_id in bank.ids.tolist():
+        for m in find(bank, Probe.of_item(bank, item_id), params):
+            a, b = root(item_id), root(m.id)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+        if progress is not None:
+            progress()
+    comps: dict[int, list[int]] = {}
+    for i in parent:
+        comps.setdefault(root(i), []).append(i)
+    out = [sorted(c) for c in comps.values() if len(c) >= 2]
+    out.sort(key=lambda c: (-len(c), c[0]))
+    return out

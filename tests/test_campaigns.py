@@ -1,0 +1,415 @@
+"""Campaign clustering: graph vs a dense oracle, stable ids, merges/splits, analyst seeds, edge cases,
+the CLI contract on a real bank and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image, ImageEnhance
+from typer.testing import CliRunner
+
+from bankutil import DIM, MODEL_INFO, make_item, unit
+from fakebank import campaigns as cp
+from fakebank.api import Fakebank
+from fakebank.bank import Bank, BankWriter
+from fakebank.cli import app
+
+DATA = Path(__file__).parent / "data"
+WEIGHTS = "untrained:test_vit:0"
+CONTRACT = {"campaign", "size", "members", "exemplar", "first_seen", "last_seen", "sources", "mean_p_fake"}
+runner = CliRunner()
+
+
+# -- synthetic banks --------------------------------------------------------------------------------------
+
+class Synth:
+    """Seeded items around campaign centres: members are near-copies (combined cosine ≈ 0.999)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.centres: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.n = 0
+
+    def centre(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self.centres:
+            self.centres[name] = (unit(self.rng.normal(size=DIM)), unit(self.rng.normal(size=DIM)))
+        return self.centres[name]
+
+    def item(self, group: str | None = None, *, noise: float = 0.02, label: str = "fake", campaign: str | None = None,
+             pdq: bytes | None = None, pdq_quality: int = 100, source: str | None = None, towards=None):
+        self.n += 1
+        if group is None:
+            c, p = unit(self.rng.normal(size=DIM)), unit(self.rng.normal(size=DIM))
+        else:
+            c, p = self.centre(group)
+            if towards is not None:  # halfway to another group: a bridge between the two
+                c2, p2 = self.centre(towards)
+                c, p = unit(c + c2), unit(p + p2)
+        base = make_item(10_000 + self.n, label=label, pdq=pdq, campaign=campaign)
+        return dataclasses.replace(
+            base, cls=unit(c + noise * self.rng.normal(size=DIM)), patch=unit(p + noise * self.rng.normal(size=DIM)),
+            pdq_quality=pdq_quality, source=source if source is not None else f"src{self.n % 3}",
+        )
+
+
+def add(path: Path, items) -> list[int]:
+    with BankWriter(path, model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        return w.add(list(items))
+
+
+def run(path: Path, **kw):
+    return Fakebank(path).campaign_run(**kw)[1]
+
+
+def by_name(result) -> dict[str, set[int]]:
+    return {c.name: set(c.members) for c in result.campaigns}
+
+
+def partition(result) -> set[frozenset]:
+    return {frozenset(c.members) for c in result.campaigns}
+
+
+def truth_bank(tmp_path: Path, sizes=(12, 8, 5, 3), singletons=20, seed=0) -> tuple[Path, dict[str, list[int]], Synth]:
+    s = Synth(seed)
+    items, groups = [], []
+    for g, size in enumerate(sizes):
+        items += [s.item(f"g{g}") for _ in range(size)]
+        groups += [f"g{g}"] * size
+    items += [s.item() for _ in range(singletons)]
+    groups += [None] * singletons
+    order = np.random.default_rng(seed).permutation(len(items))
+    ids = add(tmp_path, [items[i] for i in order])
+    truth = defaultdict(list)
+    for item_id, i in zip(ids, order):
+        if groups[i] is not None:
+            truth[groups[i]].append(item_id)
+    return tmp_path, dict(truth), s
+
+
+# -- clustering -------------------------------------------------------------------------------------------
+
+def test_clusters_are_the_synthetic_truth(tmp_path):
+    path, truth, _ = truth_bank(tmp_path)
+    result = run(path)
+    assert partition(result) == {frozenset(v) for v in truth.values()}
+    assert all(c.origin == "computed" and re.fullmatch(r"C\d{4}", c.name) for c in result.campaigns)
+
+
+def test_graph_matches_dense_oracle(tmp_path):
+    """Components of the kNN graph = components of the dense thresholded similarity matrix (brute force)."""
+    s = Synth(3)
+    items = [s.item(f"g{g}", noise=0.06) for g in range(12) for _ in range(15)] + [s.item() for _ in range(60)]
+    add(tmp_path, items)
+    bank = Bank.open(tmp_path)
+    params = cp.CampaignParams(similarity=0.985)
+    v = cp.combined_vectors(bank, np.arange(len(bank)))
+    dense = (v @ v.T) >= params.similarity
+    oracle: dict[int, set] = {}
+    seen = set()
+    for start in range(len(bank)):  # BFS over the dense graph
+        if start in seen:
+            continue
+        comp, todo = set(), [start]
+        while todo:
+            x = todo.pop()
+            if x in comp:
+                continue
+            comp.add(x)
+            todo.extend(np.flatnonzero(dense[x]).tolist())
+        seen |= comp
+        oracle[start] = comp
+    want = {frozenset(bank.ids[list(c)].tolist()) for c in oracle.values() if len(c) > 1}
+    got = {frozenset(g.tolist()) for g in cp.find_clusters(bank, params).groups}
+    assert got == want
+
+
+def test_approximate_candidates_agree_with_exact(tmp_path, monkeypatch):
+    """Above EXACT_LIMIT the IVF candidate search finds the same campaigns as exact search."""
+    s = Synth(5)
+    items = [s.item(f"g{g}", noise=0.015) for g in range(150) for _ in range(int(2 + g % 9))] + \
+            [s.item() for _ in range(800)]
+    add(tmp_path, items)
+    bank = Bank.open(tmp_path)
+    params = cp.CampaignParams()
+    exact = {frozenset(g.tolist()) for g in cp.find_clusters(bank, params).groups}
+    monkeypatch.setattr(cp, "EXACT_LIMIT", 100)
+    approx = {frozenset(g.tolist()) for g in cp.find_clusters(bank, params).groups}
+    assert len(exact) == 150 and approx == exact
+
+
+def test_pdq_edges_link_what_embeddings_do_not(tmp_path):
+    s = Synth(1)
+    code = bytes(range(32))
+    flipped = bytearray(code)
+    for b in range(3):  # 24 bits away: a match
+        flipped[b] ^= 0xFF
+    far = bytearray(code)
+    for b in range(10, 14):  # 32 bits away from code, 56 from flipped: not a match (≤ 31 inclusive)
+        far[b] ^= 0xFF
+    ids = add(tmp_path, [s.item(pdq=code), s.item(pdq=bytes(flipped)), s.item(pdq=bytes(far)),
+                         s.item(pdq=code, pdq_quality=40)])  # low quality: never matched
+    result = run(tmp_path)
+    assert partition(result) == {frozenset(ids[:2])}
+    bank = Bank.open(tmp_path)
+    graph = cp.similarity_graph(cp.combined_vectors(bank, np.arange(4)), bank.pdq_codes, bank.pdq_quality >= 50,
+                                cp.CampaignParams())
+    assert graph.edges == 1 and graph.pdq_distance.tolist() == [24]
+
+
+def test_empty_bank_has_no_campaigns(tmp_path):
+    add(tmp_path, [])
+    assert Fakebank(tmp_path).campaigns() == []
+    with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM) as w:  # one item: still none
+        w.add([Synth().item()])
+    assert Fakebank(tmp_path).campaigns() == []
+
+
+def test_all_singletons_make_no_campaign(tmp_path):
+    s = Synth(2)
+    add(tmp_path, [s.item() for _ in range(60)])
+    result = run(tmp_path)
+    assert result.campaigns == [] and result.stats["selected"] == 60
+    assert Fakebank(tmp_path).campaigns(min_size=1) == []
+
+
+def test_one_giant_near_duplicate_group(tmp_path):
+    """1,500 copies of one image (identical PDQ): one campaign, and the graph stays O(n·k), not O(n²)."""
+    s = Synth(4)
+    code = bytes(range(32))
+    items = [s.item("giant", noise=0.001, pdq=code) for _ in range(1500)] + [s.item() for _ in range(30)]
+    ids = add(tmp_path, items)
+    result = run(tmp_path)
+    assert partition(result) == {frozenset(ids[:1500])}
+    assert result.stats["edges"] <= 1530 * 2 * cp.DEFAULT_K
+    (record,) = Fakebank(tmp_path).campaigns(recompute=False)
+    assert record["size"] == 1500 and record["exemplar"] in ids[:1500]
+
+
+def test_selection_labels_and_p_fake(tmp_path):
+    s = Synth(6)
+    fake = [s.item("a") for _ in range(3)]
+    unknown = [dataclasses.replace(s.item("a", label="unknown"), p_fake=0.9) for _ in range(2)]
+    real = [s.item("a", label="real") for _ in range(2)]
+    ids = add(tmp_path, fake + unknown + real)
+    assert by_name(run(tmp_path)) == {"C0001": set(ids[:3])}
+    assert by_name(run(tmp_path, min_p_fake=0.8)) == {"C0001": set(ids[:5])}
+    assert by_name(run(tmp_path, min_p_fake=0.95)) == {"C0001": set(ids[:3])}
+
+
+def test_exemplar_is_the_medoid(tmp_path):
+    s = Synth(7)
+    ids = add(tmp_path, [s.item("a", noise=0.2) for _ in range(25)])
+    bank = Bank.open(tmp_path)
+    (record,) = Fakebank(tmp_path).campaigns(similarity=0.5)
+    rows = np.array([bank.row(i) for i in ids])
+    sims = sum(bank.vectors[k][rows] @ bank.vectors[k][rows].T for k in ("cls", "patch"))
+    assert record["exemplar"] == ids[int(np.argmax(sims.sum(axis=1)))]
+
+
+# -- stable ids ---------------------------------------------------------------------------------------------
+
+def test_ids_stay_stable_when_the_bank_grows(tmp_path):
+    path, truth, s = truth_bank(tmp_path)
+    first = by_name(run(path))
+    name_of = {frozenset(v): k for k, v in first.items()}
+    old_names = {g: name_of[frozenset(v)] for g, v in truth.items()}
+    # +20%: new members of every campaign, a new campaign, more singletons
+    grow = [s.item(g) for g in truth for _ in range(2)] + [s.item("new") for _ in range(4)] + [s.item() for _ in range(3)]
+    new_ids = add(path, grow)
+    second = run(path)
+    names = by_name(second)
+    for g, members in truth.items():
+        assert set(members) <= names[old_names[g]]  # every old member kept its campaign id
+    (new_name,) = set(names) - set(first)
+    assert names[new_name] == set(new_ids[-7:-3])
+    assert int(new_name[1:]) > max(int(n[1:]) for n in first)
+    assert [e for e in second.events if e["event"] != "new"] == []
+    assert {"event": "new", "campaign": new_name, "size": 4} in second.events
+    third = run(path)  # nothing changed: same ids, no events, nothing committed
+    assert by_name(third) == names and third.events == []
+
+
+def test_merge_and_split_are_reported(tmp_path):
+    s = Synth(8)
+    a = add(tmp_path, [s.item("a", noise=0.005) for _ in range(10)])
+    b = add(tmp_path, [s.item("b", noise=0.005) for _ in range(6)])
+    first = by_name(run(tmp_path))
+    name_a, name_b = (n for n, m in first.items() if m == set(a)), (n for n, m in first.items() if m == set(b))
+    name_a, name_b = next(name_a), next(name_b)
+    # a chain of bridge items joins the two: the bigger campaign keeps its id, the other merges into it
+    ratios = np.linspace(0, 1, 30)[1:-1]
+    ca, pa_ = s.centre("a")
+    cb, pb = s.centre("b")
+    bridges = [dataclasses.replace(s.item(), cls=unit((1 - t) * ca + t * cb), patch=unit((1 - t) * pa_ + t * pb))
+               for t in ratios]
+    bridge_ids = add(tmp_path, bridges)
+    merged = run(tmp_path)
+    assert by_name(merged) == {name_a: set(a) | set(b) | set(bridge_ids)}
+    assert {"event": "merged", "campaign": name_a, "size": 16 + len(bridge_ids),
+            "from": {name_a: 10, name_b: 6}} in merged.events
+    assert {"event": "retired", "campaign": name_b, "members_now_in": {name_a: 6}} in merged.events
+    # the analyst marks the bridges as real: the campaign splits again; b's part gets a fresh id
+    with BankWriter(tmp_path, create=False) as w:
+        w.set_label(bridge_ids, "real")
+    split = run(tmp_path)
+    names = by_name(split)
+    assert names[name_a] == set(a)
+    (fresh,) = set(names) - {name_a}
+    assert names[fresh] == set(b) and fresh not in (name_a, name_b)  # ids are never reused
+    assert {"event": "split", "campaign": name_a, "into": {name_a: 10, fresh: 6}} in split.events
+
+
+def test_keep_rule_needs_half_of_the_survivors():
+    prev = pa.table({"id": list(range(1, 11)), "campaign": ["C0001"] * 10, "origin": ["computed"] * 10},
+                    schema=cp.CAMPAIGNS_SCHEMA)
+    def clusters(*groups):
+        ids = np.arange(1, 40)
+        return cp.Clusters(ids, [np.array(g) for g in groups], {}, cp.CampaignParams())
+    # a 6/4 split: the 6 keep the id
+    r = cp.name_clusters(clusters([1, 2, 3, 4, 5, 6], [7, 8, 9, 10]), prev, next_number=2)
+    assert by_name(r) == {"C0001": {1, 2, 3, 4, 5, 6}, "C0002": {7, 8, 9, 10}}
+    # a three-way split with no half: the id is retired
+    r = cp.name_clusters(clusters([1, 2, 3, 4], [5, 6, 7], [8, 9, 10]), prev, next_number=2)
+    assert "C0001" not in by_name(r)
+    assert {"event": "retired", "campaign": "C0001", "members_now_in": {"C0002": 4, "C0003": 3, "C0004": 3}} in r.events
+
+
+# -- analyst seeds ---------------------------------------------------------------------------------------------
+
+def test_analyst_campaigns_are_ground_truth(tmp_path):
+    s = Synth(9)
+    seeded = add(tmp_path, [s.item("a", campaign="op-aurora") for _ in range(3)])
+    unseeded = add(tmp_path, [s.item("a") for _ in range(5)])
+    far_seed = add(tmp_path, [s.item("z", campaign="op-aurora")])  # unlike the rest, but the analyst says so
+    real_seed = add(tmp_path, [s.item("a", campaign="op-aurora", label="real")])  # marked real: not a campaign item
+    result = run(tmp_path)
+    assert by_name(result) == {"op-aurora": set(seeded + unseeded + far_seed)}
+    assert result.campaigns[0].origin == "analyst"
+    bank = Bank.open(tmp_path)
+    column = dict(zip(bank.ids.tolist(), bank.table.column("campaign").to_pylist()))
+    assert [column[i] for i in unseeded] == [None] * 5  # clustering never writes the analyst's column
+    assert column[real_seed[0]] == "op-aurora"
+
+
+def test_two_analyst_campaigns_in_one_component_are_split_by_nearest_seed(tmp_path):
+    s = Synth(10)
+    ca, pa_ = s.centre("a")
+    cb, pb = s.centre("b")
+    chain = [dataclasses.replace(s.item(), cls=unit((1 - t) * ca + t * cb), patch=unit((1 - t) * pa_ + t * pb))
+             for t in np.linspace(0, 1, 41)]
+    ids = add(tmp_path, chain)
+    items = [dataclasses.replace(chain[0], sha256="0" * 64, campaign="op-a"),  # analyst seeds at both ends
+             dataclasses.replace(chain[-1], sha256="1" * 64, campaign="op-b")]
+    seeds = add(tmp_path, items)
+    result = run(tmp_path)
+    names = by_name(result)
+    assert set(names) == {"op-a", "op-b"}
+    assert set(ids[:18]) | {seeds[0]} <= names["op-a"] and set(ids[-18:]) | {seeds[1]} <= names["op-b"]
+    assert names["op-a"] | names["op-b"] == set(ids + seeds) and not names["op-a"] & names["op-b"]
+
+
+def test_stored_assignments_commit_atomically_and_keep_indexes(tmp_path):
+    path, truth, _ = truth_bank(tmp_path)
+    index_files = sorted(p.name for p in path.glob("*.faiss"))
+    run(path)
+    stored = Bank.open(path)
+    assert stored.manifest["campaigns"]["params"]["similarity"] == cp.DEFAULT_SIMILARITY
+    table = stored.campaign_assignments()
+    assert sorted(table.column("id").to_pylist()) == sorted(i for v in truth.values() for i in v)
+    assert sorted(p.name for p in path.glob("*.faiss")) == index_files  # no index rewritten
+    with BankWriter(path, create=False) as w:  # set_campaigns edits the stored assignments only
+        some = truth["g0"][0]
+        w.set_campaigns({some: None})
+    bank = Bank.open(path)
+    assert some not in bank.campaign_assignments().column("id").to_pylist()
+    assert len(list(path.glob("campaigns-*.parquet"))) == 1  # the superseded file was swept
+    # --dry-run stores nothing; --stored lists without clustering
+    fb = Fakebank(path)
+    gen = bank.manifest["generation"]
+    fb.campaigns(save=False)
+    assert Bank.open(path).manifest["generation"] == gen
+    listed = fb.campaigns(recompute=False)
+    assert {r["size"] for r in listed} == {12 - 1, 8, 5, 3}
+
+
+# -- CLI and report on a real bank -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_bank(tmp_path_factory) -> Path:
+    """Edited copies of two real photos (a campaign each) plus three unrelated photos, on untrained test_vit."""
+    folder = tmp_path_factory.mktemp("campaign_photos")
+    srcs = [DATA / "commfor" / "00000274.png", DATA / "pdq" / "reg-test-input" / "dih" / "bridge-1-original.jpg"]
+    for c, src in enumerate(srcs):
+        img = Image.open(src).convert("RGB")
+        img.thumbnail((512, 512))
+        w, h = img.size
+        img.save(folder / f"c{c}_orig.png")
+        img.resize((w // 2, h // 2)).save(folder / f"c{c}_half.jpg", quality=85)
+        img.save(folder / f"c{c}_q40.jpg", quality=40)
+        img.crop((w // 20, h // 20, w, h)).save(folder / f"c{c}_crop.jpg", quality=90)
+        ImageEnhance.Brightness(img).enhance(1.08).save(folder / f"c{c}_bright.jpg", quality=90)
+    for name in ("q0122.jpg", "q1050.jpg", "q2821.jpg"):
+        Image.open(DATA / "pdq" / "reg-test-input" / "labelme-subset" / name).convert("RGB").save(folder / name)
+    bank = tmp_path_factory.mktemp("campaign_bank") / "bank"
+    res = runner.invoke(app, ["add", str(folder), "--bank", str(bank), "--weights", WEIGHTS, "--json",
+                              "--source", "telegram"])
+    assert res.exit_code == 0, res.stderr
+    return bank
+
+
+def test_cli_contract_and_report(real_bank, tmp_path):
+    report = tmp_path / "campaigns.html"
+    res = runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--json", "--report", str(report)])
+    assert res.exit_code == 0, res.stderr
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    assert records and all(set(r) == CONTRACT for r in records)
+    bank = Bank.open(real_bank)
+    photo_of = {i: Path(p).name.split("_")[0] for i, p in zip(bank.ids.tolist(), bank.table.column("path").to_pylist())}
+    for r in records:
+        assert len({photo_of[m] for m in r["members"]}) == 1  # never mixes the two photos or a singleton
+        assert r["size"] == len(r["members"]) >= 2 and r["exemplar"] in r["members"]
+        assert r["sources"] == ["telegram"] and 0 <= r["mean_p_fake"] <= 1
+        assert r["first_seen"] <= r["last_seen"]
+    assert {photo_of[r["members"][0]] for r in records} == {"c0", "c1"}
+    assert sum(r["size"] for r in records) >= 8  # most of the 10 edited copies are found
+    # one self-contained file: every image embedded, nothing fetched from anywhere
+    page = report.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<section") == len(records)
+    assert page.count("data:image/jpeg;base64,") >= sum(r["size"] for r in records)
+    assert re.findall(r"\bsrc='([a-z]+:)", page) == ["data:"] * page.count(" src=")
+    text = re.sub(r"data:image/jpeg;base64,[A-Za-z0-9+/=]+", "", page)
+    assert not re.search(r"(?i)(https?:|file:|//[a-z]|<link|<script|<iframe|@import|url\()", text)
+    assert all(f"#{r['exemplar']}" in page for r in records)
+    # a second run keeps the ids and stays quiet; --stored lists the same
+    again = runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--json"])
+    assert [json.loads(line) for line in again.stdout.splitlines()] == records
+    stored = runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--json", "--stored"])
+    assert [json.loads(line) for line in stored.stdout.splitlines()] == records
+
+
+def test_report_placeholder_for_unreadable_paths(tmp_path):
+    path, truth, _ = truth_bank(tmp_path / "bank", sizes=(3,), singletons=0)  # paths like /data/item-1.jpg
+    fb = Fakebank(path)
+    bank, result = fb.campaign_run()
+    records = fb.campaign_records(bank, result)
+    page = fb.campaign_report(tmp_path / "r.html", bank, result, records).read_text()
+    assert page.count("image not readable") == 4  # the exemplar and three members
+    assert "data:image" not in page
+
+
+def test_cli_human_output_and_usage_errors(real_bank, tmp_path):
+    res = runner.invoke(app, ["campaigns", "--bank", str(real_bank)])
+    assert res.exit_code == 0 and re.search(r"^C\d{4}\s+\d+ items", res.stdout, re.M)
+    assert runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--min-size", "0"]).exit_code == 2
+    assert runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--similarity", "1.5"]).exit_code == 2
+    res = runner.invoke(app, ["campaigns", "--bank", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "no bank at" in res.stderr
+    res = runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--report", str(tmp_path / "no" / "r.html")])
+    assert res.exit_code == 2 and "does not exist" in res.stderr
