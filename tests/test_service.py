@@ -138,6 +138,23 @@ def test_add_then_query_equals_the_in_process_api(server, tmp_path):
     assert [n["id"] for n in local["neighbors"]] == [n["id"] for n in http_rec["neighbors"]]
 
 
+def test_dupes_and_campaigns_endpoints(server, tmp_path):
+    original = DATA / "commfor" / "00000989.png"
+    post(server, "/v1/items", [(original.name, original.read_bytes())], {"label": "fake"})
+    copy = Image.open(original).convert("RGB").resize((500, 500))
+    r = post(server, "/v1/dupes", [("copy.jpg", png_bytes(copy, format="JPEG", quality=75))])
+    assert r.status_code == 200, r.text
+    (rec,) = r.json()["results"]
+    assert rec["path"] == "copy.jpg" and rec["duplicates"]
+    assert set(rec["duplicates"][0]) == {"id", "path", "similarity", "pdq_distance", "signal"}
+    assert rec["duplicates"][0]["path"] == "00000989.png"
+    r = httpx.get(server.url + "/v1/campaigns?recompute=true", headers=AUTH, timeout=120)
+    assert r.status_code == 200, r.text
+    for c in r.json()["results"]:
+        assert set(c) >= {"campaign", "size", "members", "exemplar", "first_seen", "last_seen", "sources",
+                          "mean_p_fake"}
+
+
 def test_item_endpoints(server):
     r = post(server, "/v1/items", [("item.jpg", distinct_images(1, seed=5)[0])])
     assert r.status_code == 200, r.text

@@ -297,6 +297,10 @@ class Fakebank:
                 continue
             yield self.dupes_record(bank, result.path, dedup_find(bank, Probe.of_embedding(result), params))
 
+    def dupes_embedded(self, bank: Bank, emb) -> dict:
+        """The `dupes` record of one embedded image against a bank snapshot (the HTTP service's path)."""
+        return self.dupes_record(bank, emb.path, dedup_find(bank, Probe.of_embedding(emb), self.dedup_params(bank)))
+
     @staticmethod
     def dupes_record(bank: Bank, path: str, matches: list) -> dict:
         return {"path": path, "duplicates": [

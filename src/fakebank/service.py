@@ -304,6 +304,26 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
                    else next(added) for (name, _), r in zip(uploads, results)]
         return {"results": records}
 
+    @app.post("/v1/dupes", dependencies=[Auth])
+    async def dupes(file: Annotated[list[UploadFile] | None, File(description="image(s); none: groups in the bank")] = None
+                    ) -> dict:
+        if not file:
+            return {"results": await run_in_threadpool(lambda: list(fb.dupe_groups()))}
+        uploads = await read_uploads(file)
+        bank = await run_in_threadpool(fb.snapshot)
+        check_model(bank.manifest, fb.model_info, fb.bank_path)
+        results = await embed_uploads(uploads)
+        all_failed(results)
+        records = [{"path": name, "duplicates": [], "error": str(r)} if isinstance(r, FakebankError)
+                   else await run_in_threadpool(fb.dupes_embedded, bank, r)
+                   for (name, _), r in zip(uploads, results)]
+        return {"results": records}
+
+    @app.get("/v1/campaigns", dependencies=[Auth])
+    def campaigns(min_size: int = 2, recompute: bool = False) -> dict:
+        """Stored campaigns (recompute=true clusters the bank again first, keeping campaign ids)."""
+        return {"results": fb.campaigns(min_size=min_size, recompute=recompute, save=recompute)}
+
     @app.get("/v1/items/{item_id}", dependencies=[Auth])
     def get_item(item_id: int) -> dict:
         bank = fb.snapshot()
