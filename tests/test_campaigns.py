@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 from typer.testing import CliRunner
 
 from bankutil import DIM, MODEL_INFO, make_item, unit
@@ -337,6 +337,58 @@ def test_stored_assignments_commit_atomically_and_keep_indexes(tmp_path):
     assert Bank.open(path).manifest["generation"] == gen
     listed = fb.campaigns(recompute=False)
     assert {r["size"] for r in listed} == {12 - 1, 8, 5, 3}
+
+
+# -- local-feature edges on real photos -------------------------------------------------------------------------
+
+def meme_picture(seed: int, size: int = 512) -> Image.Image:
+    """A smooth diagonal gradient (no border to trim) with a few ellipses and a fixed line of meme text."""
+    y, x = np.mgrid[0:size, 0:size]
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(0.2, 0.5, 2)
+    base = np.stack([(x * a + y * b) % 256, (x * b + y * a + 80) % 256, (x + y) * 0.2 + 40 * seed], -1)
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(3):
+        x0, y0 = rng.integers(0, size - 120, 2)
+        draw.ellipse((x0, y0, x0 + 100, y0 + 60), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    draw.text((10, size // 2 - 20), "they don't want you to see", fill="white",
+              font=ImageFont.load_default(size=40), stroke_width=3, stroke_fill="black")
+    return img
+
+
+def test_local_edges_link_reframings_but_not_a_shared_caption(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    scene = Image.open(DATA / "pdq" / "reg-test-input" / "dih" / "bridge-1-original.jpg").convert("RGB")
+    scene.thumbnail((512, 512))
+    w, h = scene.size
+    # two re-framings of one scene (88 % × 88 % crops from opposite corners): PDQ and the embedding
+    # see two pictures; only their shared keypoints link them
+    left, right = scene.crop((0, 0, w * 88 // 100, h * 88 // 100)), scene.crop((w * 12 // 100, h * 12 // 100, w, h))
+    for name, img in (("left", left), ("right", right)):
+        img.save(folder / f"{name}.png")
+        img.save(folder / f"{name}_q60.jpg", quality=60)
+    # two different pictures with the same meme text across the middle: ≈ 30 keypoints agree under one
+    # transform, all in one thin strip, which the spread check refuses
+    for seed in (1, 2):
+        meme_picture(seed).save(folder / f"meme{seed}.jpg", quality=92)
+    bank = tmp_path / "bank"
+    fb = Fakebank(bank, weights=WEIGHTS)
+    added = {Path(r["path"]).stem: r["id"] for r in fb.add(sorted(folder.iterdir()), label="fake")}
+    assert len(added) == 6
+
+    with_local = run(bank, similarity=1.0)  # embedding edges off: the photos' own signals decide
+    without = run(bank, similarity=1.0, local=False)
+    scene_ids = {added[k] for k in ("left", "left_q60", "right", "right_q60")}
+    assert frozenset(scene_ids) in partition(with_local)
+    assert with_local.stats["local_edges"] >= 1
+    memes = {added["meme1"], added["meme2"]}
+    assert not any(memes <= set(c.members) for c in with_local.campaigns)
+    # without local edges the re-framings are two campaigns (PDQ links each with its re-encode)
+    assert partition(without) == {frozenset({added["left"], added["left_q60"]}),
+                                  frozenset({added["right"], added["right_q60"]})}
+    assert without.stats["local_edges"] is None
 
 
 # -- CLI and report on a real bank -----------------------------------------------------------------------------

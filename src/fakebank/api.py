@@ -140,7 +140,7 @@ class Fakebank:
 
     def add(
         self,
-        files: Iterable[str],
+        files: Iterable[str | os.PathLike],
         *,
         label: str = "fake",
         source: str | None = None,
@@ -156,7 +156,7 @@ class Fakebank:
         from fakebank.embed import Embedding, FailedInput, Source
 
         check_label(label)
-        inputs = sources if sources is not None else (Source(f) for f in files)
+        inputs = sources if sources is not None else (Source(os.fspath(f)) for f in files)
         with self.writer() as w:
             pending: list[tuple[NewItem, str]] = []
             seen: dict[str, str] = {}
@@ -368,13 +368,14 @@ class Fakebank:
     # -- campaigns (DESIGN §1.6) ---------------------------------------------------------------------
 
     def campaigns(self, *, min_size: int = 2, similarity: float | None = None, min_p_fake: float | None = None,
-                  recompute: bool = True, save: bool = True) -> list[dict]:
+                  local: bool | None = None, recompute: bool = True, save: bool = True) -> list[dict]:
         """One record per campaign of ≥ min_size items, largest first (contract: DESIGN §2 `campaigns`)."""
-        bank, result = self.campaign_run(similarity=similarity, min_p_fake=min_p_fake, recompute=recompute, save=save)
+        bank, result = self.campaign_run(similarity=similarity, min_p_fake=min_p_fake, local=local,
+                                          recompute=recompute, save=save)
         return self.campaign_records(bank, result, min_size=min_size)
 
     def campaign_run(self, *, similarity: float | None = None, min_p_fake: float | None = None,
-                     recompute: bool = True, save: bool = True):
+                     local: bool | None = None, recompute: bool = True, save: bool = True):
         """Cluster the flagged items of the latest snapshot and (with `save`) store the assignments.
 
         Returns (snapshot, CampaignResult). Ids stay stable across runs; `recompute=False` lists the stored
@@ -384,7 +385,7 @@ class Fakebank:
 
         bank = self.open_bank()
         info = bank.manifest.get("campaigns") or {}
-        overrides = {"similarity": similarity, "min_p_fake": min_p_fake}
+        overrides = {"similarity": similarity, "min_p_fake": min_p_fake, "local": local}
         params = cp.CampaignParams(**{k: v for k, v in overrides.items() if v is not None})
         if not recompute:
             return bank, cp.result_from_stored(bank, bank.campaign_assignments(), params, info.get("next_number", 1))

@@ -36,7 +36,7 @@ from fakebank import index as faiss_index
 from fakebank.bank import LOCAL_ID_BITS, PDQ_BYTES, Bank
 from fakebank.errors import UsageError
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY, PdqHash
-from fakebank.signals import EMPTY_LOCAL, LocalFeatures
+from fakebank.signals import EMPTY_LOCAL, LOCAL_SIDE, LocalFeatures
 
 SIGNALS = ("pdq", "pdq_trim", "local", "embedding")
 
@@ -53,6 +53,12 @@ LOCAL_MAX_DISTANCE = 48
 # inliers, a few edited distractors 20–23 (text overlays, repeated texture): 20 let 0.64 % of the
 # distractors' copies through, above the 0.5 % target; the bench's crops to 60 % area keep 40+.
 LOCAL_MIN_INLIERS = 24
+# Smallest area of the box around the RANSAC inliers, as a share of LOCAL_SIDE², on both images, for a
+# `local` match to count. A line of identical caption text on two different photos gives 60–90 inliers in
+# a strip of ≈ 5 % of the frame (scripts/bench_campaigns.py: the only wrong bank-to-bank local matches);
+# a copy's inliers cover the photo. 0 here (the dedup bench's thresholds were set without it); campaign
+# edges use campaigns.LOCAL_EDGE_MIN_SPREAD.
+LOCAL_MIN_SPREAD = 0.0
 LOCAL_RANSAC_PX = 8.0  # reprojection error in the 640-px frame (≈ 1.2 % of the side) that counts as inlier
 LOCAL_KNN = 2  # nearest bank descriptors looked up per query descriptor
 LOCAL_MIN_VOTES = 8  # correspondences an item needs before RANSAC is tried on it
@@ -72,6 +78,7 @@ class DedupParams:
     embedding_threshold: float = EMBEDDING_THRESHOLD
     local_min_inliers: int = LOCAL_MIN_INLIERS
     local_max_distance: int = LOCAL_MAX_DISTANCE
+    local_min_spread: float = LOCAL_MIN_SPREAD
     signals: tuple[str, ...] = SIGNALS
     source: str = "defaults"
 
@@ -85,6 +92,8 @@ class DedupParams:
             raise UsageError(f"local min inliers must be in 4..1000, not {self.local_min_inliers}")
         if not 0 <= self.local_max_distance <= 128:
             raise UsageError(f"local max distance must be in 0..128 bits, not {self.local_max_distance}")
+        if not 0.0 <= self.local_min_spread <= 1.0:
+            raise UsageError(f"local min spread must be a share of the frame in [0, 1], not {self.local_min_spread}")
         signals = tuple(self.signals)
         unknown = [s for s in signals if s not in SIGNALS]
         if unknown or not signals:
@@ -260,7 +269,7 @@ def local_matches(bank: Bank, probe: Probe, params: DedupParams) -> dict[int, in
             stored = cache[item_id]
             qi, bj = pairs[:, 0], pairs[:, 1]
             ok = bj < len(stored)
-            inliers = ransac_inliers(feats.xy[qi[ok]], stored.xy[bj[ok]])
+            inliers = ransac_inliers(feats.xy[qi[ok]], stored.xy[bj[ok]], params.local_min_spread)
             if inliers >= params.local_min_inliers:
                 out[item_id] = max(out.get(item_id, 0), inliers)
     return out
@@ -291,9 +300,10 @@ def _candidates(dist: np.ndarray, ids: np.ndarray, max_distance: int, exclude: i
             yield int(it), np.stack([q[sel], rank[sel]], axis=1)
 
 
-def ransac_inliers(src: np.ndarray, dst: np.ndarray) -> int:
+def ransac_inliers(src: np.ndarray, dst: np.ndarray, min_spread: float = 0.0) -> int:
     """Correspondences consistent with one similarity transform src → dst (RANSAC; OpenCV's seeded RNG
-    makes it deterministic); 0 when the transform is degenerate or scales absurdly."""
+    makes it deterministic); 0 when the transform is degenerate or scales absurdly, or when the inliers'
+    bounding box covers less than `min_spread` of the LOCAL_SIDE² frame on either image."""
     if len(src) < 4:
         return 0
     M, inliers = cv2.estimateAffinePartial2D(
@@ -304,7 +314,14 @@ def ransac_inliers(src: np.ndarray, dst: np.ndarray) -> int:
     scale = float(np.hypot(M[0, 0], M[1, 0]))
     if not 1 / _MAX_SCALE < scale < _MAX_SCALE:
         return 0
-    return int(inliers.sum())
+    mask = inliers.ravel().astype(bool)
+    if min_spread > 0 and min(_box_area(src[mask]), _box_area(dst[mask])) < min_spread * LOCAL_SIDE ** 2:
+        return 0
+    return int(mask.sum())
+
+
+def _box_area(xy: np.ndarray) -> float:
+    return float(np.ptp(xy[:, 0]) * np.ptp(xy[:, 1])) if len(xy) else 0.0
 
 
 def groups(bank: Bank, params: DedupParams | None = None,
