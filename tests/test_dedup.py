@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageEnhance
 
 from bankutil import DIM, MODEL_INFO, unit
 from fakebank import index as faiss_index
@@ -65,6 +65,25 @@ def screenshot(im: Image.Image) -> Image.Image:
     h = round(im.height * W / im.width)
     c.paste(im.resize((W, h), Image.Resampling.BICUBIC), (0, 160))
     d.text((30, 160 + h + 20), "♡ 1.2k      ↻ 340      share", fill=(20, 20, 20))
+    return c
+
+
+def phone_frame(im: Image.Image, dark: bool) -> Image.Image:
+    """The photo in a light or dark app theme whose background is close to the photo's own tones: a status
+    bar of another grey, lines of text above and below, the photo at full width wherever it falls."""
+    W, H = 540, 1080
+    bg, fg, bar = ((18, 18, 18), (230, 230, 230), (40, 40, 40)) if dark else ((250, 250, 250), (20, 20, 20), (0, 0, 0))
+    c = Image.new("RGB", (W, H), bg)
+    d = ImageDraw.Draw(c)
+    d.rectangle((0, 0, W, 35), fill=bar)
+    d.text((15, 8), "9:41            5G 87%", fill=(255, 255, 255))
+    d.ellipse((15, 55, 60, 100), fill=(120, 120, 200))
+    d.text((70, 65), "@someone · 2h", fill=fg)
+    d.text((15, 115), "you won't believe what happened next", fill=fg)
+    h = round(im.height * W / im.width)
+    c.paste(im.resize((W, h), Image.Resampling.BICUBIC), (0, 160))
+    d.text((30, 160 + h + 20), "♡ 1.2k      ↻ 340      share", fill=fg)
+    d.text((15, 160 + h + 70), "share before they delete this", fill=fg)
     return c
 
 
@@ -141,6 +160,19 @@ def test_content_box_removes_bars_and_frames_and_keeps_plain_photos(photos):
     assert abs(t - 160) <= 6 and abs(b - (160 + h)) <= 6
 
 
+def test_content_box_stops_at_a_photo_whose_tones_run_into_the_frame(photos):
+    """The screenshot misses of scripts/bench_dedup.py: a dark photo in a dark theme, a wide photo under a
+    fifth of a light frame (not much less: one band peels at most BORDER_MAX_BAND of what is left). With a 20-level colour tolerance the band ran through the photo, or the box
+    was thrown away as too small, and the copy kept the whole frame."""
+    night = ImageEnhance.Brightness(photos["bridge"]).enhance(0.12)  # tones 0–30, around the theme's 18
+    strip = photos["bridge"].crop((0, 100, 640, 343))  # 540×205 in the frame: 19 % of it, under the old 0.2
+    for im, dark in ((night, True), (strip, False), (photos["bridge"], True)):
+        shot = jpeg(phone_frame(im, dark), 90)
+        l, t, r, b = content_box(shot)
+        h = round(im.height * 540 / im.width)
+        assert abs(t - 160) <= 6 and abs(b - (160 + h)) <= 6 and l <= 4 and r >= 536, (dark, (l, t, r, b))
+
+
 # -- one metamorphic test per signal ---------------------------------------------------------------------
 
 def test_pdq_matches_reencoded_and_rotated_copies_not_other_photos(bank, photos):
@@ -162,6 +194,18 @@ def test_pdq_trim_matches_letterboxed_and_screenshotted_copies(bank, photos):
         assert min_dihedral_distance(whole, b.pdq_codes[b.row(ids["bridge"])].tobytes()) > PDQ_MATCH_THRESHOLD
         assert matched(b, probe_of(copy), only_pdq) == {ids["bridge"]: "pdq_trim"}
     assert matched(b, probe_of(jpeg(letterbox(photos["q0291"]))), only_pdq) == {}
+
+
+def test_framed_copies_match_in_light_and_dark_themes_other_photos_do_not(bank, photos):
+    b, ids = bank
+    for name in ("bridge", "q0122", COMMFOR[0].stem):
+        for dark in (False, True):
+            got = matched(b, probe_of(jpeg(phone_frame(photos[name], dark), 70)))
+            assert ids[name] in got, (name, dark, got)
+            assert set(got) == {ids[name]}
+    for other in ("q0291", "q0746", COMMFOR[1].stem):
+        for dark in (False, True):
+            assert matched(b, probe_of(jpeg(phone_frame(photos[other], dark), 70))) == {}, (other, dark)
 
 
 def test_local_features_match_crops_and_overlays_that_pdq_misses(bank, photos):
