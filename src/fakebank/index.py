@@ -6,6 +6,8 @@ approximate index is checked in tests against ``exact_search``, the brute-force 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -14,6 +16,12 @@ import numpy as np
 # DESIGN §5: below this batch size FAISS skips BLAS for flat search and runs ≈8× slower.
 faiss.cvar.distance_compute_blas_threshold = 20
 
+# Searches of up to this many queries run on one OpenMP thread. Measured with the other core busy (as it
+# is while the model runs): HNSW at 100k, 1 query 1.51 → 0.32 ms; exact 100k × 384, 64 queries 148 → 49
+# ms; 384 ORB descriptors against a 1M-descriptor BinaryIVF 8.0 → 2.3 ms; 128 against a 31k BinaryFlat
+# 102 → 3.4 ms (OpenMP's spinning threads wait on a busy core). FAISS shares torch's OpenMP runtime, so the
+# setting is made and undone on the calling thread only.
+SINGLE_THREAD_MAX_QUERIES = 4096
 EXACT_LIMIT = 100_000  # below: exact inner product search (≈8 ms/query at 100k × 384)
 HNSW_LIMIT = 10_000_000  # below: HNSW32 (0.3–0.5 ms/query at 1M, recall@10 ≥ 0.95 with efSearch 128)
 HNSW_EF_SEARCH = 128
@@ -58,7 +66,22 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     if index.ntotal == 0:
         q = len(queries)
         return np.full((q, k), -np.inf, np.float32), np.full((q, k), -1, np.int64)
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    with _threads_for(len(queries)):
+        return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+@contextmanager
+def _threads_for(n_queries: int) -> Iterator[None]:
+    """One OpenMP thread for a small search (SINGLE_THREAD_MAX_QUERIES), on this thread only."""
+    if n_queries > SINGLE_THREAD_MAX_QUERIES:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +112,8 @@ def binary_within(index: faiss.IndexBinary, queries: np.ndarray, max_distance: i
     if index.ntotal == 0 or len(queries) == 0:
         return [[] for _ in range(len(queries))]
     # FAISS binary range search keeps distances strictly below the radius.
-    lims, dist, ids = index.range_search(np.ascontiguousarray(queries, dtype=np.uint8), max_distance + 1)
+    with _threads_for(len(queries)):
+        lims, dist, ids = index.range_search(np.ascontiguousarray(queries, dtype=np.uint8), max_distance + 1)
     return [
         [(int(ids[j]), int(dist[j])) for j in range(lims[i], lims[i + 1])] for i in range(len(queries))
     ]
@@ -137,7 +161,8 @@ def binary_knn(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> tuple[n
     if index.ntotal == 0 or q == 0:
         return np.full((q, k), 1 << 30, np.int32), np.full((q, k), -1, np.int64)
     _tune_binary(index)
-    return index.search(np.ascontiguousarray(queries, dtype=np.uint8), k)
+    with _threads_for(q):
+        return index.search(np.ascontiguousarray(queries, dtype=np.uint8), k)
 
 
 def _tune_binary(index: faiss.IndexBinary) -> None:
