@@ -102,8 +102,13 @@ class LoadedModel:
         """One forward pass → (logit [B], cls [B, D], patch [B, D]); embeddings not yet normalised."""
         tokens = self.module.forward_features(pixels)
         cls = self.module.forward_head(tokens, pre_logits=True)
-        logits = self.module.head(cls)
-        patch = tokens[:, self.module.num_prefix_tokens :].mean(dim=1)
+        # The head and the pooling are a sliver of the cost, so under bf16 autocast they stay fp32: what
+        # deviation remains comes from the backbone (untrained vit_small, 24 photos: max |Δlogit| 0.008 at
+        # mean |logit| 0.3, CLS cosine ≥ 0.99996).
+        with torch.autocast(pixels.device.type, enabled=False):
+            cls = cls.float()
+            logits = self.module.head(cls)
+            patch = tokens[:, self.module.num_prefix_tokens :].float().mean(dim=1)
         return self.labels.logit(logits), cls, patch
 
 
