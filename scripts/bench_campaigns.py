@@ -484,6 +484,7 @@ def bench_scale(n: int, workdir: Path) -> None:
     import sys
 
     from fakebank.bank import BankWriter
+    from fakebank.campaigns import LOCAL_EDGE_MAX_ITEMS
 
     print(f"\n== scale: {n} synthetic items (dim {SCALE_DIM}; {SCALE_GIANT_SHARE:.0%} one near-duplicate group, "
           f"{SCALE_CAMPAIGN_SHARE:.0%} in campaigns of 2..2000, the rest singletons), then +20%")
@@ -512,7 +513,9 @@ def bench_scale(n: int, workdir: Path) -> None:
         p, rec, f = bcubed(pred, truth)
         s = r["stats"]
         print(f"  {tag}: {len(ids)} items clustered in {r['seconds']:.1f} s end to end (graph {s['seconds']['graph']:.1f} s, "
-              f"components {s['seconds']['cluster']:.1f} s), peak RSS {r['peak_rss_mb']:.0f} MB, {s['edges']} edges "
+              f"components {s['seconds']['cluster']:.1f} s, local-feature edges "
+              f"{'off above %d items' % LOCAL_EDGE_MAX_ITEMS if s['local_edges'] is None else s['local_edges']}), "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB, {s['edges']} edges "
               f"({s['pdq_edges']} PDQ); {r['campaigns']} campaigns; B-cubed P={p:.3f} R={rec:.3f} F1={f:.3f} "
               f"ARI={ari(pred, truth):.3f}")
         return r

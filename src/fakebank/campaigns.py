@@ -74,8 +74,8 @@ PCA_TRAIN_MAX = 20_000
 # text on two photos gave 87). 12 inliers over ≥ 10 % of the frame: reposts tier F1 0.899 → 0.988.
 LOCAL_EDGE_MIN_INLIERS = 12
 LOCAL_EDGE_MIN_SPREAD = 0.1
-# Each item probes the bank's local index (≈ 8 ms): up to this many selected items the edges are on by
-# default (≈ 80 s); above, pass local=True (CLI --local) to pay for them.
+# Each item probes the bank's local index (≈ 3 ms per item on a 270-item bank, more as the index grows):
+# up to this many selected items the edges are on by default; above, pass local=True (CLI --local).
 LOCAL_EDGE_MAX_ITEMS = 10_000
 # Distinct items needed on each side before close embeddings alone join two groups of verified copies.
 # bench_campaigns, untrained vit_small: 1 (plain connected components) let one recoloured copy merge two

@@ -266,7 +266,7 @@ def campaigns(
         help="Also cluster `unknown` items the model scores at least this (default: label fake only).")] = None,
     local: Annotated[Optional[bool], typer.Option(
         "--local/--no-local",
-        help="Link items whose ORB keypoints match (crops, captions, re-framings); ≈ 8 ms per flagged item. "
+        help="Link items whose ORB keypoints match (crops, captions, re-framings); a few ms per flagged item. "
              "Default: on up to 10,000 flagged items.")] = None,
     stored: Annotated[bool, typer.Option(
         "--stored", help="List the campaigns stored by the last run, without clustering again.")] = False,
