@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from bankutil import DIM, MODEL_INFO, unit
 from fakebank import index as faiss_index
@@ -224,6 +224,32 @@ def test_local_features_match_crops_and_overlays_that_pdq_misses(bank, photos):
         assert matched(b, probe_of(jpeg(crop(photos[other], 0.7)))) == {}
 
 
+def meme_picture(seed: int, size: int = 512) -> Image.Image:
+    """A smooth diagonal gradient (no border to trim) with a few ellipses and a fixed line of meme text."""
+    y, x = np.mgrid[0:size, 0:size]
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(0.2, 0.5, 2)
+    base = np.stack([(x * a + y * b) % 256, (x * b + y * a + 80) % 256, (x + y) * 0.2 + 40 * seed], -1)
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(3):
+        x0, y0 = rng.integers(0, size - 120, 2)
+        draw.ellipse((x0, y0, x0 + 100, y0 + 60), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    draw.text((10, size // 2 - 20), "they don't want you to see", fill="white",
+              font=ImageFont.load_default(size=40), stroke_width=3, stroke_fill="black")
+    return img
+
+
+def test_the_same_caption_on_another_picture_is_not_a_local_match(tmp_path):
+    with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        (item,) = w.add([item_of(meme_picture(1), 0)])
+    b = Bank.open(tmp_path)
+    other = probe_of(jpeg(meme_picture(2)))
+    # the caption's letters agree under one transform, but not in the numbers a copy's keypoints do
+    assert matched(b, other) == {}
+    assert matched(b, probe_of(jpeg(crop(meme_picture(1), 0.7)))) == {item: "local"}
+
+
 def test_embedding_signal_matches_only_above_its_threshold(tmp_path):
     rng = np.random.default_rng(3)
     base = rng.normal(size=DIM)
@@ -293,6 +319,8 @@ def test_local_features_round_trip_and_ransac():
     dst[:20] = rng.uniform(0, 600, (20, 2))  # outliers
     assert 38 <= ransac_inliers(src, dst) <= 42
     assert ransac_inliers(src, rng.uniform(0, 600, (60, 2)).astype(np.float32)) < 10
+    strip = src * np.array([1.0, 0.05], np.float32)  # the same correspondences squeezed into a thin band
+    assert ransac_inliers(strip, strip + 5) == 60 and ransac_inliers(strip, strip + 5, min_spread=0.1) == 0
 
 
 def test_local_factory_is_a_pure_function_of_the_count():

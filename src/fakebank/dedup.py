@@ -54,10 +54,10 @@ LOCAL_MAX_DISTANCE = 48
 # distractors' copies through, above the 0.5 % target; the bench's crops to 60 % area keep 40+.
 LOCAL_MIN_INLIERS = 24
 # Smallest area of the box around the RANSAC inliers, as a share of LOCAL_SIDE², on both images, for a
-# `local` match to count. A line of identical caption text on two different photos gives 60–90 inliers in
-# a strip of ≈ 5 % of the frame (scripts/bench_campaigns.py: the only wrong bank-to-bank local matches);
-# a copy's inliers cover the photo. 0 here (the dedup bench's thresholds were set without it); campaign
-# edges use campaigns.LOCAL_EDGE_MIN_SPREAD.
+# `local` match to count. Bank-to-bank (campaigns.LOCAL_EDGE_MIN_SPREAD, 12 inliers) a line of identical
+# caption text on two different pictures gave 30–90 inliers in a strip of ≈ 5 % of the frame. Off for
+# queries: at 24 inliers no such pair matched (tests/test_dedup.py), and 0.1 lost a phone-framed copy of
+# a street scene whose keypoints bunch in one part of the content box.
 LOCAL_MIN_SPREAD = 0.0
 LOCAL_RANSAC_PX = 8.0  # reprojection error in the 640-px frame (≈ 1.2 % of the side) that counts as inlier
 LOCAL_KNN = 2  # nearest bank descriptors looked up per query descriptor
