@@ -245,9 +245,9 @@ def test_the_same_caption_on_another_picture_is_not_a_local_match(tmp_path):
         (item,) = w.add([item_of(meme_picture(1), 0)])
     b = Bank.open(tmp_path)
     other = probe_of(jpeg(meme_picture(2)))
-    # the caption's letters agree under one transform, but not in the numbers a copy's keypoints do
+    # ≈ 30 of the caption's keypoints agree under one transform, all in one strip: not a copy
+    assert matched(b, other, DedupParams(local_min_spread=0.0)) == {item: "local"}
     assert matched(b, other) == {}
-    assert matched(b, probe_of(jpeg(crop(meme_picture(1), 0.7)))) == {item: "local"}
 
 
 def test_embedding_signal_matches_only_above_its_threshold(tmp_path):

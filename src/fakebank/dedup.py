@@ -53,12 +53,11 @@ LOCAL_MAX_DISTANCE = 48
 # inliers, a few edited distractors 20–23 (text overlays, repeated texture): 20 let 0.64 % of the
 # distractors' copies through, above the 0.5 % target; the bench's crops to 60 % area keep 40+.
 LOCAL_MIN_INLIERS = 24
-# Smallest area of the box around the RANSAC inliers, as a share of LOCAL_SIDE², on both images, for a
-# `local` match to count. Bank-to-bank (campaigns.LOCAL_EDGE_MIN_SPREAD, 12 inliers) a line of identical
-# caption text on two different pictures gave 30–90 inliers in a strip of ≈ 5 % of the frame. Off for
-# queries: at 24 inliers no such pair matched (tests/test_dedup.py), and 0.1 lost a phone-framed copy of
-# a street scene whose keypoints bunch in one part of the content box.
-LOCAL_MIN_SPREAD = 0.0
+# Smallest share of each image's frame (`_frame_area`) that the box around the RANSAC inliers must cover,
+# on both images, for a `local` match to count: a line of identical caption/meme text on two different pictures
+# agrees under one transform (30–90 inliers bank-to-bank, bench_campaigns; tests/test_dedup.py) but only
+# in a strip; a copy's inliers cover the photo, or the part a crop kept (≥ 60 % of it on the bench).
+LOCAL_MIN_SPREAD = 0.1
 LOCAL_RANSAC_PX = 8.0  # reprojection error in the 640-px frame (≈ 1.2 % of the side) that counts as inlier
 LOCAL_KNN = 2  # nearest bank descriptors looked up per query descriptor
 LOCAL_MIN_VOTES = 8  # correspondences an item needs before RANSAC is tried on it
@@ -269,7 +268,8 @@ def local_matches(bank: Bank, probe: Probe, params: DedupParams) -> dict[int, in
             stored = cache[item_id]
             qi, bj = pairs[:, 0], pairs[:, 1]
             ok = bj < len(stored)
-            inliers = ransac_inliers(feats.xy[qi[ok]], stored.xy[bj[ok]], params.local_min_spread)
+            inliers = ransac_inliers(feats.xy[qi[ok]], stored.xy[bj[ok]], params.local_min_spread,
+                                     frames=(_frame_area(feats.xy), _frame_area(stored.xy)))
             if inliers >= params.local_min_inliers:
                 out[item_id] = max(out.get(item_id, 0), inliers)
     return out
@@ -300,12 +300,15 @@ def _candidates(dist: np.ndarray, ids: np.ndarray, max_distance: int, exclude: i
             yield int(it), np.stack([q[sel], rank[sel]], axis=1)
 
 
-def ransac_inliers(src: np.ndarray, dst: np.ndarray, min_spread: float = 0.0) -> int:
-    """Correspondences consistent with one similarity transform src → dst (RANSAC; OpenCV's seeded RNG
-    makes it deterministic); 0 when the transform is degenerate or scales absurdly, or when the inliers'
-    bounding box covers less than `min_spread` of the LOCAL_SIDE² frame on either image."""
+def ransac_inliers(src: np.ndarray, dst: np.ndarray, min_spread: float = 0.0,
+                   frames: tuple[float, float] | None = None) -> int:
+    """Correspondences consistent with one similarity transform src → dst (RANSAC, seeded on every call so
+    that the count does not depend on earlier calls); 0 when the transform is degenerate or scales
+    absurdly, or when the inliers' bounding box covers less than `min_spread` of either image's frame
+    (`frames`: each image's frame area, see `_frame_area`; default the LOCAL_SIDE² square)."""
     if len(src) < 4:
         return 0
+    cv2.setRNGSeed(0)
     M, inliers = cv2.estimateAffinePartial2D(
         src.astype(np.float32), dst.astype(np.float32), method=cv2.RANSAC,
         ransacReprojThreshold=LOCAL_RANSAC_PX, maxIters=1000, confidence=0.995)
@@ -315,9 +318,18 @@ def ransac_inliers(src: np.ndarray, dst: np.ndarray, min_spread: float = 0.0) ->
     if not 1 / _MAX_SCALE < scale < _MAX_SCALE:
         return 0
     mask = inliers.ravel().astype(bool)
-    if min_spread > 0 and min(_box_area(src[mask]), _box_area(dst[mask])) < min_spread * LOCAL_SIDE ** 2:
-        return 0
+    if min_spread > 0:
+        src_frame, dst_frame = frames or (LOCAL_SIDE ** 2, LOCAL_SIDE ** 2)
+        if _box_area(src[mask]) < min_spread * src_frame or _box_area(dst[mask]) < min_spread * dst_frame:
+            return 0
     return int(mask.sum())
+
+
+def _frame_area(xy: np.ndarray) -> float:
+    """The square of the longer extent of an image's keypoints: its ORB frame (not stored; smaller images
+    are not scaled up to LOCAL_SIDE) as far as its keypoints reach, and never less than the strip that a
+    line of text spans, however few other keypoints the picture has."""
+    return float(max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]))) ** 2 if len(xy) else 0.0
 
 
 def _box_area(xy: np.ndarray) -> float:
