@@ -240,14 +240,16 @@ def meme_picture(seed: int, size: int = 512) -> Image.Image:
     return img
 
 
-def test_the_same_caption_on_another_picture_is_not_a_local_match(tmp_path):
+def test_min_spread_refuses_pictures_that_share_only_a_caption(tmp_path):
     with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM) as w:
         (item,) = w.add([item_of(meme_picture(1), 0)])
     b = Bank.open(tmp_path)
     other = probe_of(jpeg(meme_picture(2)))
-    # ≈ 30 of the caption's keypoints agree under one transform, all in one strip: not a copy
-    assert matched(b, other, DedupParams(local_min_spread=0.0)) == {item: "local"}
-    assert matched(b, other) == {}
+    # ≈ 30 of the caption's keypoints agree under one transform, all in one strip: by default (spread
+    # check off, see LOCAL_MIN_SPREAD) that is a local match; with the check on it is not
+    assert matched(b, other) == {item: "local"}
+    assert matched(b, other, DedupParams(local_min_spread=0.1)) == {}
+    assert matched(b, probe_of(jpeg(meme_picture(1))), DedupParams(local_min_spread=0.1)) == {item: "pdq"}
 
 
 def test_embedding_signal_matches_only_above_its_threshold(tmp_path):

@@ -313,6 +313,10 @@ def dupes(
         "--pdq-threshold", help="PDQ Hamming distance, inclusive [default: the bank's, else Meta's 31].")] = None,
     min_inliers: Annotated[Optional[int], typer.Option(
         "--min-inliers", help="RANSAC inliers a local-feature match needs [default: the bank's, else 24].")] = None,
+    min_spread: Annotated[Optional[float], typer.Option(
+        "--min-spread", min=0.0, max=1.0,
+        help="Share of each image's frame the matching keypoints must span (0.1 refuses pictures that only "
+             "share a line of caption text) [default: the bank's, else 0].")] = None,
     signals: Annotated[Optional[str], typer.Option(
         "--signals", help="Comma-separated subset of pdq,pdq_trim,local,embedding [default: all].")] = None,
     save: Annotated[bool, typer.Option(
@@ -325,7 +329,7 @@ def dupes(
     b = fb.open_bank()  # a missing bank is the first thing to report, before loading any model
     try:
         params = fb.dedup_params(b, pdq_threshold=pdq_threshold, embedding_threshold=threshold,
-                                 local_min_inliers=min_inliers,
+                                 local_min_inliers=min_inliers, local_min_spread=min_spread,
                                  signals=tuple(x.strip() for x in signals.split(",")) if signals else None)
     except FakebankError as e:
         raise typer.BadParameter(str(e)) from None

@@ -54,10 +54,13 @@ LOCAL_MAX_DISTANCE = 48
 # distractors' copies through, above the 0.5 % target; the bench's crops to 60 % area keep 40+.
 LOCAL_MIN_INLIERS = 24
 # Smallest share of each image's frame (`_frame_area`) that the box around the RANSAC inliers must cover,
-# on both images, for a `local` match to count: a line of identical caption/meme text on two different pictures
-# agrees under one transform (30–90 inliers bank-to-bank, bench_campaigns; tests/test_dedup.py) but only
-# in a strip; a copy's inliers cover the photo, or the part a crop kept (≥ 60 % of it on the bench).
-LOCAL_MIN_SPREAD = 0.1
+# on both images, for a `local` match to count. It stops a line of identical caption/meme text on two
+# different pictures from matching (30–90 inliers in a strip; tests/test_dedup.py) and is on for campaign
+# edges (campaigns.LOCAL_EDGE_MIN_SPREAD). Off by default here: on scripts/bench_dedup.py 0.1 lowered recall
+# 0.987 → 0.976 (thin objects such as a chain on white bunch their keypoints in a strip too; screenshot
+# 0.976 → 0.952, combo 0.914 → 0.876) and removed no false match (0 of 470 distractor copies either way).
+# `fakebank dupes --min-spread 0.1` turns it on for banks full of captioned memes.
+LOCAL_MIN_SPREAD = 0.0
 LOCAL_RANSAC_PX = 8.0  # reprojection error in the 640-px frame (≈ 1.2 % of the side) that counts as inlier
 LOCAL_KNN = 2  # nearest bank descriptors looked up per query descriptor
 LOCAL_MIN_VOTES = 8  # correspondences an item needs before RANSAC is tried on it
