@@ -68,6 +68,10 @@ LOCAL_MAX_CANDIDATES = 8  # best-voted items checked geometrically per orientati
 # Query keypoints looked up per orientation (plain and mirrored): all of them. With 256, a caption's
 # letters (strong corners) crowded the photo's keypoints out of a sparse product shot (tests/test_dedup.py).
 LOCAL_SEARCH_FEATURES = 384
+# The mirror image's keypoints looked up: fewer, since PDQ's dihedral hashes already find plain mirrored
+# copies and only mirrored-and-cropped ones need these. The look-up is most of the matching cost at 100k
+# items (the descriptors scanned scale with the keypoints searched).
+LOCAL_MIRROR_SEARCH_FEATURES = 192
 EMBEDDING_K = 16  # nearest items by cls looked at for the embedding signal
 _MAX_SCALE = 8.0  # a similarity transform that scales by more (or less than 1/8) is not a copy
 
@@ -248,7 +252,8 @@ def pdq_distance(bank: Bank, probe: Probe, item_id: int) -> int | None:
 
 def local_matches(bank: Bank, probe: Probe, params: DedupParams) -> dict[int, int]:
     """item id → RANSAC inliers, for the items whose ORB keypoints agree geometrically with the probe's."""
-    orientations = [f.strongest(LOCAL_SEARCH_FEATURES) for f in (probe.local, probe.local_mirror) if len(f)]
+    orientations = [f.strongest(n) for f, n in ((probe.local, LOCAL_SEARCH_FEATURES),
+                                                (probe.local_mirror, LOCAL_MIRROR_SEARCH_FEATURES)) if len(f)]
     if not orientations or len(bank) == 0:
         return {}
     index = bank.index("local")
