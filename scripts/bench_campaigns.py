@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import resource
 import tempfile
 import time
 from collections import Counter, defaultdict

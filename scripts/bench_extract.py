@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageEnhance
 
 from fakebank.api import Fakebank
-from fakebank.embed import Embedding, Extractor, cpu_has_native_bf16
+from fakebank.embed import Extractor, cpu_has_native_bf16
 from fakebank.model import load_model
 from fakebank.preprocess import load_rgb, to_array
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+from PIL import Image, ImageEnhance
 from typer.testing import CliRunner
 
-from bankutil import DIM, MODEL_INFO, make_item, unit
+from bankutil import DIM, MODEL_INFO, make_item, meme_picture, unit
 from fakebank import campaigns as cp
 from fakebank.api import Fakebank
 from fakebank.bank import Bank, BankWriter
@@ -340,22 +340,6 @@ def test_stored_assignments_commit_atomically_and_keep_indexes(tmp_path):
 
 
 # -- local-feature edges on real photos -------------------------------------------------------------------------
-
-def meme_picture(seed: int, size: int = 512) -> Image.Image:
-    """A smooth diagonal gradient (no border to trim) with a few ellipses and a fixed line of meme text."""
-    y, x = np.mgrid[0:size, 0:size]
-    rng = np.random.default_rng(seed)
-    a, b = rng.uniform(0.2, 0.5, 2)
-    base = np.stack([(x * a + y * b) % 256, (x * b + y * a + 80) % 256, (x + y) * 0.2 + 40 * seed], -1)
-    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    for _ in range(3):
-        x0, y0 = rng.integers(0, size - 120, 2)
-        draw.ellipse((x0, y0, x0 + 100, y0 + 60), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    draw.text((10, size // 2 - 20), "they don't want you to see", fill="white",
-              font=ImageFont.load_default(size=40), stroke_width=3, stroke_fill="black")
-    return img
-
 
 def test_local_edges_link_reframings_but_not_a_shared_caption(tmp_path):
     folder = tmp_path / "photos"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance
 
-from bankutil import DIM, MODEL_INFO, unit
+from bankutil import DIM, MODEL_INFO, meme_picture, unit
 from fakebank import index as faiss_index
 from fakebank.bank import Bank, BankWriter, NewItem, read_manifest
 from fakebank.dedup import DedupParams, Probe, find, groups, ransac_inliers
@@ -222,22 +222,6 @@ def test_local_features_match_crops_and_overlays_that_pdq_misses(bank, photos):
     assert matched(b, probe_of(mirrored_crop)).get(ids[name]) == "local"
     for other in (COMMFOR[1].stem, COMMFOR[2].stem, "q0291"):
         assert matched(b, probe_of(jpeg(crop(photos[other], 0.7)))) == {}
-
-
-def meme_picture(seed: int, size: int = 512) -> Image.Image:
-    """A smooth diagonal gradient (no border to trim) with a few ellipses and a fixed line of meme text."""
-    y, x = np.mgrid[0:size, 0:size]
-    rng = np.random.default_rng(seed)
-    a, b = rng.uniform(0.2, 0.5, 2)
-    base = np.stack([(x * a + y * b) % 256, (x * b + y * a + 80) % 256, (x + y) * 0.2 + 40 * seed], -1)
-    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    for _ in range(3):
-        x0, y0 = rng.integers(0, size - 120, 2)
-        draw.ellipse((x0, y0, x0 + 100, y0 + 60), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    draw.text((10, size // 2 - 20), "they don't want you to see", fill="white",
-              font=ImageFont.load_default(size=40), stroke_width=3, stroke_fill="black")
-    return img
 
 
 def test_min_spread_refuses_pictures_that_share_only_a_caption(tmp_path):

@@ -25,7 +25,6 @@ from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
 from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.errors import BankError, UsageError
-from fakebank.pdq import PDQ_MIN_QUALITY, hamming
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".avif", ".heic"}
 COMMIT_EVERY_ITEMS = 64  # a crash during `add` loses at most this many embedded images …

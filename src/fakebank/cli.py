@@ -179,7 +179,7 @@ def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
     out.print(f"items       {r['items']}  " + "  ".join(f"{k}={v}" for k, v in r["labels"].items()))
     out.print(f"model       {m['name']} rev={m['revision']} arch={m['arch']} trained={m['trained']} "
               f"identity={str(m['identity_hash'])[:12]}")
-    out.print(f"indexes     " + ", ".join(f"{k}: {v}" for k, v in r["indexes"].items()))
+    out.print("indexes     " + ", ".join(f"{k}: {v}" for k, v in r["indexes"].items()))
     f = r["fusion"]
     out.print(f"fusion      w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f} "
               f"min_sim={f['min_similarity']} dup_sim={f['duplicate_similarity']} ({f['source']})")

@@ -25,7 +25,6 @@ from timm.models.vision_transformer import VisionTransformer
 from fakebank.checkpoints import (
     LAYOUT_TIMM,
     LAYOUT_TRANSFORMERS,
-    LAYOUT_WRAPPER,
     Checkpoint,
     default_weights_spec,
     read_checkpoint,
