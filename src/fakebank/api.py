@@ -170,7 +170,8 @@ class Fakebank:
                 pending = []
                 last_commit = time.monotonic()
 
-            for result in self.extractor.extract(inputs, skip=lambda sha: w.bank.id_of_sha256(sha) is not None or sha in seen):
+            for result in self.extractor.extract(inputs, skip=lambda sha: w.bank.id_of_sha256(sha) is not None or sha in seen,
+                                                 mirror=False):
                 if isinstance(result, FailedInput):
                     yield self._add_record(result.path, None, None, "error", None, None, result.error)
                     continue

@@ -165,8 +165,12 @@ class Extractor:
 
     # -- decode side ----------------------------------------------------------------------------
 
-    def decode(self, source: Source, skip: Callable[[str], bool] | None = None) -> Decoded | Skipped:
-        """Read, hash and preprocess one input; raises InputError naming it."""
+    def decode(self, source: Source, skip: Callable[[str], bool] | None = None, *,
+               mirror: bool = True) -> Decoded | Skipped:
+        """Read, hash and preprocess one input; raises InputError naming it.
+
+        `mirror=False` skips the mirror image's keypoints, which only a query uses (≈ 9 ms of ORB per
+        1024-px image saved on every `add`)."""
         data = source.data
         if data is None:
             try:
@@ -184,13 +188,15 @@ class Extractor:
             height=img.height,
             pdq=pdq_hash(img),
             pixels=to_array(img, self.model.preprocessing),
-            signals=image_signals(img),
+            signals=image_signals(img, mirror=mirror),
         )
 
     def extract(
         self,
         sources: Iterable[Source | str | os.PathLike],
         skip: Callable[[str], bool] | None = None,
+        *,
+        mirror: bool = True,
     ) -> Iterator[Embedding | Skipped | FailedInput]:
         """Yield one result per source, in input order; decoding runs ahead of the model in threads.
 
@@ -211,7 +217,7 @@ class Extractor:
                         break
                     if not isinstance(src, Source):
                         src = Source(os.fspath(src))
-                    pending.append(pool.submit(self._decode_or_fail, src, skip))
+                    pending.append(pool.submit(self._decode_or_fail, src, skip, mirror))
                 if not pending:
                     break
                 result = pending.popleft().result()
@@ -225,9 +231,9 @@ class Extractor:
                     batch = []
             yield from self._run_batch(batch)
 
-    def _decode_or_fail(self, source: Source, skip) -> Decoded | Skipped | FailedInput:
+    def _decode_or_fail(self, source: Source, skip, mirror: bool = True) -> Decoded | Skipped | FailedInput:
         try:
-            return self.decode(source, skip)
+            return self.decode(source, skip, mirror=mirror)
         except InputError as e:
             return FailedInput(source.name, str(e))
 

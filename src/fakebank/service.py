@@ -250,12 +250,13 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
             out.append((name, data))
         return out
 
-    async def embed_uploads(uploads: list[tuple[str, bytes]]) -> list[Embedding | FakebankError]:
-        """Decode in threads, then embed through the shared batcher; per-file errors are kept in place."""
+    async def embed_uploads(uploads: list[tuple[str, bytes]], *, mirror: bool = True) -> list[Embedding | FakebankError]:
+        """Decode in threads, then embed through the shared batcher; per-file errors are kept in place.
+        `mirror=False` (uploads to the bank) skips the mirror image's keypoints, which only queries use."""
         async def one(name: str, data: bytes) -> Embedding | FakebankError:
             batcher.decoding += 1  # only touched on the event loop thread
             try:
-                decoded = await run_in_threadpool(extractor.decode, Source(name, data))
+                decoded = await run_in_threadpool(extractor.decode, Source(name, data), mirror=mirror)
                 fut = batcher.submit(decoded)  # queued before it stops counting as "on the way"
             except InputError as e:
                 return e
@@ -295,7 +296,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
                         note: Annotated[str | None, Form()] = None) -> dict:
         check_label(label)
         uploads = await read_uploads(file)
-        results = await embed_uploads(uploads)
+        results = await embed_uploads(uploads, mirror=False)
         all_failed(results)
         embs = [r for r in results if isinstance(r, Embedding)]
         added = iter(await run_in_threadpool(
