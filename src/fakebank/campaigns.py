@@ -715,6 +715,9 @@ def write_report(path: str | Path, bank, records: list[dict], events: list[dict]
         f" · generated {now}</p>",
         f"<p class='meta'>{len(records)} campaigns, {sum(r['size'] for r in records)} items"
         + (f" · similarity ≥ {params.similarity}, PDQ ≤ {params.pdq_threshold}" if params else "")
+        + (f", local features ≥ {params.local_min_inliers} inliers"
+           + (f" (up to {LOCAL_EDGE_MAX_ITEMS:,} items)" if params.local is None else "")
+           if params and params.local is not False else "")
         + (f" · showing the {len(shown)} largest" if len(shown) < len(records) else "") + "</p>",
     ]
     if events:
