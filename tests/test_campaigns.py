@@ -163,6 +163,19 @@ def test_pdq_edges_link_what_embeddings_do_not(tmp_path):
     assert graph.edges == 1 and graph.pdq_distance.tolist() == [24]
 
 
+def test_one_lookalike_copy_does_not_chain_two_groups_of_copies(tmp_path):
+    s = Synth(11)
+    code_a, code_b = bytes(range(32)), bytes(range(100, 132))  # ≈ 128 bits apart
+    group_a = add(tmp_path, [s.item(pdq=code_a) for _ in range(4)])  # copies by PDQ, unrelated embeddings
+    group_b = add(tmp_path, [s.item("b", pdq=code_b) for _ in range(4)])
+    # a copy of A (PDQ) whose embedding lands among B's: its embedding edges alone must not merge A and B
+    (lookalike,) = add(tmp_path, [s.item("b", pdq=code_a)])
+    assert partition(run(tmp_path)) == {frozenset(group_a + [lookalike]), frozenset(group_b)}
+    # a second one is evidence from two items on each side: the groups join
+    (second,) = add(tmp_path, [s.item("b", pdq=code_a)])
+    assert partition(run(tmp_path)) == {frozenset(group_a + group_b + [lookalike, second])}
+
+
 def test_empty_bank_has_no_campaigns(tmp_path):
     add(tmp_path, [])
     assert Fakebank(tmp_path).campaigns() == []

@@ -69,18 +69,19 @@ PCA_TRAIN_MAX = 20_000
 # Local-feature edges (dedup's ORB + RANSAC check between bank items): they link the crops, captions,
 # letterboxes and re-framings of one photo that neither the embedding nor PDQ links. Bank items keep only
 # their 128 strongest keypoints, so two stored copies share fewer inliers than a query (384 keypoints)
-# does with an item: measured on scripts/bench_campaigns.py, same-photo pairs reach 8–45 inliers and,
-# with the spread check, pairs of different photos at most 7 (without it, a line of identical caption
-# text on two photos gave 87). 12 inliers over ≥ 10 % of the frame: reposts tier F1 0.899 → 0.988.
+# does with an item. Measured on the banks of scripts/bench_campaigns.py (540 items, both tiers, spread
+# then taken against the 640² frame): same-photo pairs reach 8–45 inliers; different photos at most 7
+# with the spread check, 87 without it (one line of identical caption text on two product shots).
+# With 12 inliers over ≥ 10 % of each frame (dedup._frame_area), reposts tier F1 0.899 → 0.980.
 LOCAL_EDGE_MIN_INLIERS = 12
 LOCAL_EDGE_MIN_SPREAD = 0.1
 # Each item probes the bank's local index (≈ 3 ms per item on a 270-item bank, more as the index grows):
 # up to this many selected items the edges are on by default; above, pass local=True (CLI --local).
 LOCAL_EDGE_MAX_ITEMS = 10_000
 # Distinct items needed on each side before close embeddings alone join two groups of verified copies.
-# bench_campaigns, untrained vit_small: 1 (plain connected components) let one recoloured copy merge two
-# campaigns of the hard tier (F1 0.917 → 0.851 after +20 %, id stability 85.6 %); 2 gives 0.927 → 0.916
-# and 100 % stability, at 0.980 → 0.971 on the reposts tier; 3 measured the same as 2.
+# bench_campaigns, untrained vit_small, local edges on: 1 (plain connected components) let one recoloured
+# copy merge two campaigns of the hard tier (F1 0.917 → 0.851 after +20 %, id stability 85.6 %); 2 gave
+# 0.927 → 0.916 and 100 % (reposts tier 0.980 → 0.971, 100 %); 3 measured the same as 2.
 MERGE_MIN_ITEMS = 2
 KEEP_FRACTION = 0.5  # a cluster keeps an old id when it holds ≥ this share of its surviving members
 ID_PREFIX = "C"
@@ -133,15 +134,11 @@ class Graph:
     j: np.ndarray  # int64
     similarity: np.ndarray  # float32, mean cls/patch cosine
     pdq_distance: np.ndarray  # int16, -1 where the edge is not a PDQ match
-    verified: np.ndarray | None = None  # bool: a PDQ or local-feature match, not only close embeddings
+    verified: np.ndarray  # bool: a PDQ or local-feature match, not only close embeddings
 
     @property
     def edges(self) -> int:
         return len(self.i)
-
-    @property
-    def is_verified(self) -> np.ndarray:
-        return self.verified if self.verified is not None else self.pdq_distance >= 0
 
 
 @dataclass(frozen=True)
@@ -430,11 +427,10 @@ def local_pairs(bank, ids: np.ndarray, params: CampaignParams) -> tuple[np.ndarr
     check = dedup.DedupParams(local_min_inliers=params.local_min_inliers, local_min_spread=LOCAL_EDGE_MIN_SPREAD,
                               signals=("local",))
     pairs = set()
-    for k, item in enumerate(ids.tolist()):
-        for other in dedup.local_matches(bank, dedup.Probe.of_item(bank, item), check):
-            m = position.get(other)
-            if m is not None and m != k:
-                pairs.add((min(k, m), max(k, m)))
+    for item, other in dedup.pairs_within(bank, check, ids.tolist()):
+        k, m = position[item], position.get(other)
+        if m is not None:
+            pairs.add((min(k, m), max(k, m)))
     if not pairs:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     a = np.array(sorted(pairs), np.int64)
@@ -459,12 +455,12 @@ def cluster_graph(graph: Graph, seeds: np.ndarray) -> tuple[np.ndarray, dict[int
         i = np.concatenate([i, *link_i])
         j = np.concatenate([j, *link_j])
         w = np.concatenate([w, np.full(sum(len(x) for x in link_i), 1e-9)])
-    verified = np.concatenate([graph.is_verified, np.ones(len(i) - graph.edges, bool)])
-    adj = sp.coo_matrix((w, (i, j)), shape=(n, n)).tocsr()
+    verified = np.concatenate([graph.verified, np.ones(len(i) - graph.edges, bool)])  # analyst links count
     labels = guarded_components(n, i, j, verified)
     seeded_of: dict[int, str] = {}
     if not by_name:
         return labels, seeded_of
+    adj = sp.coo_matrix((w, (i, j)), shape=(n, n)).tocsr()
     names_in: dict[int, set] = defaultdict(set)
     for name, nodes in by_name.items():
         for comp in set(labels[nodes].tolist()):

@@ -26,7 +26,7 @@ The thresholds are named constants below with where their values come from; a ba
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 import cv2
@@ -344,12 +344,23 @@ def _box_area(xy: np.ndarray) -> float:
     return float(np.ptp(xy[:, 0]) * np.ptp(xy[:, 1])) if len(xy) else 0.0
 
 
+def pairs_within(bank: Bank, params: DedupParams | None = None, ids: Iterable[int] | None = None,
+                 progress: Callable[[], None] | None = None) -> Iterator[tuple[int, int]]:
+    """(item, its near-duplicate) for every match found when each of `ids` (default: every bank item)
+    probes the bank with its own stored hashes and keypoints."""
+    params = params or DedupParams()
+    for item_id in (bank.ids.tolist() if ids is None else ids):
+        for m in find(bank, Probe.of_item(bank, int(item_id)), params):
+            yield int(item_id), m.id
+        if progress is not None:
+            progress()
+
+
 def groups(bank: Bank, params: DedupParams | None = None,
            progress: Callable[[], None] | None = None) -> list[list[int]]:
     """Groups of near-duplicates inside the bank: every item probes the bank's indexes (range search),
     matches are edges, and the connected components of two or more items are the groups, each sorted,
     largest first."""
-    params = params or DedupParams()
     parent = {int(i): int(i) for i in bank.ids}
 
     def root(x: int) -> int:
@@ -358,13 +369,10 @@ def groups(bank: Bank, params: DedupParams | None = None,
             x = parent[x]
         return x
 
-    for item_id in bank.ids.tolist():
-        for m in find(bank, Probe.of_item(bank, item_id), params):
-            a, b = root(item_id), root(m.id)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-        if progress is not None:
-            progress()
+    for item_id, match_id in pairs_within(bank, params, progress=progress):
+        a, b = root(item_id), root(match_id)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
     comps: dict[int, list[int]] = {}
     for i in parent:
         comps.setdefault(root(i), []).append(i)
