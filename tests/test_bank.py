@@ -53,8 +53,10 @@ def test_manifest_round_trips_and_names_the_model(tmp_path):
     m = read_manifest(tmp_path)
     assert json.loads(json.dumps(m)) == m
     assert m["model"]["identity_hash"] == MODEL_INFO["identity_hash"]
-    assert m["embedding_dim"] == DIM and set(m["indexes"]) == {"cls", "patch", "pdq"}
-    assert m["indexes"]["cls"]["factory"] == "IDMap2,Flat"
+    assert m["embedding_dim"] == DIM and m["format_version"] == 2
+    [seg] = m["segments"]
+    assert (seg["rows"], seg["min_id"], seg["max_id"]) == (1, 1, 1)
+    assert (tmp_path / seg["file"]).is_file() and (tmp_path / seg["sha"]).is_file()
 
 
 def test_one_item_bank_finds_itself_after_reopen(tmp_path):
@@ -68,18 +70,32 @@ def test_one_item_bank_finds_itself_after_reopen(tmp_path):
     assert bank.pdq_within(query, 31) == [[(1, 0)]]
 
 
-def test_index_catches_up_after_commits_without_index_write(tmp_path):
+def test_large_segments_write_mapped_shards_and_search_them(tmp_path, monkeypatch):
+    """Segments past SHARD_FILE_MIN_ROWS write their shards once; past ANN_MIN_ROWS cls goes through HNSW
+    and is re-ranked exactly. Reopened, the shards are memory-mapped and give the same answers."""
+    monkeypatch.setattr("fakebank.bank.SHARD_FILE_MIN_ROWS", 8)
+    monkeypatch.setattr("fakebank.bank.ANN_MIN_ROWS", 8)
+    items = [make_item(i) for i in range(40)]
     with writer(tmp_path) as w:
-        w.add([make_item(i) for i in range(5)])
-    # a later writer that dies after committing segments but before writing indexes
-    w = writer(tmp_path).__enter__()
-    w.add([make_item(i) for i in range(5, 9)])
-    w._release_lock()
+        w.add(items[:30])
+        w.add(items[30:33])  # small: shards built in memory when searched
+    m = read_manifest(tmp_path)
+    assert set(m["segments"][0]["shards"]) == {"cls", "pdq", "pdq_trim", "local"}
+    assert m["segments"][1]["shards"] == {}
     bank = Bank.open(tmp_path)
-    assert bank.manifest["indexes"]["cls"]["segments"] != bank.manifest["segments"]
-    _, ids = bank.search("cls", make_item(8).cls[None, :], 1)
-    assert ids[0, 0] == 9
-    assert bank.index("cls").ntotal == 9
+    queries = np.stack([it.cls for it in items[:33]])
+    sims, found = bank.search("cls", queries, 3)
+    assert found[:, 0].tolist() == list(range(1, 34))
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)  # exact similarities, not SQ8 approximations
+    es, ei = exact(bank, queries, 3)
+    np.testing.assert_array_equal(found, ei)
+    codes = np.stack([np.frombuffer(it.pdq, np.uint8) for it in items[:33]])
+    assert [hits for hits in bank.pdq_within(codes, 0)] == [[(i, 0)] for i in range(1, 34)]
+
+
+def exact(bank: Bank, queries: np.ndarray, k: int):
+    from fakebank.index import exact_search
+    return exact_search(bank.vectors["cls"], bank.ids, queries, k)
 
 
 def test_relabel_and_remove_take_effect_and_persist(tmp_path):
@@ -152,7 +168,7 @@ def test_readers_never_see_a_half_commit(tmp_path):
             try:
                 b = Bank.open(tmp_path)
                 assert len(b) == b.manifest["counts"]["items"]
-                assert len(b) == b.index("cls").ntotal
+                assert len(b) == len(b.ids)
                 seen.append(len(b))
             except Exception as e:  # noqa: BLE001 - any failure is the finding
                 errors.append(repr(e))
@@ -213,7 +229,10 @@ def test_sigkill_at_every_rename_leaves_a_consistent_bank(tmp_path, kill_at):
     present = set(bank.ids.tolist())
     assert set(acknowledged) <= present  # nothing acknowledged is lost
     assert len(present) % 5 == 0  # whole commits only: no partial batch
-    assert bank.index("cls").ntotal == len(bank) == bank.index("pdq").ntotal
+    assert len(bank.ids) == len(bank) and len(bank.pdq_codes) == len(bank)
+    for i in acknowledged:  # every acknowledged item is searchable by every signal
+        assert bank.search("cls", bank.vectors["cls"][bank.row(i)][None, :], 1)[1][0, 0] == i
+        assert (i, 0) in bank.pdq_within(bank.pdq_codes[bank.row(i)][None, :], 0)[0]
     # the next writer sweeps the crash's leftovers and carries on
     with writer(bank_dir) as w:
         w.add([make_item(999)])
@@ -226,24 +245,119 @@ def test_writer_reuses_a_shared_snapshot_without_disturbing_its_readers(tmp_path
     with writer(tmp_path) as w:
         w.add([make_item(1), make_item(2)])
     snap = Bank.open(tmp_path)
-    snap.search("cls", make_item(1).cls[None, :], 2)  # indexes loaded
+    snap.search("cls", make_item(1).cls[None, :], 2)  # shards built
     snap.pdq_within(np.zeros((1, 32), np.uint8), 31)
     with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM, snapshot=snap, persist_indexes=False) as w:
         assert w.bank is snap  # still the latest commit: not reloaded
         w.add([make_item(3)])
-    assert len(snap) == 2 and snap.index("cls").ntotal == 2 and snap.index("pdq").ntotal == 2
-    assert w.bank.index("cls").ntotal == 3 and w.bank.index("pdq").ntotal == 3
-    reopened = Bank.open(tmp_path)  # index files were left stale on purpose; they catch up on open
-    assert len(reopened) == 3 and reopened.index("cls").ntotal == 3
+    assert len(snap) == 2 and snap.search("cls", make_item(3).cls[None, :], 5)[1][0].tolist()[:3] != [3, 1, 2]
+    assert 3 not in snap.search("cls", make_item(3).cls[None, :], 5)[1][0].tolist()
+    assert w.bank.search("cls", make_item(3).cls[None, :], 1)[1][0, 0] == 3
+    reopened = Bank.open(tmp_path)
+    assert len(reopened) == 3 and reopened.search("cls", make_item(3).cls[None, :], 1)[1][0, 0] == 3
 
 
-def test_many_small_commits_are_compacted(tmp_path, monkeypatch):
-    monkeypatch.setattr("fakebank.bank.MAX_SEGMENTS", 4)
-    with writer(tmp_path, persist_indexes=False) as w:
-        for i in range(10):
+def test_small_segments_merge_by_tier_and_old_files_are_swept(tmp_path, monkeypatch):
+    monkeypatch.setattr("fakebank.bank.MERGE_FANOUT", 4)
+    with writer(tmp_path) as w:
+        for i in range(21):
             w.add([make_item(i)])
     bank = Bank.open(tmp_path)
-    assert len(bank.manifest["segments"]) <= 4 and len(bank) == 10
-    assert sorted(p.name for p in tmp_path.glob("seg-*.parquet")) == sorted(s["file"] for s in bank.manifest["segments"])
-    _, ids = bank.search("cls", make_item(9).cls[None, :], 1)
-    assert ids[0, 0] == 10
+    rows = [s["rows"] for s in bank.manifest["segments"]]
+    assert sum(rows) == 21 and len(rows) <= 6 and rows[0] == 16, rows  # 1s → 4s → 16
+    assert sorted(p.name for p in tmp_path.glob("seg-*.arrow")) == sorted(s["file"] for s in bank.manifest["segments"])
+    for i in range(21):
+        assert bank.search("cls", make_item(i).cls[None, :], 1)[1][0, 0] == i + 1
+        assert bank.id_of_sha256(make_item(i).sha256) == i + 1
+
+
+def test_merge_is_bounded_by_auto_merge_max_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr("fakebank.bank.MERGE_FANOUT", 2)
+    monkeypatch.setattr("fakebank.bank.AUTO_MERGE_MAX_ROWS", 4)
+    with writer(tmp_path) as w:
+        for i in range(8):
+            w.add([make_item(i)])
+    rows = [s["rows"] for s in read_manifest(tmp_path)["segments"]]
+    assert rows == [4, 4], rows  # two 4s would make 8 > AUTO_MERGE_MAX_ROWS: left for `compact`
+
+
+def test_relabel_and_remove_are_small_delta_files_visible_at_once(tmp_path):
+    with writer(tmp_path) as w:
+        w.add([make_item(i) for i in range(30)])
+    seg_files = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("seg-*")}
+    with BankWriter(tmp_path, create=False) as w:
+        w.set_label([3], "real")
+        assert w.bank.label_of(3) == "real"  # the writer's own snapshot sees it
+        w.remove([4])
+        w.set_label([3], "unknown")  # the later change wins
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("seg-*")} == seg_files  # nothing rewritten
+    m = read_manifest(tmp_path)
+    assert len(m["deltas"]) == 3 and all((tmp_path / f).stat().st_size < 4096 for f in m["deltas"])
+    bank = Bank.open(tmp_path)
+    assert bank.label_of(3) == "unknown" and bank.item(3)["label"] == "unknown"
+    assert not bank.has(4) and bank.id_of_sha256(make_item(3).sha256) is None
+    assert m["counts"] == {"items": 29, "fake": 28, "real": 0, "unknown": 1}
+    assert 4 not in bank.search("cls", make_item(3).cls[None, :], 30)[1][0].tolist()
+    assert bank.pdq_within(np.frombuffer(make_item(3).pdq, np.uint8)[None, :], 0) == [[]]
+    assert 4 not in bank.ids.tolist() and bank.labels[bank.row(3)] == "unknown"
+    with pytest.raises(UsageError, match="no item with id 4"):
+        bank.item(4)
+
+
+def test_many_delta_files_are_folded_into_one(tmp_path, monkeypatch):
+    monkeypatch.setattr("fakebank.bank.MAX_DELTA_FILES", 3)
+    with writer(tmp_path) as w:
+        w.add([make_item(i) for i in range(10)])
+        for i in range(1, 8):
+            w.set_label([i], "real")
+        w.remove([8])
+    m = read_manifest(tmp_path)
+    assert len(m["deltas"]) <= 3
+    bank = Bank.open(tmp_path)
+    assert [bank.label_of(i) for i in range(1, 8)] == ["real"] * 7 and not bank.has(8)
+    assert m["counts"] == {"items": 9, "fake": 2, "real": 7, "unknown": 0}
+    assert sorted(p.name for p in tmp_path.glob("delta-*")) == sorted(m["deltas"])
+
+
+def test_compact_folds_deltas_and_drops_removed_rows(tmp_path):
+    with writer(tmp_path) as w:
+        for i in range(6):
+            w.add([make_item(3 * i + j) for j in range(3)])
+        w.set_label([2, 5], "real")
+        w.remove([1, 7])
+        w.set_campaigns({3: "C0042"})
+        before = w.bank.search("cls", np.stack([make_item(i).cls for i in range(18)]), 4)
+        r = w.compact()
+    assert r["segments_after"] == 1 and r["items"] == 16
+    m = read_manifest(tmp_path)
+    assert [s["rows"] for s in m["segments"]] == [16] and len(m["deltas"]) == 1  # the campaign edit stays
+    bank = Bank.open(tmp_path)
+    after = bank.search("cls", np.stack([make_item(i).cls for i in range(18)]), 4)
+    np.testing.assert_array_equal(before[1], after[1])
+    assert bank.label_of(2) == "real" and bank.deltas.labels == {} and not bank.has(7)
+    assert bank.campaign_assignments().to_pylist() == [{"id": 3, "campaign": "C0042", "origin": "computed"}]
+    assert sorted(p.name for p in tmp_path.glob("seg-*.arrow")) == [m["segments"][0]["file"]]
+
+
+def test_format_1_bank_is_read_as_is_then_migrated_by_the_first_writer(tmp_path):
+    """tests/data/bank-v1 was written by format 1's code (Parquet segments, whole-bank FAISS files): 12
+    items added in two commits, #2 relabelled unknown, #7 removed."""
+    import shutil
+    shutil.copytree(HERE / "data" / "bank-v1", tmp_path / "b")
+    path = tmp_path / "b"
+    old = Bank.open(path)
+    assert old.manifest["format_version"] == 1 and len(old) == 11 and not old.has(7)
+    assert old.label_of(2) == "unknown" and old.label_of(4) == "real" and old.label_of(3) == "fake"
+    assert old.search("cls", make_item(5).cls[None, :], 1)[1][0, 0] == 6
+    assert old.id_of_sha256(make_item(5).sha256) == 6
+    with writer(path) as w:
+        assert w.bank.manifest["format_version"] == 2
+        w.add([make_item(50)])
+    new = Bank.open(path)
+    assert new.manifest["format_version"] == 2 and len(new) == 12
+    assert new.manifest["counts"] == {"items": 12, "fake": 8, "real": 3, "unknown": 1}
+    assert not list(path.glob("*.parquet")) and not list(path.glob("cls-*.faiss"))
+    for i in (1, 2, 3, 5, 6, 8, 12):
+        assert new.search("cls", make_item(i - 1).cls[None, :], 1)[1][0, 0] == i
+    assert new.value(5, "pdq_trim") == bytes(range(32)) and len(new.value(5, "local")) == 36 * 40
+    assert new.local_knn(np.frombuffer(new.value(5, "local")[:32], np.uint8)[None, :], 1)[1][0, 0] == 5 << 10

@@ -23,6 +23,7 @@ from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion
 from fakebank.dedup import DedupParams, Probe, pdq_distance
 from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
+from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS
 from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.errors import BankError, UsageError
 
@@ -214,9 +215,7 @@ class Fakebank:
         return records
 
     def persist_indexes(self) -> None:
-        """Write the derived index files for the latest commit (the service does so on shutdown)."""
-        with self._write_lock, self.writer(with_model=False) as w:
-            w.write_indexes()
+        """Nothing is pending since format 2 (each segment's shards are written with it); kept for callers."""
 
     @staticmethod
     def _add_record(path, item_id, sha256, status, p_fake, label, error=None) -> dict:
@@ -263,13 +262,11 @@ class Fakebank:
         candidates = {int(i) for i in ids[0] if i >= 0} | set(matches)
         out = []
         for item_id in candidates:
-            r = bank.row(item_id)
-            sim = float(bank.vectors["cls"][r] @ emb.cls)
-            meta = bank.table
+            sim = float(bank.vector("cls", item_id) @ emb.cls)
             m = matches.get(item_id)
             out.append(Neighbor(
-                id=item_id, path=meta.column("path")[r].as_py(), label=str(bank.labels[r]),
-                campaign=meta.column("campaign")[r].as_py(), similarity=round(sim, 6),
+                id=item_id, path=bank.value(item_id, "path"), label=bank.label_of(item_id),
+                campaign=bank.value(item_id, "campaign"), similarity=round(sim, 6),
                 pdq_distance=pdq_distance(bank, probe, item_id), signal=m.signal if m else None, judged=True,
             ))
         out.sort(key=lambda n: -n.similarity)
@@ -304,7 +301,7 @@ class Fakebank:
     @staticmethod
     def dupes_record(bank: Bank, path: str, matches: list) -> dict:
         return {"path": path, "duplicates": [
-            {"id": m.id, "path": bank.table.column("path")[bank.row(m.id)].as_py(), "similarity": m.similarity,
+            {"id": m.id, "path": bank.value(m.id, "path"), "similarity": m.similarity,
              "pdq_distance": m.pdq_distance, "signal": m.signal} for m in matches]}
 
     def dupe_groups(self, *, params: DedupParams | None = None, progress=None) -> Iterator[dict]:
@@ -312,7 +309,7 @@ class Fakebank:
         Needs no model: every item's stored hashes, features and embedding probe the bank's indexes."""
         bank = self.open_bank()
         for group in dedup_groups(bank, params or self.dedup_params(bank), progress=progress):
-            yield {"group": group, "paths": [bank.table.column("path")[bank.row(i)].as_py() for i in group]}
+            yield {"group": group, "paths": [bank.value(i, "path") for i in group]}
 
     def save_dedup_params(self, params: DedupParams) -> None:
         """Store thresholds in the bank's manifest: `query`'s match and `dupes` use them from then on."""
@@ -340,6 +337,7 @@ class Fakebank:
         m = bank.manifest
         size = sum(p.stat().st_size for p in self.bank_path.iterdir() if p.is_file())
         model = m.get("model") or {}
+        segments = m["segments"]
         return {
             "bank": str(self.bank_path),
             "format_version": m["format_version"],
@@ -347,7 +345,12 @@ class Fakebank:
             "labels": {k: v for k, v in m["counts"].items() if k != "items"},
             "model": {k: model.get(k) for k in ("name", "revision", "trained", "arch", "spec", "identity_hash")},
             "embedding_dim": m["embedding_dim"],
-            "indexes": {k: v["factory"] for k, v in m.get("indexes", {}).items()},
+            "indexes": {k: v["factory"] for k, v in m.get("indexes", {}).items()} if m["format_version"] == 1 else {
+                "cls": f"{ANN_FACTORY} per segment of ≥ {ANN_MIN_ROWS} items, exact below; re-ranked exactly",
+                "pdq": "BinaryFlat per segment", "pdq_trim": "BinaryFlat per segment",
+                "local": "BinaryFlat / BinaryIVF per segment"},
+            "storage": {"segments": len(segments), "largest_segment": max((s["rows"] for s in segments), default=0),
+                        "delta_files": len(m.get("deltas", []))},
             "fusion": FusionParams.from_dict(m.get("fusion")).to_dict(),
             "created_at": m["created_at"],
             "updated_at": m["updated_at"],
@@ -364,6 +367,11 @@ class Fakebank:
         with self.writer(with_model=False) as w:
             w.remove(ids)
             return [{"id": int(i), "status": "removed"} for i in ids]
+
+    def compact(self, progress=None) -> dict:
+        """Merge every segment and fold the delta files in (explicit: costs the bank's size)."""
+        with self._write_lock, self.writer(with_model=False) as w:
+            return {"bank": str(self.bank_path), **w.compact(progress=progress)}
 
     # -- campaigns (DESIGN §1.6) ---------------------------------------------------------------------
 

@@ -1,13 +1,32 @@
-"""The bank folder: a Parquet items table (source of truth), derived FAISS indexes and a manifest.
+"""The bank folder: immutable item segments with their own index shards, small delta files, a manifest.
 
 Sits after embed and before decide/dedup/campaigns; it never imports torch or the model.
 
-On disk (DESIGN §1.4)::
+On disk (DESIGN §1.4), format 2::
 
-    manifest.json          the commit point: names every live file, the model identity, counts
-    seg-000007.parquet     items table, as append-only segments (a relabel/remove compacts them into one)
-    cls-000007.faiss …     derived indexes, written when a writer closes; rebuilt or caught up on open
-    bank.lock              one writer at a time (flock; released by the kernel if the writer dies)
+    manifest.json            the commit point: names every live file, the model identity, counts
+    seg-000007.arrow         one segment of items: an Arrow IPC file (all columns, id-sorted), memory-mapped
+    seg-000007.sha.npy       (sha256 prefix, row) sorted by prefix: the duplicate check without a table scan
+    seg-000007.cls.faiss …   the segment's index shards (cls, pdq, pdq_trim, local), written once with it
+    delta-000012.parquet     small changes merged at read: relabels, removals, campaign edits
+    campaigns-000009.parquet computed campaign assignments (a whole run: `fakebank campaigns`)
+    bank.lock                one writer at a time (flock; released by the kernel if the writer dies)
+
+Cost follows the change, not the bank (LSM-style): opening reads the manifest and the delta files and
+memory-maps segments and shards only when a search touches them; per-item metadata is read by id (binary
+search in the segment's id column, then one row). `add` writes one new segment; `label`/`remove` write one
+delta file. Segments are merged in the background of commits by size tier (never more than
+AUTO_MERGE_MAX_ROWS rows in one merge, so a commit's cost is bounded whatever the bank's size);
+`compact` merges everything and folds the deltas in. Compaction is never needed for correctness.
+
+Per-item bytes (what a query process keeps resident at scale; the rest stays on disk, read by id):
+
+    cls       HNSW32 over SQ8 codes ≈ 650 B (segments ≥ ANN_MIN_ROWS; smaller ones are searched exactly),
+              re-ranked exactly from the float32 vectors on disk (1.5 KB on disk)
+    pdq       32 B exact BinaryFlat; pdq_trim 32 B for the ≈ 1 in 5 items whose de-bordered hash differs
+    local     40 B per indexed ORB descriptor: all 128 per item in small segments, LOCAL_INDEX_FEATURES_LARGE
+              in merged segments ≥ LOCAL_REDUCE_ROWS (candidates re-checked against all 128 stored ones)
+    patch     on disk only (campaigns read it); metadata, sha256 look-up: on disk, read by id
 
 A commit writes new files beside the old ones (tmp, fsync, rename), then the manifest the same way.
 A crash at any instant leaves the previous manifest in place, which names only complete files; files no
@@ -16,6 +35,7 @@ manifest names are swept by the next writer. Readers take no lock.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import json
 import os
@@ -24,6 +44,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +54,7 @@ import pyarrow.parquet as pq
 from fakebank import index as faiss_index
 from fakebank.errors import BankError, UsageError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 LOCK_FILE = "bank.lock"
 LABELS = ("fake", "real", "unknown")
@@ -41,13 +62,27 @@ DEFAULT_BANK = "indexes/default"
 BANK_ENV = "FAKEBANK_BANK"
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 VECTOR_KINDS = ("cls", "patch")
-MAX_SEGMENTS = 64  # more append-only segments than this are compacted into one
 PDQ_BYTES = 32
+# Size-tiered merging: MERGE_FANOUT consecutive segments of one tier (rows < MERGE_FANOUT ** tier) are
+# merged into one, as long as the result stays ≤ AUTO_MERGE_MAX_ROWS (bounds any one commit's cost).
+MERGE_FANOUT = 8
+AUTO_MERGE_MAX_ROWS = 1 << 18
+MAX_SEGMENT_ROWS = 1 << 18  # `compact` writes segments of at most this many rows
+MAX_DELTA_FILES = 16  # more delta files than this are folded into one (cost: the deltas, not the bank)
+# Segments this small build their shards in memory on first use (bounded: at most MERGE_FANOUT − 1 per
+# tier) instead of writing them at every small commit.
+SHARD_FILE_MIN_ROWS = 2048
+ANN_MIN_ROWS = faiss_index.ANN_MIN_ROWS
+# Local descriptors: all of an item's indexed below LOCAL_REDUCE_ROWS rows a segment; above, the strongest
+# LOCAL_INDEX_FEATURES_LARGE, so that 10M items fit memory (candidates are verified on all stored ones).
+LOCAL_REDUCE_ROWS = 1 << 15
+LOCAL_INDEX_FEATURES_LARGE = 32
+SHARD_KINDS = ("cls", "pdq", "pdq_trim", "local")
 _OWNED_FILE = re.compile(
-    r"^(seg-\d+\.parquet|campaigns-\d+\.parquet|(cls|patch|pdq|pdq_trim|local)-\d+\.faiss|.*\.tmp)$")
+    r"^(seg-\d+\.(parquet|arrow|sha\.npy|(cls|pdq|pdq_trim|local)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet"
+    r"|(cls|patch|pdq|pdq_trim|local)-\d+\.faiss|.*\.tmp)$")
 # Near-duplicate signals (dedup.py) beyond `pdq`: the PDQ hashes of de-bordered images and the ORB
-# descriptors of every item, each in a derived binary index. A local descriptor's FAISS id is
-# item_id << LOCAL_ID_BITS | its rank within the item.
+# descriptors of every item. A local descriptor's id is item_id << LOCAL_ID_BITS | its rank within the item.
 DEDUP_INDEX_KINDS = ("pdq_trim", "local")
 BINARY_KINDS = ("pdq", *DEDUP_INDEX_KINDS)
 LOCAL_ID_BITS = 10
@@ -55,6 +90,9 @@ PDQ_DIHEDRAL_BYTES = 7 * PDQ_BYTES  # the 7 rotated/mirrored hashes after the st
 # Computed campaign assignments (`fakebank campaigns`), a sidecar the manifest names under "campaigns";
 # the analyst's `campaign` column of the items table is never written by clustering.
 CAMPAIGNS_SCHEMA = pa.schema([("id", pa.int64()), ("campaign", pa.string()), ("origin", pa.string())])
+# One change per row: op "label" (value: the label), "remove", "campaign" (value: computed campaign, null
+# clears it). Later rows win.
+DELTA_SCHEMA = pa.schema([("id", pa.int64()), ("op", pa.string()), ("value", pa.string())])
 
 
 def default_bank_path() -> Path:
@@ -118,198 +156,528 @@ def check_label(label: str) -> str:
     return label
 
 
-class Bank:
-    """A consistent read-only snapshot of a bank folder."""
+# -- segments ----------------------------------------------------------------------------------------------
 
-    def __init__(self, path: Path, manifest: dict, table: pa.Table) -> None:
-        self.path = path
-        self.manifest = manifest
-        self.table = table
-        self.dim = int(manifest["embedding_dim"])
-        self.ids = table.column("id").to_numpy().astype(np.int64)
-        self._row_of = {int(i): r for r, i in enumerate(self.ids)}
-        self._by_sha = dict(zip(table.column("sha256").to_pylist(), self.ids.tolist()))
-        self.vectors = {kind: _vectors(table, kind, self.dim) for kind in VECTOR_KINDS}
-        self.pdq_codes = _pdq_codes(table)
-        self.pdq_quality = table.column("pdq_quality").to_numpy().astype(np.int16)
-        self.labels = np.asarray(table.column("label").to_pylist(), dtype=object)
-        self._indexes: dict[str, object] = {}
+class Segment:
+    """One immutable run of items (id-sorted) and its index shards, memory-mapped on first use.
 
-    def with_appended(self, manifest: dict, new: pa.Table, *, copy_indexes: bool = False) -> "Bank":
-        """This snapshot plus appended rows, reusing what is already derived (indexes included).
+    Shards index rows (positions in the segment); the segment's id column maps them back to item ids.
+    """
 
-        Indexes are moved to the new snapshot, or copied when other threads may still search this one.
-        """
-        bank = Bank.__new__(Bank)
-        bank.path, bank.manifest, bank.dim = self.path, manifest, self.dim
-        bank.table = pa.concat_tables([self.table, new])
-        new_ids = new.column("id").to_numpy().astype(np.int64)
-        bank.ids = np.concatenate([self.ids, new_ids])
-        start = len(self.ids)
-        bank._row_of = dict(self._row_of)
-        bank._row_of.update({int(i): start + r for r, i in enumerate(new_ids)})
-        bank._by_sha = dict(self._by_sha)
-        bank._by_sha.update(zip(new.column("sha256").to_pylist(), new_ids.tolist()))
-        bank.vectors = {k: np.concatenate([self.vectors[k], _vectors(new, k, self.dim)]) for k in VECTOR_KINDS}
-        bank.pdq_codes = np.concatenate([self.pdq_codes, _pdq_codes(new)])
-        bank.pdq_quality = np.concatenate([self.pdq_quality, new.column("pdq_quality").to_numpy().astype(np.int16)])
-        bank.labels = np.concatenate([self.labels, np.asarray(new.column("label").to_pylist(), dtype=object)])
-        if copy_indexes:
-            bank._indexes = {k: faiss_index.clone(idx) for k, idx in self._indexes.items()}
-        else:
-            bank._indexes, self._indexes = self._indexes, {}
-        for kind, idx in bank._indexes.items():
-            bank._add_rows(kind, idx, start)
-        return bank
+    def __init__(self, folder: Path, entry: dict, dim: int, table: pa.Table | None = None) -> None:
+        self.folder, self.entry, self.dim = folder, entry, dim
+        self.rows = int(entry["rows"])
+        self.min_id, self.max_id = int(entry["min_id"]), int(entry["max_id"])
+        if table is not None:  # in memory: a bank of format 1 read as is
+            self.__dict__["table"] = table.combine_chunks()
+        self._shards: dict[str, object] = {}
 
-    # -- opening ----------------------------------------------------------------------------------
+    @cached_property
+    def table(self) -> pa.Table:
+        path = self.folder / self.entry["file"]
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        except FileNotFoundError:
+            raise BankError(f"{self.folder}: segment {self.entry['file']} named by the manifest is missing; "
+                            "the bank is damaged. Restore the folder from a backup") from None
+        table = reader.read_all()
+        if len(table) != self.rows:
+            raise BankError(f"{path}: holds {len(table)} rows, the manifest says {self.rows}; restore the bank")
+        return table
+
+    def map_files(self) -> None:
+        """Map the segment's files now (cheap: footers and headers), so that a writer sweeping them after a
+        merge cannot pull them from under this snapshot: an unlinked file stays readable while mapped."""
+        self.table
+        self._sha_keys
+        for kind in self.entry.get("shards", {}):
+            self.shard(kind)
+
+    def column(self, name: str) -> pa.Array:
+        col = self.table.column(name)
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        return self.column("id").to_numpy(zero_copy_only=False)
+
+    def vectors(self, kind: str) -> np.ndarray:
+        """[rows, dim] float32, a view of the mapped file (no copy)."""
+        col = self.column(kind)
+        if self.rows == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return col.values.to_numpy(zero_copy_only=False)[col.offset * self.dim:(col.offset + self.rows) * self.dim] \
+            .reshape(self.rows, self.dim)
+
+    def fixed_bytes(self, name: str, width: int) -> np.ndarray:
+        """A fixed-width binary column as [rows, width] uint8 (nulls read as zeros)."""
+        col = self.column(name)
+        buf = col.buffers()[1]
+        if buf is None or self.rows == 0:
+            return np.zeros((self.rows, width), np.uint8)
+        return np.frombuffer(buf, np.uint8)[col.offset * width:(col.offset + self.rows) * width].reshape(self.rows, width)
+
+    @cached_property
+    def pdq_codes(self) -> np.ndarray:
+        return self.fixed_bytes("pdq", PDQ_BYTES)
+
+    @cached_property
+    def pdq_quality(self) -> np.ndarray:
+        return self.column("pdq_quality").to_numpy(zero_copy_only=False)
+
+    def row_of(self, item_id: int) -> int:
+        """The row of an id in this segment, or -1."""
+        if not self.min_id <= item_id <= self.max_id:
+            return -1
+        r = int(np.searchsorted(self.ids, item_id))
+        return r if r < self.rows and self.ids[r] == item_id else -1
+
+    def value(self, row: int, name: str):
+        return self.table.column(name)[row].as_py()
+
+    @cached_property
+    def _sha_keys(self) -> np.ndarray:
+        name = self.entry.get("sha")
+        if name:
+            return np.load(self.folder / name, mmap_mode="r")
+        return sha_keys(self.column("sha256").to_pylist())
+
+    def row_of_sha256(self, sha256: str) -> int:
+        keys = self._sha_keys
+        key = _sha_key(sha256)
+        lo = int(np.searchsorted(keys[:, 0], key))
+        while lo < len(keys) and keys[lo, 0] == key:
+            r = int(keys[lo, 1])
+            if self.value(r, "sha256") == sha256:
+                return r
+            lo += 1
+        return -1
+
+    # -- shards --------------------------------------------------------------------------------------
+
+    def shard(self, kind: str):
+        """The segment's index for `kind`: mapped from its file, or built in memory for a small segment.
+        `cls` is None when the segment is searched exactly."""
+        if kind not in self._shards:
+            name = self.entry.get("shards", {}).get(kind)
+            if name:
+                if not (self.folder / name).is_file():
+                    raise BankError(f"{self.folder}: index shard {name} named by the manifest is missing; "
+                                    "the bank is damaged. Restore the folder from a backup")
+                self._shards[kind] = faiss_index.load_mapped(self.folder / name, binary=kind in BINARY_KINDS)
+            else:
+                self._shards[kind] = build_shard(self, kind)
+        return self._shards[kind]
+
+    @cached_property
+    def trim_rows(self) -> np.ndarray:
+        """Rows that have a de-bordered hash (the positions of the pdq_trim shard)."""
+        valid = self.column("pdq_trim").is_valid().to_numpy(zero_copy_only=False)
+        return np.flatnonzero(valid).astype(np.int64)
+
+    @property
+    def local_reduced(self) -> bool:
+        return self.rows >= LOCAL_REDUCE_ROWS
+
+
+def build_shard(seg: Segment, kind: str):
+    if kind == "cls":
+        return faiss_index.build_ann(seg.vectors("cls")) if seg.rows >= ANN_MIN_ROWS else None
+    if kind == "pdq":
+        return faiss_index.build_binary_flat(seg.pdq_codes)
+    if kind == "pdq_trim":
+        return faiss_index.build_binary_flat(seg.fixed_bytes("pdq_trim", PDQ_BYTES)[seg.trim_rows])
+    if kind == "local":
+        codes, ids = local_rows(seg.column("local"), LOCAL_INDEX_FEATURES_LARGE if seg.local_reduced else None)
+        return faiss_index.build_local(codes, ids)
+    raise ValueError(kind)
+
+
+def local_rows(blobs: pa.Array, per_item: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(descriptors [n, 32], ids row << LOCAL_ID_BITS | rank) of every row's stored local features (the
+    strongest `per_item` of each when given), read straight from the packed column."""
+    from fakebank.signals import LOCAL_DESC_BYTES, LOCAL_FEATURE_BYTES
+
+    _, offset_buf, data = blobs.buffers()[:3]
+    offsets = np.frombuffer(offset_buf, np.int32)[blobs.offset:blobs.offset + len(blobs) + 1].astype(np.int64)
+    raw = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    counts = (offsets[1:] - offsets[:-1]) // LOCAL_FEATURE_BYTES
+    counts = np.minimum(counts, 1 << LOCAL_ID_BITS)
+    if per_item is not None:
+        counts = np.minimum(counts, per_item)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros((0, PDQ_BYTES), np.uint8), np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    rank = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    # descriptors come first in each packed blob
+    codes = np.concatenate([raw[o:o + c * LOCAL_DESC_BYTES] for o, c in zip(offsets[:-1].tolist(), counts.tolist())
+                            if c]).reshape(-1, LOCAL_DESC_BYTES)
+    return np.ascontiguousarray(codes), (rows << LOCAL_ID_BITS) | rank
+
+
+def sha_keys(shas: Sequence[str]) -> np.ndarray:
+    """[(prefix key, row)] sorted by key: the segment's sha256 look-up table."""
+    keys = np.array([_sha_key(s) for s in shas], np.int64) if len(shas) else np.zeros(0, np.int64)
+    order = np.argsort(keys, kind="stable")
+    return np.stack([keys[order], order.astype(np.int64)], axis=1) if len(shas) else np.zeros((0, 2), np.int64)
+
+
+def _sha_key(sha256: str) -> int:
+    try:
+        return int(sha256[:16], 16) - (1 << 63)
+    except (ValueError, TypeError):
+        return hash(sha256) & ((1 << 62) - 1)
+
+
+# -- deltas ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Deltas:
+    """Changes merged at read: the latest label per relabelled id, removed ids, campaign edits."""
+
+    labels: dict[int, str]
+    removed: set[int]
+    campaigns: dict[int, str | None]
+    rows: int = 0
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, retries: int = 5) -> "Bank":
-        path = Path(path)
-        for attempt in range(retries):
-            manifest = read_manifest(path)
+    def empty(cls) -> Deltas:
+        return cls({}, set(), {})
+
+    @classmethod
+    def read(cls, path: Path, files: Sequence[str]) -> Deltas:
+        d = cls.empty()
+        for name in files:
             try:
-                table = _read_segments(path, manifest)
+                t = pq.read_table(path / name, schema=DELTA_SCHEMA)
             except FileNotFoundError:
-                # A writer compacted and swept the segments between our manifest read and now: reread.
-                if attempt == retries - 1:
-                    raise BankError(
-                        f"{path}: a segment named by the manifest is missing; the bank is damaged. "
-                        "Restore the folder from a backup"
-                    ) from None
-                time.sleep(0.05)
-                continue
-            bank = cls(path, manifest, table)
-            bank._check_invariants()
-            return bank
-        raise AssertionError("unreachable")
+                raise BankError(f"{path}: delta file {name} named by the manifest is missing") from None
+            d.apply(t.column("id").to_pylist(), t.column("op").to_pylist(), t.column("value").to_pylist())
+        return d
 
-    def _check_invariants(self) -> None:
-        expected = self.manifest["counts"]["items"]
-        if len(self.ids) != expected:
-            raise BankError(
-                f"{self.path}: the manifest counts {expected} items but its segments hold {len(self.ids)}; "
-                "the bank is damaged — restore it from a backup"
-            )
-        if len(self._row_of) != len(self.ids):
-            raise BankError(f"{self.path}: duplicate item ids in the table; restore the bank from a backup")
+    def apply(self, ids, ops, values) -> None:
+        for i, op, v in zip(ids, ops, values):
+            self.rows += 1
+            if op == "label":
+                self.labels[i] = v
+            elif op == "remove":
+                self.removed.add(i)
+                self.labels.pop(i, None)
+                self.campaigns.pop(i, None)
+            elif op == "campaign":
+                self.campaigns[i] = v
 
-    # -- lookups ----------------------------------------------------------------------------------
+    def table(self) -> pa.Table:
+        """The folded form: one row per id and op."""
+        ids, ops, values = [], [], []
+        for i, v in self.labels.items():
+            ids.append(i), ops.append("label"), values.append(v)
+        for i in sorted(self.removed):
+            ids.append(i), ops.append("remove"), values.append(None)
+        for i, v in self.campaigns.items():
+            ids.append(i), ops.append("campaign"), values.append(v)
+        return pa.table({"id": pa.array(ids, pa.int64()), "op": pa.array(ops, pa.string()),
+                         "value": pa.array(values, pa.string())}, schema=DELTA_SCHEMA)
 
-    def __len__(self) -> int:
-        return len(self.ids)
 
-    def id_of_sha256(self, sha256: str) -> int | None:
-        return self._by_sha.get(sha256)
-
-    def has(self, item_id: int) -> bool:
-        return int(item_id) in self._row_of
-
-    def row(self, item_id: int) -> int:
-        try:
-            return self._row_of[int(item_id)]
-        except KeyError:
-            raise UsageError(f"no item with id {item_id} in {self.path}; see `fakebank info`") from None
-
-    def item(self, item_id: int) -> dict:
-        """An item's metadata (no vectors), JSON-friendly."""
-        r = self.row(item_id)
-        rec = {c: self.table.column(c)[r].as_py() for c in _META_COLUMNS}
-        rec["added_at"] = rec["added_at"].isoformat() if rec["added_at"] else None
-        rec["pdq"] = rec["pdq"].hex() if rec["pdq"] else None
-        return rec
-
-    def campaign_assignments(self) -> pa.Table | None:
-        """The stored campaign assignments (id, campaign, origin) of this snapshot; None before any run.
-
-        Rows of items removed since may remain: callers keep the ids the bank still has.
-        """
-        entry = self.manifest.get("campaigns")
-        if not entry or not entry.get("file"):
-            return None
-        try:
-            return pq.read_table(self.path / entry["file"], schema=CAMPAIGNS_SCHEMA)
-        except FileNotFoundError:
-            raise BankError(f"{self.path}: the campaign assignments changed while being read; retry") from None
-
-    def index(self, kind: str):
-        """The FAISS index for `cls`, `patch` or `pdq`: loaded, caught up, or rebuilt from the table."""
-        if kind not in self._indexes:
-            self._indexes[kind] = self._load_or_build_index(kind)
-        return self._indexes[kind]
-
-    def search(self, kind: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return faiss_index.search(self.index(kind), queries, min(k, max(1, len(self))))
-
-    def pdq_within(self, query_codes: np.ndarray, max_distance: int) -> list[list[tuple[int, int]]]:
-        return faiss_index.binary_within(self.index("pdq"), query_codes, max_distance)
-
-    # -- derived indexes --------------------------------------------------------------------------
-
-    def _load_or_build_index(self, kind: str):
-        entry = self.manifest.get("indexes", {}).get(kind)
-        segments = self.manifest["segments"]
-        if entry and (self.path / entry["file"]).is_file():
-            covered = entry["segments"]
-            if covered == segments[: len(covered)]:
-                idx = faiss_index.load(self.path / entry["file"], binary=kind in BINARY_KINDS)
-                covered_rows = sum(s["rows"] for s in covered)
-                if idx.ntotal == entry.get("ntotal", covered_rows):
-                    self._add_rows(kind, idx, covered_rows)
-                    return idx
-        return self.build_index(kind)
-
-    def build_index(self, kind: str):
-        if kind == "pdq":
-            return faiss_index.build_binary(self.pdq_codes, self.ids)
-        if kind == "pdq_trim":
-            return faiss_index.build_binary(*_pdq_trim_rows(self.table))
-        if kind == "local":
-            return faiss_index.build_local(*_local_rows(self.table))
-        factory = faiss_index.choose_factory(len(self), self.dim)
-        return faiss_index.build(factory, self.vectors[kind], self.ids)
-
-    def _add_rows(self, kind: str, idx, start: int) -> None:
-        if start >= len(self):
-            return
-        if kind == "pdq":
-            idx.add_with_ids(self.pdq_codes[start:], self.ids[start:])
-        elif kind in DEDUP_INDEX_KINDS:
-            codes, ids = (_pdq_trim_rows if kind == "pdq_trim" else _local_rows)(self.table.slice(start))
-            if len(ids):
-                idx.add_with_ids(codes, ids)
-        else:
-            faiss_index.add(idx, self.vectors[kind][start:], self.ids[start:])
-
+# -- the reader ----------------------------------------------------------------------------------------------
 
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
                  "logit", "pdq", "pdq_quality", "width", "height")
 
 
-def _pdq_trim_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(codes [n, 32], item ids) of the rows that have a de-bordered PDQ hash."""
-    values = table.column("pdq_trim").to_pylist()
-    keep = [r for r, v in enumerate(values) if v is not None]
-    ids = table.column("id").to_numpy()[keep].astype(np.int64) if keep else np.zeros(0, np.int64)
-    codes = np.frombuffer(b"".join(values[r] for r in keep), np.uint8).reshape(-1, PDQ_BYTES).copy()
-    return codes, ids
+class Bank:
+    """A consistent read-only snapshot of a bank folder.
+
+    Per-id access (`has`, `item`, `value`, `cls_of` …) and searches cost what they touch. The whole-bank
+    arrays (`ids`, `table`, `vectors`, `pdq_codes`, `pdq_quality`, `labels`, `row`) are built on first use,
+    for whole-bank work (campaigns, duplicate groups); a query never builds them.
+    """
+
+    def __init__(self, path: Path, manifest: dict, segments: list[Segment], deltas: Deltas) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.dim = int(manifest["embedding_dim"])
+        self.segments = segments
+        self.deltas = deltas
+        self._starts = [s.min_id for s in segments]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, retries: int = 5) -> Bank:
+        path = Path(path)
+        for attempt in range(retries):
+            manifest = read_manifest(path)
+            try:
+                if manifest["format_version"] == 1:
+                    return _open_format_1(path, manifest)
+                dim = int(manifest["embedding_dim"])
+                segments = [Segment(path, e, dim) for e in manifest["segments"]]
+                for seg in segments:
+                    seg.map_files()
+                deltas = Deltas.read(path, manifest.get("deltas", []))
+                bank = cls(path, manifest, segments, deltas)
+                bank._check_counts()
+                return bank
+            except (BankError, FileNotFoundError):
+                # A writer compacted and swept files between our manifest read and now: reread.
+                if attempt == retries - 1:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    def _check_counts(self) -> None:
+        """The manifest's count against the segments' rows less the removals still in them (O(removals))."""
+        held = sum(s.rows for s in self.segments)
+        for i in self.deltas.removed:
+            k = bisect.bisect_right(self._starts, i) - 1
+            held -= k >= 0 and self.segments[k].row_of(i) >= 0
+        expected = self.manifest["counts"]["items"]
+        if held != expected:
+            raise BankError(
+                f"{self.path}: the manifest counts {expected} items but its segments hold {held}; "
+                "the bank is damaged — restore it from a backup"
+            )
+
+    def with_segment(self, manifest: dict, segment: Segment) -> Bank:
+        """This snapshot plus one appended segment (shards already mapped are shared: segments are immutable)."""
+        return Bank(self.path, manifest, [*self.segments, segment], self.deltas)
+
+    # -- per-id look-ups ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.manifest["counts"]["items"])
+
+    def locate(self, item_id: int) -> tuple[Segment, int] | None:
+        item_id = int(item_id)
+        if item_id in self.deltas.removed:
+            return None
+        k = bisect.bisect_right(self._starts, item_id) - 1
+        if k < 0:
+            return None
+        seg = self.segments[k]
+        r = seg.row_of(item_id)
+        return (seg, r) if r >= 0 else None
+
+    def _need(self, item_id: int) -> tuple[Segment, int]:
+        found = self.locate(item_id)
+        if found is None:
+            raise UsageError(f"no item with id {item_id} in {self.path}; see `fakebank info`")
+        return found
+
+    def has(self, item_id: int) -> bool:
+        return self.locate(item_id) is not None
+
+    def id_of_sha256(self, sha256: str) -> int | None:
+        for seg in reversed(self.segments):
+            r = seg.row_of_sha256(sha256)
+            if r >= 0:
+                item_id = int(seg.ids[r])
+                if item_id not in self.deltas.removed:
+                    return item_id
+        return None
+
+    def value(self, item_id: int, name: str):
+        """One column's value for one item (its label with the analyst's override)."""
+        if name == "label":
+            return self.label_of(item_id)
+        seg, r = self._need(item_id)
+        return seg.value(r, name)
+
+    def label_of(self, item_id: int) -> str:
+        item_id = int(item_id)
+        seg, r = self._need(item_id)
+        return self.deltas.labels.get(item_id) or seg.value(r, "label")
+
+    def item(self, item_id: int) -> dict:
+        """An item's metadata (no vectors), JSON-friendly."""
+        seg, r = self._need(item_id)
+        rec = {c: seg.value(r, c) for c in _META_COLUMNS}
+        rec["label"] = self.deltas.labels.get(int(item_id), rec["label"])
+        rec["added_at"] = rec["added_at"].isoformat() if rec["added_at"] else None
+        rec["pdq"] = rec["pdq"].hex() if rec["pdq"] else None
+        return rec
+
+    def vector(self, kind: str, item_id: int) -> np.ndarray:
+        seg, r = self._need(item_id)
+        return np.asarray(seg.vectors(kind)[r], np.float32)
+
+    def pdq_of(self, item_id: int) -> tuple[bytes, int]:
+        seg, r = self._need(item_id)
+        return seg.pdq_codes[r].tobytes(), int(seg.pdq_quality[r])
+
+    def local_is_reduced(self, item_id: int) -> bool:
+        """Whether the local index holds only the item's strongest descriptors (see LOCAL_REDUCE_ROWS)."""
+        found = self.locate(item_id)
+        return found is not None and found[0].local_reduced
+
+    # -- searches (every shard, removed items hidden) -------------------------------------------------
+
+    def search(self, kind: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cosine similarities [Q, k], ids [Q, k]) over `cls` (exact within each shard's candidates);
+        missing neighbours have id -1."""
+        if kind != "cls":
+            raise ValueError("only `cls` is searched by vector; campaigns read `patch` whole")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        q = len(queries)
+        k = max(1, k)
+        all_s, all_i = [np.full((q, k), -np.inf, np.float32)], [np.full((q, k), -1, np.int64)]
+        for seg in self.segments:
+            if seg.rows == 0:
+                continue
+            extra = self._removed_in(seg)
+            kk = min(seg.rows, k + extra)
+            sims, rows = faiss_index.search_segment(seg.shard("cls"), seg.vectors("cls"), queries, kk)
+            ids = np.where(rows >= 0, seg.ids[np.maximum(rows, 0)], -1)
+            if extra:
+                hidden = np.isin(ids, list(self.deltas.removed))
+                ids[hidden], sims[hidden] = -1, -np.inf
+            all_s.append(sims), all_i.append(ids)
+        sims, ids = np.concatenate(all_s, axis=1), np.concatenate(all_i, axis=1)
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
+
+    def _removed_in(self, seg: Segment) -> int:
+        if not self.deltas.removed:
+            return 0
+        return sum(1 for i in self.deltas.removed if seg.min_id <= i <= seg.max_id)
+
+    def binary_within(self, kind: str, codes: np.ndarray, max_distance: int) -> list[list[tuple[int, int]]]:
+        """Per query code, every (item id, Hamming distance ≤ max_distance) in the `pdq` or `pdq_trim` shards."""
+        out: list[list[tuple[int, int]]] = [[] for _ in range(len(codes))]
+        for seg in self.segments:
+            shard = seg.shard(kind)
+            if shard.ntotal == 0:
+                continue
+            rows_of = seg.trim_rows if kind == "pdq_trim" else None
+            for qi, hits in enumerate(faiss_index.binary_within(shard, codes, max_distance)):
+                for pos, dist in hits:
+                    item_id = int(seg.ids[rows_of[pos] if rows_of is not None else pos])
+                    if item_id not in self.deltas.removed:
+                        out[qi].append((item_id, dist))
+        return out
+
+    def pdq_within(self, query_codes: np.ndarray, max_distance: int) -> list[list[tuple[int, int]]]:
+        return self.binary_within("pdq", query_codes, max_distance)
+
+    def local_knn(self, desc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Hamming distances [Q, k·shards], local ids item_id << LOCAL_ID_BITS | rank) of the nearest
+        stored descriptors in each segment; missing ones have id -1."""
+        dists, ids = [np.full((len(desc), 0), 1 << 30, np.int32)], [np.full((len(desc), 0), -1, np.int64)]
+        for seg in self.segments:
+            shard = seg.shard("local")
+            if shard.ntotal == 0:
+                continue
+            d, i = faiss_index.binary_knn(shard, desc, k)
+            rows = np.maximum(i, 0) >> LOCAL_ID_BITS
+            item = seg.ids[np.minimum(rows, seg.rows - 1)]
+            local = np.where(i >= 0, (item << LOCAL_ID_BITS) | (np.maximum(i, 0) & ((1 << LOCAL_ID_BITS) - 1)), -1)
+            if self.deltas.removed:
+                local[np.isin(item, list(self.deltas.removed))] = -1
+            dists.append(d), ids.append(local)
+        return np.concatenate(dists, axis=1), np.concatenate(ids, axis=1)
+
+    def has_local(self) -> bool:
+        return any(seg.shard("local").ntotal for seg in self.segments)
+
+    def campaign_assignments(self) -> pa.Table | None:
+        """The stored campaign assignments (id, campaign, origin) with later edits; None before any run.
+
+        Rows of items removed since may remain: callers keep the ids the bank still has.
+        """
+        entry = self.manifest.get("campaigns")
+        table = None
+        if entry and entry.get("file"):
+            try:
+                table = pq.read_table(self.path / entry["file"], schema=CAMPAIGNS_SCHEMA)
+            except FileNotFoundError:
+                raise BankError(f"{self.path}: the campaign assignments changed while being read; retry") from None
+        edits = self.deltas.campaigns
+        if not edits:
+            return table
+        rows = {} if table is None else {
+            i: (c, o) for i, c, o in zip(table.column("id").to_pylist(), table.column("campaign").to_pylist(),
+                                         table.column("origin").to_pylist())}
+        for i, name in edits.items():
+            if name is None:
+                rows.pop(i, None)
+            else:
+                rows[i] = (name, "computed")
+        return pa.table({"id": pa.array(list(rows), pa.int64()),
+                         "campaign": pa.array([c for c, _ in rows.values()], pa.string()),
+                         "origin": pa.array([o for _, o in rows.values()], pa.string())}, schema=CAMPAIGNS_SCHEMA)
+
+    # -- whole-bank arrays (campaigns, duplicate groups): built on first use -----------------------------
+
+    @cached_property
+    def _live(self) -> list[np.ndarray]:
+        removed = np.fromiter(self.deltas.removed, np.int64, len(self.deltas.removed))
+        return [~np.isin(s.ids, removed) if len(removed) else np.ones(s.rows, bool) for s in self.segments]
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        parts = [s.ids[m] for s, m in zip(self.segments, self._live)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def row(self, item_id: int) -> int:
+        """The position of an item in the whole-bank arrays."""
+        r = int(np.searchsorted(self.ids, int(item_id)))
+        if r >= len(self.ids) or self.ids[r] != int(item_id):
+            raise UsageError(f"no item with id {item_id} in {self.path}; see `fakebank info`")
+        return r
+
+    @cached_property
+    def table(self) -> pa.Table:
+        schema = items_schema(self.dim)
+        parts = [s.table.filter(pa.array(m)) for s, m in zip(self.segments, self._live)]
+        table = pa.concat_tables(parts) if parts else schema.empty_table()
+        if self.deltas.labels:
+            labels = np.asarray(table.column("label").to_pylist(), dtype=object)
+            for i, label in self.deltas.labels.items():
+                r = int(np.searchsorted(self.ids, i))
+                if r < len(self.ids) and self.ids[r] == i:
+                    labels[r] = label
+            table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels.tolist(), pa.string()))
+        return table
+
+    @cached_property
+    def vectors(self) -> dict[str, np.ndarray]:
+        out = {}
+        for kind in VECTOR_KINDS:
+            parts = [s.vectors(kind)[m] for s, m in zip(self.segments, self._live)]
+            out[kind] = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        return out
+
+    @cached_property
+    def pdq_codes(self) -> np.ndarray:
+        parts = [s.pdq_codes[m] for s, m in zip(self.segments, self._live)]
+        return np.concatenate(parts) if parts else np.zeros((0, PDQ_BYTES), np.uint8)
+
+    @cached_property
+    def pdq_quality(self) -> np.ndarray:
+        parts = [s.pdq_quality[m] for s, m in zip(self.segments, self._live)]
+        return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, np.int16)
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.table.column("label").to_pylist(), dtype=object)
 
 
-def _local_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(descriptors [n, 32], ids item_id << LOCAL_ID_BITS | rank) of every row's local features."""
-    from fakebank.signals import LocalFeatures  # cv2 only where local features are read
-
-    codes, ids = [], []
-    for item_id, blob in zip(table.column("id").to_pylist(), table.column("local").to_pylist()):
-        feats = LocalFeatures.from_bytes(blob)
-        n = min(len(feats), 1 << LOCAL_ID_BITS)
-        if n:
-            codes.append(feats.desc[:n])
-            ids.append((np.int64(item_id) << LOCAL_ID_BITS) | np.arange(n, dtype=np.int64))
-    if not codes:
-        return np.zeros((0, PDQ_BYTES), np.uint8), np.zeros(0, np.int64)
-    return np.ascontiguousarray(np.concatenate(codes)), np.concatenate(ids)
+def _open_format_1(path: Path, manifest: dict) -> Bank:
+    """A bank written by format 1 (Parquet segments, whole-bank indexes), read as is: one in-memory
+    segment. The next writer migrates it to format 2."""
+    dim = int(manifest["embedding_dim"])
+    schema = items_schema(dim)
+    tables = [pq.read_table(path / s["file"], schema=schema) for s in manifest["segments"]]
+    table = (pa.concat_tables(tables) if tables else schema.empty_table()).combine_chunks()
+    ids = table.column("id").to_numpy()
+    entry = {"file": None, "rows": len(table), "min_id": int(ids.min()) if len(ids) else 1,
+             "max_id": int(ids.max()) if len(ids) else 0}
+    order = np.argsort(ids, kind="stable")
+    if not np.array_equal(order, np.arange(len(ids))):
+        table = table.take(pa.array(order))
+    manifest = {**manifest, "segments": [entry], "deltas": []}
+    return Bank(path, manifest, [Segment(path, entry, dim, table=table)], Deltas.empty())
 
 
 def read_manifest(path: Path) -> dict:
@@ -322,9 +690,9 @@ def read_manifest(path: Path) -> dict:
         manifest = json.loads(mpath.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise BankError(f"{mpath}: unreadable ({e}); restore the bank from a backup") from e
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in (1, FORMAT_VERSION):
         raise BankError(
-            f"{path}: bank format {manifest.get('format_version')} but this fakebank reads {FORMAT_VERSION}; "
+            f"{path}: bank format {manifest.get('format_version')} but this fakebank reads 1 and {FORMAT_VERSION}; "
             "use the fakebank version that wrote it"
         )
     return manifest
@@ -342,30 +710,10 @@ def check_model(manifest: dict, model_info: dict, path: Path) -> None:
         )
 
 
-def _read_segments(path: Path, manifest: dict) -> pa.Table:
-    schema = items_schema(int(manifest["embedding_dim"]))
-    tables = [pq.read_table(path / s["file"], schema=schema) for s in manifest["segments"]]
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables(tables).combine_chunks()
-
-
-def _vectors(table: pa.Table, kind: str, dim: int) -> np.ndarray:
-    col = table.column(kind).combine_chunks()
-    if len(col) == 0:
-        return np.zeros((0, dim), np.float32)
-    return np.ascontiguousarray(col.flatten().to_numpy().reshape(-1, dim), dtype=np.float32)
-
-
-def _pdq_codes(table: pa.Table) -> np.ndarray:
-    values = table.column("pdq").to_pylist()
-    if not values:
-        return np.zeros((0, PDQ_BYTES), np.uint8)
-    return np.frombuffer(b"".join(values), dtype=np.uint8).reshape(-1, PDQ_BYTES).copy()
-
+# -- the writer ----------------------------------------------------------------------------------------------
 
 class BankWriter:
-    """The one writer of a bank: holds the lock, commits atomically, writes indexes on close."""
+    """The one writer of a bank: holds the lock and commits atomically (each operation one commit)."""
 
     def __init__(
         self,
@@ -377,22 +725,23 @@ class BankWriter:
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
         snapshot: Bank | None = None,
         persist_indexes: bool = True,
+        auto_merge: bool = True,
     ) -> None:
         """`snapshot`: a Bank the caller already holds (and may keep searching from other threads); it is
-        reused when it is still the latest commit. `persist_indexes=False` leaves index files stale (they
-        are caught up on open): for many small commits, as an HTTP service makes."""
+        reused when it is still the latest commit. `persist_indexes` is kept for callers of format 1: every
+        segment's shards are now written with it. `auto_merge=False` leaves merging to `compact`."""
         self.path = Path(path)
         self._snapshot = snapshot
         self.persist_indexes = persist_indexes
+        self.auto_merge = auto_merge
         self.model_info = model_info
         self.embedding_dim = embedding_dim
         self.create = create
         self.lock_timeout = lock_timeout
         self._lock_fd: int | None = None
         self.bank: Bank | None = None
-        self._dirty = False
 
-    def __enter__(self) -> "BankWriter":
+    def __enter__(self) -> BankWriter:
         if not (self.path / MANIFEST).is_file():
             if not self.create:
                 read_manifest(self.path)  # raises the right message
@@ -403,13 +752,17 @@ class BankWriter:
         try:
             if not (self.path / MANIFEST).is_file():
                 self._write_manifest(self._new_manifest())
+            latest = read_manifest(self.path)
             snap = self._snapshot
-            if snap is not None and snap.manifest["generation"] == read_manifest(self.path)["generation"]:
+            if snap is not None and snap.manifest["generation"] == latest["generation"] \
+                    and latest["format_version"] == FORMAT_VERSION:
                 self.bank = snap
             else:
                 self.bank, self._snapshot = Bank.open(self.path), None
             if self.model_info is not None:
                 check_model(self.bank.manifest, self.model_info, self.path)
+            if self.bank.manifest["format_version"] == 1:
+                self._migrate()
             self._sweep()
         except BaseException:
             self._release_lock()
@@ -417,16 +770,12 @@ class BankWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if self._dirty and self.bank is not None and self.persist_indexes:
-                self._write_indexes()
-        finally:
-            self._release_lock()
+        self._release_lock()
 
     # -- operations (each one commit) ------------------------------------------------------------
 
     def add(self, items: Sequence[NewItem]) -> list[int]:
-        """Append items (callers skip known sha256s) in one commit; returns their new ids."""
+        """Append items (callers skip known sha256s) as one new segment; returns their new ids."""
         assert self.bank is not None
         if not items:
             return []
@@ -465,104 +814,157 @@ class BankWriter:
             schema=items_schema(dim),
         )
         gen = manifest["generation"] + 1
-        seg = self._write_segment(table, gen)
-        manifest["segments"] = manifest["segments"] + [seg]
+        entry, seg = self._write_segment(table, gen)
+        manifest["segments"] = manifest["segments"] + [entry]
         manifest["next_id"] = first + len(items)
-        self._commit(manifest, gen, appended=table)
-        if len(self.bank.manifest["segments"]) > MAX_SEGMENTS:
-            self.compact()
+        counts = dict(manifest["counts"])
+        counts["items"] += len(items)
+        for it in items:
+            counts[it.label] += 1
+        manifest["counts"] = counts
+        self._commit(manifest, gen, appended=seg)
+        if self.auto_merge:
+            self._merge_tiers()
         return ids
-
-    def compact(self) -> None:
-        """Merge every segment into one (many small commits, as the HTTP service makes, add up)."""
-        self._rewrite([], lambda t, mask: t)
-
-    def write_indexes(self) -> None:
-        """Persist the derived indexes now (otherwise done on close unless persist_indexes=False)."""
-        self._write_indexes()
 
     def set_label(self, ids: Iterable[int], label: str) -> None:
         check_label(label)
-        self._rewrite(ids, lambda t, mask: t.set_column(
-            t.schema.get_field_index("label"), "label",
-            pa.array(np.where(mask, label, np.asarray(t.column("label").to_pylist(), dtype=object)).tolist(),
-                     pa.string())))
+        assert self.bank is not None
+        ids = list(dict.fromkeys(int(i) for i in ids))
+        counts = dict(self.bank.manifest["counts"])
+        for i in ids:
+            old = self.bank.label_of(i)  # raises UsageError naming an unknown id
+            counts[old] -= 1
+            counts[label] += 1
+        self._commit_delta([(i, "label", label) for i in ids], counts)
+
+    def remove(self, ids: Iterable[int]) -> None:
+        assert self.bank is not None
+        ids = list(dict.fromkeys(int(i) for i in ids))
+        counts = dict(self.bank.manifest["counts"])
+        for i in ids:
+            counts[self.bank.label_of(i)] -= 1
+            counts["items"] -= 1
+        self._commit_delta([(i, "remove", None) for i in ids], counts)
 
     def set_campaigns(self, assignments: dict[int, str | None]) -> None:
-        """Set (None: clear) the computed campaign of the given items in the stored assignments.
+        """Set (None: clear) the computed campaign of the given items, as a delta over the stored run.
 
         Never touches the analyst's `campaign` column: those values are ground truth given at `add` time.
         """
         assert self.bank is not None
         for i in assignments:
-            self.bank.row(i)  # raises UsageError naming an unknown id
-        current = self.bank.campaign_assignments()
-        rows = {} if current is None else {
-            i: (c, o) for i, c, o in zip(current.column("id").to_pylist(), current.column("campaign").to_pylist(),
-                                         current.column("origin").to_pylist())}
-        for i, name in assignments.items():
-            if name is None:
-                rows.pop(int(i), None)
-            else:
-                rows[int(i)] = (name, "computed")
-        table = pa.table({"id": pa.array(list(rows), pa.int64()),
-                          "campaign": pa.array([c for c, _ in rows.values()], pa.string()),
-                          "origin": pa.array([o for _, o in rows.values()], pa.string())}, schema=CAMPAIGNS_SCHEMA)
-        self.commit_campaigns(table, {k: v for k, v in (self.bank.manifest.get("campaigns") or {}).items()
-                                      if k != "file"})
+            self.bank._need(i)  # raises UsageError naming an unknown id
+        self._commit_delta([(int(i), "campaign", name) for i, name in assignments.items()],
+                           dict(self.bank.manifest["counts"]))
 
     def commit_campaigns(self, assignments: pa.Table, info: dict) -> None:
         """Store a campaign run's assignments (CAMPAIGNS_SCHEMA) and its `info` in one atomic commit.
 
-        Items, labels and derived indexes are unchanged, so the index files stay valid.
+        Earlier campaign edits are folded into the run (they were its input), so they are cleared.
         """
         assert self.bank is not None
         manifest = dict(self.bank.manifest)
         gen = manifest["generation"] + 1
         name = f"campaigns-{gen:06d}.parquet"
-        tmp = self.path / (name + ".tmp")
-        pq.write_table(assignments.cast(CAMPAIGNS_SCHEMA), tmp, compression="zstd")
-        _fsync(tmp)
-        os.replace(tmp, self.path / name)
+        self._write_parquet(assignments.cast(CAMPAIGNS_SCHEMA), name)
         manifest["campaigns"] = {**info, "file": name, "assigned": len(assignments)}
-        dirty = self._dirty
-        self._commit(manifest, gen, table=self.bank.table)
-        self._dirty = dirty  # no index changed: keep the index files the manifest already names
-
-    def remove(self, ids: Iterable[int]) -> None:
-        self._rewrite(ids, lambda t, mask: t.filter(pa.array(~mask)))
+        deltas = self.bank.deltas
+        if deltas.campaigns:
+            folded = Deltas(dict(deltas.labels), set(deltas.removed), {})
+            manifest["deltas"] = self._fold_deltas(folded, gen)
+            self._commit(manifest, gen, deltas=folded)
+        else:
+            self._commit(manifest, gen)
 
     def set_manifest_entry(self, key: str, value: dict) -> None:
         """Store a settings record (e.g. the near-duplicate thresholds, "dedup") in the manifest, one commit."""
         assert self.bank is not None
-        if key in ("format_version", "segments", "indexes", "counts", "generation", "next_id", "model"):
+        if key in ("format_version", "segments", "deltas", "counts", "generation", "next_id", "model"):
             raise BankError(f"{key!r} is bank bookkeeping, not a setting")
         manifest = dict(self.bank.manifest)
         manifest[key] = value
-        gen = manifest["generation"] + 1
-        dirty = self._dirty
-        self._commit(manifest, gen, table=self.bank.table)
-        self._dirty = dirty  # no item changed: the index files the manifest names stay valid
+        self._commit(manifest, manifest["generation"] + 1)
 
     def set_fusion(self, fusion: dict) -> None:
-        assert self.bank is not None
-        manifest = dict(self.bank.manifest)
-        manifest["fusion"] = fusion
-        gen = manifest["generation"] + 1
-        self._commit(manifest, gen, table=self.bank.table)
+        self.set_manifest_entry("fusion", fusion)
 
-    def _rewrite(self, ids: Iterable[int], change) -> None:
-        """Compact every segment into one with `change(table, mask_of_ids)` applied."""
+    def write_indexes(self) -> None:
+        """Kept for callers of format 1: shards are written with their segments, nothing is pending."""
+
+    def compact(self, progress=None) -> dict:
+        """Merge every segment into as few as possible (≤ MAX_SEGMENT_ROWS rows each), dropping removed
+        items and folding labels and deltas in. Explicit (`fakebank compact`): its cost is the bank's size."""
         assert self.bank is not None
-        ids = [int(i) for i in ids]
-        for i in ids:
-            self.bank.row(i)  # raises UsageError naming an unknown id
-        mask = np.isin(self.bank.ids, np.asarray(ids, np.int64))
-        table = change(self.bank.table, mask)
+        before = len(self.bank.segments), len(self.bank.manifest.get("deltas", []))
+        groups, current, size = [], [], 0
+        for seg in self.bank.segments:
+            if current and size + seg.rows > MAX_SEGMENT_ROWS:
+                groups.append(current)
+                current, size = [], 0
+            current.append(seg)
+            size += seg.rows
+        if current:
+            groups.append(current)
+        deltas = self.bank.deltas
+        keep = Deltas({}, set(), dict(deltas.campaigns))  # campaign edits stay deltas over the stored run
         manifest = dict(self.bank.manifest)
         gen = manifest["generation"] + 1
-        manifest["segments"] = [self._write_segment(table, gen)] if len(table) else []
-        self._commit(manifest, gen, table=table.combine_chunks())
+        entries, segments = [], []
+        for n, group in enumerate(groups):
+            entry, seg = self._merge(group, gen, n, deltas)
+            if entry is not None:
+                entries.append(entry)
+                segments.append(seg)
+            if progress is not None:
+                progress(sum(s.rows for s in group))
+        manifest["segments"] = entries
+        manifest["deltas"] = self._fold_deltas(keep, gen) if keep.campaigns else []
+        self._commit(manifest, gen, segments=segments, deltas=keep)
+        return {"segments_before": before[0], "segments_after": len(entries), "delta_files_before": before[1],
+                "delta_files_after": len(manifest["deltas"]), "items": len(self.bank)}
+
+    # -- merging ------------------------------------------------------------------------------------
+
+    def _merge_tiers(self) -> None:
+        """Merge the newest MERGE_FANOUT segments while they share a size tier (bounded by AUTO_MERGE_MAX_ROWS)."""
+        while True:
+            segs = self.bank.segments
+            if len(segs) < MERGE_FANOUT:
+                return
+            tail = segs[-MERGE_FANOUT:]
+            tiers = {_tier(s.rows) for s in tail}
+            total = sum(s.rows for s in tail)
+            if len(tiers) != 1 or total > AUTO_MERGE_MAX_ROWS:
+                return
+            manifest = dict(self.bank.manifest)
+            gen = manifest["generation"] + 1
+            entry, seg = self._merge(tail, gen, 0, self.bank.deltas)
+            manifest["segments"] = [s.entry for s in segs[:-MERGE_FANOUT]] + ([entry] if entry else [])
+            self._commit(manifest, gen, segments=[*segs[:-MERGE_FANOUT], *([seg] if seg else [])])
+
+    def _merge(self, group: list[Segment], gen: int, n: int, deltas: Deltas) -> tuple[dict | None, Segment | None]:
+        """One segment of the live rows of `group`, labels folded in."""
+        schema = items_schema(self.bank.dim)
+        removed = np.fromiter(deltas.removed, np.int64, len(deltas.removed))
+        parts = []
+        for seg in group:
+            t = seg.table
+            if len(removed):
+                t = t.filter(pa.array(~np.isin(seg.ids, removed)))
+            parts.append(t.cast(schema))
+        table = pa.concat_tables(parts).combine_chunks() if parts else schema.empty_table()
+        if not len(table):
+            return None, None
+        if deltas.labels:
+            ids = table.column("id").to_numpy()
+            hit = [(r, deltas.labels[i]) for r, i in enumerate(ids.tolist()) if i in deltas.labels]
+            if hit:
+                labels = table.column("label").to_pylist()
+                for r, label in hit:
+                    labels[r] = label
+                table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.string()))
+        return self._write_segment(table, gen, n)
 
     # -- commit machinery ------------------------------------------------------------------------
 
@@ -578,45 +980,114 @@ class BankWriter:
             "generation": 0,
             "next_id": 1,
             "segments": [],
-            "indexes": {},
+            "deltas": [],
             "fusion": None,
             "counts": {"items": 0, **{label: 0 for label in LABELS}},
         }
 
-    def _write_segment(self, table: pa.Table, gen: int) -> dict:
-        name = f"seg-{gen:06d}.parquet"
+    def _write_segment(self, table: pa.Table, gen: int, n: int = 0) -> tuple[dict, Segment]:
+        """Write a segment and its shards (tmp, fsync, rename each); returns its manifest entry and the
+        segment, mapped from the file just written."""
+        name = f"seg-{gen:06d}" + (f"-{n:03d}" if n else "")
+        ids = table.column("id").to_numpy()
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():
+            table = table.take(pa.array(np.argsort(ids, kind="stable")))
+            ids = table.column("id").to_numpy()
+        tmp = self.path / f"{name}.arrow.tmp"
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+            out.write_table(table, max_chunksize=max(1, len(table)))
+        _fsync(tmp)
+        os.replace(tmp, self.path / f"{name}.arrow")
+        entry = {"file": f"{name}.arrow", "rows": len(table), "min_id": int(ids[0]), "max_id": int(ids[-1]),
+                 "shards": {}}
+        keys = sha_keys(table.column("sha256").to_pylist())
+        tmp = self.path / f"{name}.sha.npy.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, keys)
+        _fsync(tmp)
+        os.replace(tmp, self.path / f"{name}.sha.npy")
+        entry["sha"] = f"{name}.sha.npy"
+        seg = Segment(self.path, entry, self.bank.dim)
+        if len(table) >= SHARD_FILE_MIN_ROWS:
+            for kind in SHARD_KINDS:
+                shard = build_shard(seg, kind)
+                if shard is None:
+                    continue
+                fname = f"{name}.{kind}.faiss"
+                tmp = self.path / (fname + ".tmp")
+                faiss_index.save(shard, tmp)
+                _fsync(tmp)
+                os.replace(tmp, self.path / fname)
+                entry["shards"][kind] = fname
+                seg._shards[kind] = shard
+        return entry, seg
+
+    def _write_parquet(self, table: pa.Table, name: str) -> None:
         tmp = self.path / (name + ".tmp")
         pq.write_table(table, tmp, compression="zstd")
         _fsync(tmp)
         os.replace(tmp, self.path / name)
-        return {"file": name, "rows": len(table)}
 
-    def _commit(self, manifest: dict, gen: int, *, table: pa.Table | None = None,
-                appended: pa.Table | None = None) -> None:
+    def _commit_delta(self, changes: list[tuple[int, str, str | None]], counts: dict) -> None:
+        assert self.bank is not None
+        manifest = dict(self.bank.manifest)
+        gen = manifest["generation"] + 1
+        deltas = Deltas(dict(self.bank.deltas.labels), set(self.bank.deltas.removed),
+                        dict(self.bank.deltas.campaigns), self.bank.deltas.rows)
+        deltas.apply(*zip(*changes)) if changes else None
+        files = list(manifest.get("deltas", []))
+        if len(files) + 1 > MAX_DELTA_FILES:
+            files = self._fold_deltas(deltas, gen)
+        else:
+            name = f"delta-{gen:06d}.parquet"
+            self._write_parquet(pa.table({"id": pa.array([c[0] for c in changes], pa.int64()),
+                                          "op": pa.array([c[1] for c in changes], pa.string()),
+                                          "value": pa.array([c[2] for c in changes], pa.string())},
+                                         schema=DELTA_SCHEMA), name)
+            files.append(name)
+        manifest["deltas"] = files
+        manifest["counts"] = counts
+        self._commit(manifest, gen, deltas=deltas)
+
+    def _fold_deltas(self, deltas: Deltas, gen: int) -> list[str]:
+        name = f"delta-{gen:06d}.parquet"
+        self._write_parquet(deltas.table(), name)
+        return [name]
+
+    def _commit(self, manifest: dict, gen: int, *, appended: Segment | None = None,
+                segments: list[Segment] | None = None, deltas: Deltas | None = None) -> None:
         """Write the manifest (the commit point), then move the in-memory snapshot to the new state."""
         assert self.bank is not None
         manifest["generation"] = gen
         manifest["updated_at"] = datetime.now(timezone.utc).isoformat()
-        if appended is not None:
-            counts = dict(manifest["counts"])
-            counts["items"] += len(appended)
-            for label in appended.column("label").to_pylist():
-                counts[label] += 1
-        else:
-            labels = table.column("label").to_pylist()
-            counts = {"items": len(table), **{label: labels.count(label) for label in LABELS}}
-        manifest["counts"] = counts
+        manifest["format_version"] = FORMAT_VERSION
         if self.model_info is not None and manifest.get("model") is None:
             manifest["model"] = self.model_info
         self._write_manifest(manifest)
         if appended is not None:
-            # The caller's snapshot may be searched by other threads: copy its indexes, don't move them.
-            shared = self._snapshot is not None and self.bank is self._snapshot
-            self.bank = self.bank.with_appended(manifest, appended, copy_indexes=shared)
+            self.bank = self.bank.with_segment(manifest, appended)
         else:
-            self.bank = Bank(self.path, manifest, table)
-        self._dirty = True
+            segs = segments if segments is not None else self.bank.segments
+            self.bank = Bank(self.path, manifest, segs, deltas if deltas is not None else self.bank.deltas)
         self._sweep()
+
+    def _migrate(self) -> None:
+        """Rewrite a format-1 bank as format 2 (once, by the first writer that opens it)."""
+        assert self.bank is not None
+        old = self.bank
+        manifest = {k: v for k, v in old.manifest.items() if k != "indexes"}
+        gen = manifest["generation"] + 1
+        table = old.segments[0].table
+        entries, segments = [], []
+        for n, start in enumerate(range(0, len(table), MAX_SEGMENT_ROWS)):
+            entry, seg = self._write_segment(table.slice(start, MAX_SEGMENT_ROWS).combine_chunks(), gen, n)
+            entries.append(entry)
+            segments.append(seg)
+        manifest["segments"] = entries
+        manifest["deltas"] = []
+        labels = table.column("label").to_pylist()
+        manifest["counts"] = {"items": len(table), **{label: labels.count(label) for label in LABELS}}
+        self._commit(manifest, gen, segments=segments, deltas=Deltas.empty())
 
     def _write_manifest(self, manifest: dict) -> None:
         tmp = self.path / (MANIFEST + ".tmp")
@@ -625,40 +1096,17 @@ class BankWriter:
         os.replace(tmp, self.path / MANIFEST)
         _fsync(self.path)
 
-    def _write_indexes(self) -> None:
-        """Persist derived indexes for the current state (a crash here only costs a rebuild later)."""
-        assert self.bank is not None
-        manifest = dict(self.bank.manifest)
-        gen = manifest["generation"]
-        entries = {}
-        for kind in (*VECTOR_KINDS, *BINARY_KINDS):
-            idx = self.bank.index(kind)
-            if kind in DEDUP_INDEX_KINDS and idx.ntotal == 0:
-                continue  # nothing to persist: rebuilt (empty) on open at no cost
-            name = f"{kind}-{gen:06d}.faiss"
-            tmp = self.path / (name + ".tmp")
-            faiss_index.save(idx, tmp)
-            _fsync(tmp)
-            os.replace(tmp, self.path / name)
-            entries[kind] = {
-                "file": name,
-                "factory": "IDMap2,BinaryFlat" if kind == "pdq" else faiss_index.choose_factory(len(self.bank), self.bank.dim),
-                "segments": manifest["segments"],
-            }
-            if kind in DEDUP_INDEX_KINDS:  # not one vector per row: record how many it holds
-                entries[kind]["factory"] = "IDMap2,BinaryFlat" if kind == "pdq_trim" else faiss_index.local_factory(idx.ntotal)
-                entries[kind]["ntotal"] = int(idx.ntotal)
-        manifest["indexes"] = entries
-        self._write_manifest(manifest)
-        self.bank.manifest = manifest
-        self._sweep()
-
     def _sweep(self) -> None:
         """Delete files that no manifest names (left by a crashed or superseded commit)."""
         assert self.bank is not None
-        live = {s["file"] for s in self.bank.manifest["segments"]}
-        live |= {e["file"] for e in self.bank.manifest.get("indexes", {}).values()}
-        live |= {(self.bank.manifest.get("campaigns") or {}).get("file")}
+        m = self.bank.manifest
+        live = set()
+        for s in m["segments"]:
+            live |= {s.get("file"), s.get("sha"), *s.get("shards", {}).values()}
+        live |= set(m.get("deltas", []))
+        live |= {(m.get("campaigns") or {}).get("file")}
+        if m["format_version"] == 1:
+            return  # a format-1 bank read as is: its files are named differently
         for p in self.path.iterdir():
             if _OWNED_FILE.match(p.name) and p.name not in live and p.name != MANIFEST + ".tmp":
                 p.unlink(missing_ok=True)
@@ -690,6 +1138,14 @@ class BankWriter:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _tier(rows: int) -> int:
+    tier, bound = 0, MERGE_FANOUT
+    while rows >= bound:
+        tier += 1
+        bound *= MERGE_FANOUT
+    return tier
 
 
 def _vector_array(vectors: list[np.ndarray], dim: int) -> pa.FixedSizeListArray:

@@ -421,7 +421,7 @@ def find_clusters(bank, params: CampaignParams) -> Clusters:
 def local_pairs(bank, ids: np.ndarray, params: CampaignParams) -> tuple[np.ndarray, np.ndarray]:
     """(i, j) positions in `ids` of the selected items whose stored ORB keypoints agree geometrically
     (dedup's `local` check, with the campaign thresholds); each pair once, i < j."""
-    if len(ids) < 2 or bank.index("local").ntotal == 0:
+    if len(ids) < 2 or not bank.has_local():
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     position = {int(item): k for k, item in enumerate(ids.tolist())}
     check = dedup.DedupParams(local_min_inliers=params.local_min_inliers, local_min_spread=LOCAL_EDGE_MIN_SPREAD,

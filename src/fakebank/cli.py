@@ -184,6 +184,9 @@ def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
     out.print(f"fusion      w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f} "
               f"min_sim={f['min_similarity']} dup_sim={f['duplicate_similarity']} ({f['source']})")
     out.print(f"updated     {r['updated_at']}")
+    if "storage" in r:
+        st = r["storage"]
+        out.print(f"storage     {st['segments']} segments (largest {st['largest_segment']}), {st['delta_files']} delta files")
 
 
 @_command
@@ -205,6 +208,15 @@ def remove(
     """Remove items from the bank."""
     for r in _fb(bank).remove(ids):
         _emit(r, as_json, lambda r: out.print(f"#{r['id']} removed"))
+
+
+@_command
+def compact(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
+    """Merge the bank's segments and fold relabels and removals in (never needed for correctness)."""
+    r = _fb(bank).compact()
+    _emit(r, as_json, lambda r: out.print(
+        f"{r['bank']}: {r['segments_before']} → {r['segments_after']} segments, "
+        f"{r['delta_files_before']} → {r['delta_files_after']} delta files, {r['items']} items"))
 
 
 @_command

@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field, replace
 import cv2
 import numpy as np
 
-from fakebank import index as faiss_index
 from fakebank.bank import LOCAL_ID_BITS, PDQ_BYTES, Bank
 from fakebank.errors import UsageError
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY, PdqHash
@@ -148,18 +147,16 @@ class Probe:
 
     @classmethod
     def of_item(cls, bank: Bank, item_id: int) -> Probe:
-        r = bank.row(item_id)
-        t = bank.table
-        h = bank.pdq_codes[r].tobytes()
-        dih = t.column("pdq_dihedral")[r].as_py()
+        h, quality = bank.pdq_of(item_id)
+        dih = bank.value(item_id, "pdq_dihedral")
         variants = (h,) + (tuple(dih[i:i + PDQ_BYTES] for i in range(0, len(dih), PDQ_BYTES)) if dih else (h,) * 7)
-        trim = t.column("pdq_trim")[r].as_py()
-        trim_q = t.column("pdq_trim_quality")[r].as_py()
+        trim = bank.value(item_id, "pdq_trim")
+        trim_q = bank.value(item_id, "pdq_trim_quality")
         return cls(
-            cls=bank.vectors["cls"][r],
-            pdq=PdqHash(hash=h, quality=int(bank.pdq_quality[r]), dihedral=variants),
+            cls=bank.vector("cls", item_id),
+            pdq=PdqHash(hash=h, quality=quality, dihedral=variants),
             pdq_trim=PdqHash(hash=trim, quality=int(trim_q or 0), dihedral=(trim,) * 8) if trim else None,
-            local=LocalFeatures.from_bytes(t.column("local")[r].as_py()),
+            local=LocalFeatures.from_bytes(bank.value(item_id, "local")),
             exclude=int(item_id),
         )
 
@@ -199,7 +196,7 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None) -> list[Ma
         whole = len(dict.fromkeys(probe.pdq.dihedral)) if probe.pdq is not None and probe.pdq.quality >= PDQ_MIN_QUALITY else 0
         q = np.frombuffer(b"".join(codes), np.uint8).reshape(-1, PDQ_BYTES)
         for kind in ("pdq", "pdq_trim"):
-            for qi, hits in enumerate(faiss_index.binary_within(bank.index(kind), q, params.pdq_threshold)):
+            for qi, hits in enumerate(bank.binary_within(kind, q, params.pdq_threshold)):
                 signal = "pdq" if kind == "pdq" and qi < whole else "pdq_trim"
                 if signal not in params.signals:
                     continue
@@ -219,7 +216,7 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None) -> list[Ma
                 note(int(i), "embedding")
     order = {s: n for n, s in enumerate(SIGNALS)}
     matches = [
-        Match(id=i, signal=sig, similarity=round(float(bank.vectors["cls"][bank.row(i)] @ probe.cls), 6),
+        Match(id=i, signal=sig, similarity=round(float(bank.vector("cls", i) @ probe.cls), 6),
               pdq_distance=pdq_distance(bank, probe, i), inliers=inl)
         for i, (sig, inl) in found.items()
     ]
@@ -229,20 +226,19 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None) -> list[Ma
 
 
 def _stored_quality(bank: Bank, kind: str, item_id: int) -> int:
-    r = bank.row(item_id)
     if kind == "pdq":
-        return int(bank.pdq_quality[r])
-    return int(bank.table.column("pdq_trim_quality")[r].as_py() or 0)
+        return bank.pdq_of(item_id)[1]
+    return int(bank.value(item_id, "pdq_trim_quality") or 0)
 
 
 def pdq_distance(bank: Bank, probe: Probe, item_id: int) -> int | None:
     """Smallest Hamming distance between the probe's usable hashes and the item's (whole, de-bordered)."""
-    r = bank.row(item_id)
     stored = []
-    if bank.pdq_quality[r] >= PDQ_MIN_QUALITY:
-        stored.append(bank.pdq_codes[r].tobytes())
-    trim = bank.table.column("pdq_trim")[r].as_py()
-    if trim and (bank.table.column("pdq_trim_quality")[r].as_py() or 0) >= PDQ_MIN_QUALITY:
+    whole, quality = bank.pdq_of(item_id)
+    if quality >= PDQ_MIN_QUALITY:
+        stored.append(whole)
+    trim = bank.value(item_id, "pdq_trim")
+    if trim and (bank.value(item_id, "pdq_trim_quality") or 0) >= PDQ_MIN_QUALITY:
         stored.append(trim)
     codes = probe.pdq_codes()
     if not stored or not codes:
@@ -256,10 +252,7 @@ def local_matches(bank: Bank, probe: Probe, params: DedupParams) -> dict[int, in
                                                 (probe.local_mirror, LOCAL_MIRROR_SEARCH_FEATURES)) if len(f)]
     if not orientations or len(bank) == 0:
         return {}
-    index = bank.index("local")
-    if index.ntotal == 0:
-        return {}
-    dist, ids = faiss_index.binary_knn(index, np.concatenate([f.desc for f in orientations]), LOCAL_KNN)
+    dist, ids = bank.local_knn(np.concatenate([f.desc for f in orientations]), LOCAL_KNN)
     out: dict[int, int] = {}
     cache: dict[int, LocalFeatures] = {}
     start = 0
@@ -272,8 +265,11 @@ def local_matches(bank: Bank, probe: Probe, params: DedupParams) -> dict[int, in
             if item_id not in cache:
                 if not bank.has(item_id):
                     continue
-                cache[item_id] = LocalFeatures.from_bytes(bank.table.column("local")[bank.row(item_id)].as_py())
+                cache[item_id] = LocalFeatures.from_bytes(bank.value(item_id, "local"))
             stored = cache[item_id]
+            if bank.local_is_reduced(item_id):
+                # The index holds only the item's strongest descriptors: match against all it stores.
+                pairs = nearest_pairs(feats.desc, stored.desc, params.local_max_distance)
             qi, bj = pairs[:, 0], pairs[:, 1]
             ok = bj < len(stored)
             inliers = ransac_inliers(feats.xy[qi[ok]], stored.xy[bj[ok]], params.local_min_spread,
@@ -281,6 +277,18 @@ def local_matches(bank: Bank, probe: Probe, params: DedupParams) -> dict[int, in
             if inliers >= params.local_min_inliers:
                 out[item_id] = max(out.get(item_id, 0), inliers)
     return out
+
+
+def nearest_pairs(query: np.ndarray, stored: np.ndarray, max_distance: int) -> np.ndarray:
+    """[(query keypoint, stored keypoint)] of each query descriptor's nearest stored one within max_distance."""
+    if not len(query) or not len(stored):
+        return np.zeros((0, 2), np.int64)
+    a = np.ascontiguousarray(query, np.uint8).view(np.uint64)
+    b = np.ascontiguousarray(stored, np.uint8).view(np.uint64)
+    dist = np.bitwise_count(a[:, None, :] ^ b[None, :, :]).sum(axis=2, dtype=np.int32)
+    nearest = dist.argmin(axis=1)
+    keep = np.flatnonzero(dist[np.arange(len(a)), nearest] <= max_distance)
+    return np.stack([keep, nearest[keep]], axis=1).astype(np.int64)
 
 
 def _candidates(dist: np.ndarray, ids: np.ndarray, max_distance: int, exclude: int | None):

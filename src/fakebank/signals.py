@@ -42,6 +42,8 @@ LOCAL_QUERY_FEATURES = 384
 # ≈ 15 ms at PDQ_MAX_SIDE, for hashes 2–6 bits away, well inside the match threshold of 31.
 PDQ_TRIM_SIDE = 512
 _DESC_BYTES = 32
+LOCAL_DESC_BYTES = _DESC_BYTES
+LOCAL_FEATURE_BYTES = _DESC_BYTES + 4  # packed: descriptor, then two float16 coordinates
 
 cv2.setNumThreads(1)
 
