@@ -171,6 +171,8 @@ def read_c2pa(data: bytes, *, mime: str | None = None, trust_anchors: str | None
         if message.startswith("Remote") or remote:
             return {"state": None, "remote_url": remote.group(1) if remote else None, "fetched": False,
                     "error": "the manifest is remote and fetching is off"}
+        if b"c2pa" not in data:
+            return None  # an asset c2pa cannot parse, with no manifest label in it: nothing to report
         return {"state": None, "error": _quote(message)}
     if reader is None:
         return None
