@@ -145,3 +145,43 @@ def test_cli_explain_and_query_explain(tmp_path):
     assert Path(q["heatmap"]["overlay"]).parent == out_dir and Path(q["heatmap"]["overlay"]).is_file()
     res = runner.invoke(app, ["query", str(FAKES[0]), "--bank", str(bank), "--out-dir", str(out_dir)])
     assert res.exit_code == 2  # --out-dir without --explain is a usage error
+
+
+def test_service_query_explain_and_provenance(tmp_path):
+    """POST /v1/query?explain=true&provenance=true (in process): the heat map comes as grid + base64 PNG,
+    equal to the CLI's; provenance is read from the uploaded bytes; without the flags the record is as before."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from fakebank.api import Fakebank
+    from fakebank.service import create_app
+
+    bank = tmp_path / "bank"
+    assert runner.invoke(app, ["add", str(FAKES[1]), "--bank", str(bank), "--weights", WEIGHTS]).exit_code == 0
+    # an A1111 generator chunk on a sample fake
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1")
+    buf = io.BytesIO()
+    Image.open(FAKES[0]).save(buf, "PNG", pnginfo=info)
+    upload = buf.getvalue()
+    with TestClient(create_app(Fakebank(bank, weights=WEIGHTS))) as client:
+        plain = client.post("/v1/query", files={"file": ("x.png", upload, "image/png")}).json()["results"][0]
+        assert "heatmap" not in plain and "provenance" not in plain
+        res = client.post("/v1/query?explain=true&provenance=true",
+                          files={"file": ("x.png", upload, "image/png")})
+        assert res.status_code == 200, res.text
+        r = res.json()["results"][0]
+    assert r["provenance"]["ai_claim"] and r["provenance"]["evidence"][0]["kind"] == "generator_chunk"
+    if plain["verdict"] == "uncertain":
+        assert (r["verdict"], r["reason"]) == ("fake", "provenance")
+    assert r["score"] == plain["score"]  # provenance is never blended into the score
+    h = r["heatmap"]
+    assert np.array(h["grid"]).shape == (10, 10) and "overlay" not in h
+    with Image.open(io.BytesIO(base64.b64decode(h["png_base64"]))) as im:
+        assert im.format == "PNG" and im.size == (160, 160)
+    cli = explain_image(load_model(WEIGHTS), load_rgb(upload)).to_record()
+    assert np.allclose(h["grid"], cli["grid"], atol=1e-4)
