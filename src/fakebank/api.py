@@ -6,6 +6,8 @@ contract (DESIGN §2) names is built here and only here, so the CLI and the serv
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import threading
 import time
@@ -19,13 +21,13 @@ import numpy as np
 from fakebank.bank import (
     MANIFEST, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path, read_manifest,
 )
-from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote
+from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
 from fakebank.dedup import DedupParams, Probe, pdq_distance
 from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS
 from fakebank.signals import LOCAL_BANK_FEATURES
-from fakebank.errors import BankError, UsageError
+from fakebank.errors import BankError, InputError, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".avif", ".heic"}
 COMMIT_EVERY_ITEMS = 64  # a crash during `add` loses at most this many embedded images …
@@ -224,8 +226,11 @@ class Fakebank:
 
     # -- query ---------------------------------------------------------------------------------------
 
-    def query(self, files: Iterable[str], *, k: int = DEFAULT_K, sources: Iterable | None = None) -> Iterator[dict]:
-        """One verdict record per input (contract: DESIGN §2 `query`)."""
+    def query(self, files: Iterable[str], *, k: int = DEFAULT_K, sources: Iterable | None = None,
+              explain: bool = False, provenance: bool = False,
+              out_dir: str | os.PathLike | None = None) -> Iterator[dict]:
+        """One verdict record per input (contract: DESIGN §2 `query`); `explain`/`provenance` add the
+        evidence fields (see `evidence`), `out_dir` receives the heat-map overlays."""
         from fakebank.embed import FailedInput, Source
 
         if k < 1:
@@ -237,17 +242,24 @@ class Fakebank:
             if isinstance(result, FailedInput):
                 yield self.query_error_record(result.path, result.error)
                 continue
-            yield self.query_embedded(bank, result, k)
+            yield self.query_embedded(bank, result, k, explain=explain, provenance=provenance, out_dir=out_dir)
 
     def query_error_record(self, path: str, error: str) -> dict:
         return {"path": path, "sha256": None, "verdict": None, "reason": None, "score": None, "p_model": None,
                 "p_knn": None, "match": None, "neighbors": [], "model": self.model_record(), "error": error}
 
-    def query_embedded(self, bank: Bank, emb, k: int = DEFAULT_K) -> dict:
-        """The `query` record of one embedded image against a bank snapshot."""
+    def query_embedded(self, bank: Bank, emb, k: int = DEFAULT_K, *, data: bytes | None = None,
+                       explain: bool = False, provenance: bool = False, png: bool = False,
+                       out_dir: str | os.PathLike | None = None) -> dict:
+        """The `query` record of one embedded image against a bank snapshot (evidence options: `evidence`)."""
         params = FusionParams.from_dict(bank.manifest.get("fusion"))
         neighbors = self.neighbors(bank, emb, k, params)
-        return self.query_record(emb.path, emb.sha256, decide(emb.logit, neighbors, params))
+        if not (explain or provenance):
+            return self.query_record(emb.path, emb.sha256, decide(emb.logit, neighbors, params))
+        extra = self.evidence(emb.path, emb.sha256, data, explain=explain, provenance=provenance, png=png,
+                              out_dir=out_dir)
+        claim = bool(extra.get("provenance") and extra["provenance"]["ai_claim"])
+        return self.query_record(emb.path, emb.sha256, decide(emb.logit, neighbors, params, ai_claim=claim)) | extra
 
     def neighbors(self, bank: Bank, emb, k: int, params: FusionParams,
                   dedup_params: DedupParams | None = None) -> list[Neighbor]:
@@ -271,6 +283,78 @@ class Fakebank:
             ))
         out.sort(key=lambda n: -n.similarity)
         return out
+
+    # -- evidence: patch heat maps and provenance (DESIGN §1.7), only when asked ----------------------
+
+    def evidence(self, path: str, sha256: str, data: bytes | None = None, *, explain: bool = False,
+                 provenance: bool = False, png: bool = False, out_dir: str | os.PathLike | None = None) -> dict:
+        """`{"provenance": …}` and/or `{"heatmap": …}` for one input (`data`: its bytes; None → read `path`).
+
+        provenance: `provenance.read_provenance` of the bytes, before decoding. heatmap: `explain`'s grid
+        (one extra forward + backward pass); `png` adds the overlay as base64 PNG, `out_dir` writes it there
+        and names the file in `"overlay"`."""
+        if data is None:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as e:
+                raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path") from e
+        out: dict = {}
+        if provenance:
+            from fakebank.provenance import read_provenance
+
+            out["provenance"] = read_provenance(data).to_dict()
+        if explain:
+            heat = self.heatmap(data, name=path)
+            rec = heat.to_record()
+            if png or out_dir is not None:
+                blob = heat.overlay_png()
+                if png:
+                    rec["png_base64"] = base64.b64encode(blob).decode("ascii")
+                if out_dir is not None:
+                    rec["overlay"] = str(_write_overlay(Path(out_dir), path, sha256, blob))
+            out["heatmap"] = rec
+        return out
+
+    def heatmap(self, data: bytes, *, name: str):
+        """The patch heat map of one image file's bytes, with the loaded model (fakebank.explain)."""
+        from fakebank.explain import explain_image
+        from fakebank.preprocess import load_rgb
+
+        img = load_rgb(data, name=name, max_pixels=self.extractor.max_pixels)
+        return explain_image(self.extractor.model, img)
+
+    def explain(self, path: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                deletion: bool = True) -> dict:
+        """`fakebank explain`: the heat map of one image, its overlay written to `out`, and (by default) the
+        deletion test that checks the map on this image. Needs no bank."""
+        from fakebank.explain import deletion_test, explain_image
+        from fakebank.preprocess import load_rgb, to_array
+
+        path = os.fspath(path)
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path") from e
+        model = self.extractor.model
+        img = load_rgb(data, name=path, max_pixels=self.extractor.max_pixels)
+        heat = explain_image(model, img)
+        pixels = to_array(img, model.preprocessing)
+        record: dict = {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "heatmap": heat.to_record()}
+        if deletion:
+            d = deletion_test(model, pixels, heat.relevance)
+            record["p_model"] = round(sigmoid(d.logit), 6)
+            record["deletion"] = d.to_record()
+        else:
+            record["p_model"] = round(float(self.extractor.embed_pixels(pixels[None])[1][0]), 6)
+            record["deletion"] = None
+        if out is not None:
+            out = Path(out)
+            if out.is_dir():
+                raise UsageError(f"--out {out} is a folder; name a .png file")
+            heat.overlay().save(out, format="PNG")
+            record["heatmap"]["overlay"] = str(out)
+        record["model"] = self.model_record()
+        return record
 
     # -- near-duplicates (DESIGN §1.6, §2 `dupes`) ----------------------------------------------------
 
@@ -475,6 +559,16 @@ class Fakebank:
             "before": _metrics(before, y, base.threshold), "after": _metrics(after, y, fitted.threshold),
             "fusion": fitted.to_dict(),
         }
+
+
+def _write_overlay(folder: Path, path: str, sha256: str, blob: bytes) -> Path:
+    """`<folder>/<stem>.<sha256[:12]>.heat.png`: distinct per image even when names repeat."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out-dir {folder} is a file; name a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{Path(path).stem}.{sha256[:12]}.heat.png"
+    target.write_bytes(blob)
+    return target
 
 
 def new_item(emb, label: str, source: str | None, campaign: str | None, note: str | None) -> NewItem:

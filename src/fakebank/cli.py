@@ -133,6 +133,13 @@ def query(
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     k: Annotated[int, typer.Option("-k", min=1, help="Neighbours to look up.")] = DEFAULT_K,
     recursive: Annotated[bool, typer.Option("-r", "--recursive")] = False,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help='Add a patch heat map ("heatmap"): one extra forward + backward pass per image.')] = False,
+    provenance: Annotated[bool, typer.Option(
+        "--provenance", help='Read C2PA/IPTC/generator metadata ("provenance"); an AI claim can then decide '
+        'an uncertain verdict (reason "provenance").')] = False,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out-dir", help="With --explain: write each heat-map overlay PNG into this folder.")] = None,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
 ) -> None:
@@ -141,6 +148,8 @@ def query(
     files = expand_inputs(paths, recursive)
     if not files:
         raise typer.BadParameter("no images found")
+    if out_dir is not None and not explain:
+        raise typer.BadParameter("--out-dir holds heat-map overlays: add --explain")
     fb.open_bank()  # a missing bank is the first thing to report, before loading any model
     _warn_untrained(fb)
     failed = 0
@@ -157,14 +166,62 @@ def query(
             line += (f"\n           ↳ copy of #{m['id']} ({m['label']}) {m['path']} "
                      f"(similarity {m['similarity']:.3f}, pdq distance {m['pdq_distance']})")
         out.print(line)
+        _print_evidence(r)
 
     with _progress(len(files), "querying", as_json) as tick:
-        for r in fb.query(files, k=k):
+        for r in fb.query(files, k=k, explain=explain, provenance=provenance, out_dir=out_dir):
             failed += bool(r.get("error"))
             _emit(r, as_json, human)
             tick()
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _print_evidence(r: dict) -> None:
+    """The human lines for `query --provenance/--explain` (the JSON carries the full records)."""
+    p = r.get("provenance")
+    if p is not None:
+        if not p["evidence"]:
+            out.print("           ↳ provenance: no metadata (which is not evidence either way)", markup=False)
+        for e in p["evidence"]:
+            out.print(f"           ↳ provenance{' [AI claim]' if e['ai'] else ''}: {e['detail']}", markup=False)
+    h = r.get("heatmap")
+    if h is not None:
+        grid = h["grid"]
+        hot = sum(v >= 0.5 for row in grid for v in row)
+        where = f" → {h['overlay']}" if h.get("overlay") else ""
+        out.print(f"           ↳ heat map {h['grid_size'][0]}×{h['grid_size'][1]}, {hot} patches ≥ 0.5{where}",
+                  markup=False)
+
+
+@_command
+def explain(
+    path: Annotated[Path, typer.Argument(help="One image file.")],
+    out_png: Annotated[Optional[Path], typer.Option("--out", help="Write the heat-map overlay PNG here.")] = None,
+    deletion: Annotated[bool, typer.Option(
+        "--deletion/--no-deletion", help="Run the deletion test that checks the map on this image "
+        "(6 more forward passes, batched).")] = True,
+    bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto",
+    positive_label: PositiveOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Where in the picture the model's fake logit comes from: a per-patch heat map drawn over the image."""
+    fb = _fb(bank, weights, device, "fp32", None, positive_label)
+    _warn_untrained(fb)
+    r = fb.explain(path, out=out_png, deletion=deletion)
+    if as_json:
+        _emit(r, True, None)
+        return
+    h = r["heatmap"]
+    out.print(f"p_model={r['p_model']:.3f}  heat map {h['grid_size'][0]}×{h['grid_size'][1]} patches of "
+              f"{h['patch_size']} px ({h['method']})  {r['path']}", markup=False)
+    if r["deletion"]:
+        d = r["deletion"]
+        out.print(f"deletion test: top {d['patches']} patches move the fake logit by {-d['top_drop']:+.4f}, "
+                  f"random ones by {-d['random_drop']:+.4f} (mean of {len(d['random_drops'])}); "
+                  f"margin {d['margin']:+.4f} ({'faithful' if d['margin'] > 0 else 'NOT faithful'} on this image)",
+                  markup=False)
+    if h.get("overlay"):
+        err.print(f"overlay → {h['overlay']}", markup=False, highlight=False)
 
 
 @_command

@@ -9,6 +9,11 @@ the api looked up, it decides:
    Laplace prior of one half-vote each way) → ``p_knn``; the fused score is
    ``sigmoid(w_model · logit + w_knn · logit(p_knn) + bias)``;
 3. **model** — no close labelled neighbour: the score is the model's own probability.
+4. **provenance** — only when the caller read the file's provenance (``provenance.read_provenance``) and it
+   claims AI generation: if steps 1–3 end `uncertain` (no labelled known copy, and the model/kNN score
+   within ``uncertain_band`` of the threshold), the verdict is `fake` with reason `provenance`. A known
+   copy and a confident model/kNN verdict (either way) come first; the score is never changed (metadata
+   is reported beside it, not blended in), and no metadata is never evidence of anything.
 
 A verdict within ``uncertain_band`` of the threshold is `uncertain`. Relabelling a bank item changes the
 verdicts of its near-copies at the next query, with no retraining.
@@ -79,7 +84,7 @@ class Neighbor:
 @dataclass(frozen=True)
 class Decision:
     verdict: str  # fake | real | uncertain
-    reason: str  # near_duplicate | knn | model
+    reason: str  # near_duplicate | knn | model | provenance
     score: float
     p_model: float
     p_knn: float | None
@@ -138,7 +143,9 @@ def verdict_of(score: float, params: FusionParams) -> str:
     return "fake" if score > params.threshold else "real"
 
 
-def decide(logit: float, neighbors: list[Neighbor], params: FusionParams | None = None) -> Decision:
+def decide(logit: float, neighbors: list[Neighbor], params: FusionParams | None = None, *,
+           ai_claim: bool = False) -> Decision:
+    """The verdict for one query; `ai_claim`: the file's provenance claims AI generation (rule 4 above)."""
     params = params or FusionParams()
     p_model = sigmoid(logit)
     match = best_match(neighbors, params)
@@ -148,7 +155,10 @@ def decide(logit: float, neighbors: list[Neighbor], params: FusionParams | None 
         return Decision(match.label, "near_duplicate", score, p_model, p_knn, match, neighbors)
     score = fuse(logit, p_knn, params)
     reason = "model" if p_knn is None else "knn"
-    return Decision(verdict_of(score, params), reason, score, p_model, p_knn, match, neighbors)
+    verdict = verdict_of(score, params)
+    if ai_claim and verdict == "uncertain":
+        verdict, reason = "fake", "provenance"
+    return Decision(verdict, reason, score, p_model, p_knn, match, neighbors)
 
 
 def fit_fusion(logits: np.ndarray, p_knn: list[float | None], y: np.ndarray, base: FusionParams,

@@ -276,17 +276,23 @@ def _to_rgb(im: Image.Image, label: str) -> Image.Image:
 def to_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     """RGB PIL image → float32 ``[3, H, W]`` C-contiguous array, as torchvision's
     ``Compose([Resize, CenterCrop, ToTensor, Normalize])`` computes it on the same image."""
-    if img.mode != "RGB":
-        raise ValueError(f"to_array needs an RGB image (use load_rgb), got mode {img.mode!r}")
-    img = _resize(img, pre.resize, _RESAMPLE[pre.interpolation])
-    if pre.crop is not None:
-        img = _center_crop(img, pre.crop)
-    chw = np.asarray(img).transpose(2, 0, 1).astype(np.float32, order="C")
+    chw = np.asarray(model_view(img, pre)).transpose(2, 0, 1).astype(np.float32, order="C")
     # ToTensor: x / 255; Normalize: (x - mean) / std, all float32, in torchvision's order.
     chw /= np.float32(255.0)
     chw -= np.asarray(pre.mean, dtype=np.float32)[:, None, None]
     chw /= np.asarray(pre.std, dtype=np.float32)[:, None, None]
     return chw
+
+
+def model_view(img: Image.Image, pre: Preprocessing) -> Image.Image:
+    """The RGB picture the model sees (resized and centre-cropped, not yet normalised): what a heat map
+    is drawn over, patch for patch."""
+    if img.mode != "RGB":
+        raise ValueError(f"to_array needs an RGB image (use load_rgb), got mode {img.mode!r}")
+    img = _resize(img, pre.resize, _RESAMPLE[pre.interpolation])
+    if pre.crop is not None:
+        img = _center_crop(img, pre.crop)
+    return img
 
 
 def _resize(img: Image.Image, size: int | tuple[int, int], resample: Image.Resampling) -> Image.Image:

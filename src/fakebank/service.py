@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -277,16 +277,26 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
 
     @app.post("/v1/query", dependencies=[Auth])
     async def query(file: Annotated[list[UploadFile], File(description="image(s)")],
-                    k: Annotated[int, Form(ge=1, le=100)] = DEFAULT_K) -> dict:
+                    k: Annotated[int, Form(ge=1, le=100)] = DEFAULT_K,
+                    explain: Annotated[bool, Query(description="add a patch heat map (grid + base64 PNG overlay); "
+                                                   "one extra forward + backward pass per image")] = False,
+                    provenance: Annotated[bool, Query(description="read C2PA/IPTC/generator metadata")] = False,
+                    ) -> dict:
         uploads = await read_uploads(file)
         bank = await run_in_threadpool(fb.snapshot)
         check_model(bank.manifest, fb.model_info, fb.bank_path)
         results = await embed_uploads(uploads)
         all_failed(results)
         records = [fb.query_error_record(name, str(r)) if isinstance(r, FakebankError)
-                   else await run_in_threadpool(fb.query_embedded, bank, r, k)
-                   for (name, _), r in zip(uploads, results)]
+                   else await run_in_threadpool(query_one, bank, r, k, data, explain, provenance)
+                   for (name, data), r in zip(uploads, results)]
         return {"results": records}
+
+    def query_one(bank, emb: Embedding, k: int, data: bytes, explain: bool, provenance: bool) -> dict:
+        """A query record, with the evidence the request asked for (issue 14: explain, provenance)."""
+        if not (explain or provenance):
+            return fb.query_embedded(bank, emb, k)
+        return fb.query_embedded(bank, emb, k, data=data, explain=explain, provenance=provenance, png=explain)
 
     @app.post("/v1/items", dependencies=[Auth])
     async def add_items(file: Annotated[list[UploadFile], File(description="image(s)")],
