@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from bankutil import DIM, MODEL_INFO, meme_picture, unit
 from fakebank import index as faiss_index
-from fakebank.bank import Bank, BankWriter, NewItem, read_manifest
+from fakebank.bank import LOCAL_INDEX_FEATURES_LARGE, Bank, BankWriter, NewItem, read_manifest
 from fakebank.dedup import DedupParams, Probe, find, groups, ransac_inliers
 from fakebank.errors import UsageError
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, min_dihedral_distance, pdq_hash
@@ -222,6 +222,33 @@ def test_local_features_match_crops_and_overlays_that_pdq_misses(bank, photos):
     assert matched(b, probe_of(mirrored_crop)).get(ids[name]) == "local"
     for other in (COMMFOR[1].stem, COMMFOR[2].stem, "q0291"):
         assert matched(b, probe_of(jpeg(crop(photos[other], 0.7)))) == {}
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+def test_local_matches_through_the_shared_cells_and_reduced_segments(tmp_path, photos, monkeypatch, reduced):
+    """At scale the local shards are inverted files over cells trained once for the bank, and segments of
+    ≥ LOCAL_REDUCE_ROWS index only each item's strongest descriptors (verified on all stored ones): the
+    crops that the exact index matches are still matched, and nothing else."""
+    monkeypatch.setattr("fakebank.index.LOCAL_EXACT_LIMIT", 256)
+    if reduced:
+        monkeypatch.setattr("fakebank.bank.LOCAL_REDUCE_ROWS", 1)
+    names = sorted(photos)
+    with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        ids = dict(zip(names, w.add([item_of(photos[n], i) for i, n in enumerate(names)])))
+    b = Bank.open(tmp_path)
+    assert b.manifest["local_quantizer"]["nlist"] >= 256 and b.manifest["segments"][0]["local_ivf"]
+    assert b.local_is_reduced(ids["bridge"]) is reduced
+    n_indexed = b.segments[0].shard("local").ntotal
+    assert n_indexed == (len(names) * LOCAL_INDEX_FEATURES_LARGE if reduced else
+                         sum(len(LocalFeatures.from_bytes(b.value(i, "local"))) for i in ids.values()))
+    name = COMMFOR[0].stem
+    im = photos[name]
+    for copy in (crop(im, 0.7), crop(im, 0.8, 1.0, 0.0), caption_overlay(crop(im, 0.9))):
+        m = {x.id: x for x in find(b, probe_of(jpeg(copy)), DedupParams(signals=("local",)))}
+        assert set(m) == {ids[name]} and m[ids[name]].inliers >= 24
+    for other in (COMMFOR[1].stem, "q0291"):
+        assert {x.id for x in find(b, probe_of(jpeg(crop(photos[other], 0.7))), DedupParams(signals=("local",)))} \
+            <= {ids[other]}
 
 
 def test_min_spread_refuses_pictures_that_share_only_a_caption(tmp_path):

@@ -22,7 +22,7 @@ from fakebank.bank import (
     MANIFEST, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path, read_manifest,
 )
 from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
-from fakebank.dedup import DedupParams, Probe, pdq_distance
+from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
 from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS
@@ -269,9 +269,9 @@ class Fakebank:
             return []
         dparams = dedup_params or DedupParams.from_dict(bank.manifest.get("dedup"))
         probe = Probe.of_embedding(emb)
-        matches = {m.id: m for m in dedup_find(bank, probe, dparams)}
-        sims, ids = bank.search("cls", emb.cls[None, :], k)
-        candidates = {int(i) for i in ids[0] if i >= 0} | set(matches)
+        sims, ids = bank.search("cls", emb.cls[None, :], max(k, EMBEDDING_K + 1))  # one search for both uses
+        matches = {m.id: m for m in dedup_find(bank, probe, dparams, cls_hits=(sims, ids))}
+        candidates = {int(i) for i in ids[0][:k] if i >= 0} | set(matches)
         out = []
         for item_id in candidates:
             sim = float(bank.vector("cls", item_id) @ emb.cls)

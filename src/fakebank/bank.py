@@ -8,6 +8,7 @@ On disk (DESIGN §1.4), format 2::
     seg-000007.arrow         one segment of items: an Arrow IPC file (all columns, id-sorted), memory-mapped
     seg-000007.sha.npy       (sha256 prefix, row) sorted by prefix: the duplicate check without a table scan
     seg-000007.cls.faiss …   the segment's index shards (cls, pdq, pdq_trim, local), written once with it
+    localq-000005.npy        the local descriptors' coarse cells, trained once when the bank first needs them
     delta-000012.parquet     small changes merged at read: relabels, removals, campaign edits
     campaigns-000009.parquet computed campaign assignments (a whole run: `fakebank campaigns`)
     bank.lock                one writer at a time (flock; released by the kernel if the writer dies)
@@ -69,9 +70,8 @@ MERGE_FANOUT = 8
 AUTO_MERGE_MAX_ROWS = 1 << 18
 MAX_SEGMENT_ROWS = 1 << 18  # `compact` writes segments of at most this many rows
 MAX_DELTA_FILES = 16  # more delta files than this are folded into one (cost: the deltas, not the bank)
-# Segments this small build their shards in memory on first use (bounded: at most MERGE_FANOUT − 1 per
-# tier) instead of writing them at every small commit.
-SHARD_FILE_MIN_ROWS = 2048
+# Every segment writes its shards with it (a reader never builds an index); kept as a knob for tests.
+SHARD_FILE_MIN_ROWS = 1
 ANN_MIN_ROWS = faiss_index.ANN_MIN_ROWS
 # Local descriptors: all of an item's indexed below LOCAL_REDUCE_ROWS rows a segment; above, the strongest
 # LOCAL_INDEX_FEATURES_LARGE, so that 10M items fit memory (candidates are verified on all stored ones).
@@ -80,7 +80,7 @@ LOCAL_INDEX_FEATURES_LARGE = 32
 SHARD_KINDS = ("cls", "pdq", "pdq_trim", "local")
 _OWNED_FILE = re.compile(
     r"^(seg-\d+\.(parquet|arrow|sha\.npy|(cls|pdq|pdq_trim|local)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet"
-    r"|(cls|patch|pdq|pdq_trim|local)-\d+\.faiss|.*\.tmp)$")
+    r"|localq-\d+\.npy|(cls|patch|pdq|pdq_trim|local)-\d+\.faiss|.*\.tmp)$")
 # Near-duplicate signals (dedup.py) beyond `pdq`: the PDQ hashes of de-bordered images and the ORB
 # descriptors of every item. A local descriptor's id is item_id << LOCAL_ID_BITS | its rank within the item.
 DEDUP_INDEX_KINDS = ("pdq_trim", "local")
@@ -280,7 +280,7 @@ class Segment:
         return self.rows >= LOCAL_REDUCE_ROWS
 
 
-def build_shard(seg: Segment, kind: str):
+def build_shard(seg: Segment, kind: str, centroids: np.ndarray | None = None):
     if kind == "cls":
         return faiss_index.build_ann(seg.vectors("cls")) if seg.rows >= ANN_MIN_ROWS else None
     if kind == "pdq":
@@ -289,7 +289,9 @@ def build_shard(seg: Segment, kind: str):
         return faiss_index.build_binary_flat(seg.fixed_bytes("pdq_trim", PDQ_BYTES)[seg.trim_rows])
     if kind == "local":
         codes, ids = local_rows(seg.column("local"), LOCAL_INDEX_FEATURES_LARGE if seg.local_reduced else None)
-        return faiss_index.build_local(codes, ids)
+        if centroids is not None:
+            return faiss_index.build_local_ivf(centroids, codes, ids)
+        return faiss_index.build_local(codes, ids) if seg.entry.get("file") is None else faiss_index.build_binary(codes, ids)
     raise ValueError(kind)
 
 
@@ -402,6 +404,7 @@ class Bank:
         self.segments = segments
         self.deltas = deltas
         self._starts = [s.min_id for s in segments]
+        self._quantizer = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, retries: int = 5) -> Bank:
@@ -560,15 +563,29 @@ class Bank:
     def pdq_within(self, query_codes: np.ndarray, max_distance: int) -> list[list[tuple[int, int]]]:
         return self.binary_within("pdq", query_codes, max_distance)
 
+    def local_quantizer(self):
+        """The shared coarse cells of the local shards (an index over the centroids), or None before any."""
+        entry = self.manifest.get("local_quantizer")
+        if entry and self._quantizer is None:
+            self._quantizer = faiss_index.build_binary_flat(np.load(self.path / entry["file"]))
+        return self._quantizer
+
     def local_knn(self, desc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Hamming distances [Q, k·shards], local ids item_id << LOCAL_ID_BITS | rank) of the nearest
-        stored descriptors in each segment; missing ones have id -1."""
+        stored descriptors in each segment; missing ones have id -1. The query's descriptors are assigned
+        to the shared cells once for every inverted-file shard."""
         dists, ids = [np.full((len(desc), 0), 1 << 30, np.int32)], [np.full((len(desc), 0), -1, np.int64)]
+        assigned = None
         for seg in self.segments:
             shard = seg.shard("local")
             if shard.ntotal == 0:
                 continue
-            d, i = faiss_index.binary_knn(shard, desc, k)
+            if seg.entry.get("local_ivf"):
+                if assigned is None:
+                    assigned = faiss_index.local_assign(self.local_quantizer(), desc)
+                d, i = faiss_index.local_search_preassigned(shard, desc, k, assigned)
+            else:
+                d, i = faiss_index.binary_knn(shard, desc, k)
             rows = np.maximum(i, 0) >> LOCAL_ID_BITS
             item = seg.ids[np.minimum(rows, seg.rows - 1)]
             local = np.where(i >= 0, (item << LOCAL_ID_BITS) | (np.maximum(i, 0) & ((1 << LOCAL_ID_BITS) - 1)), -1)
@@ -740,6 +757,7 @@ class BankWriter:
         self.lock_timeout = lock_timeout
         self._lock_fd: int | None = None
         self.bank: Bank | None = None
+        self._centroids: np.ndarray | None = None
 
     def __enter__(self) -> BankWriter:
         if not (self.path / MANIFEST).is_file():
@@ -761,6 +779,9 @@ class BankWriter:
                 self.bank, self._snapshot = Bank.open(self.path), None
             if self.model_info is not None:
                 check_model(self.bank.manifest, self.model_info, self.path)
+            entry = self.bank.manifest.get("local_quantizer")
+            if entry:
+                self._centroids = np.load(self.path / entry["file"])
             if self.bank.manifest["format_version"] == 1:
                 self._migrate()
             self._sweep()
@@ -1009,8 +1030,10 @@ class BankWriter:
         entry["sha"] = f"{name}.sha.npy"
         seg = Segment(self.path, entry, self.bank.dim)
         if len(table) >= SHARD_FILE_MIN_ROWS:
+            self._ensure_local_quantizer(seg, gen)
+            entry["local_ivf"] = self._centroids is not None
             for kind in SHARD_KINDS:
-                shard = build_shard(seg, kind)
+                shard = build_shard(seg, kind, self._centroids)
                 if shard is None:
                     continue
                 fname = f"{name}.{kind}.faiss"
@@ -1021,6 +1044,32 @@ class BankWriter:
                 entry["shards"][kind] = fname
                 seg._shards[kind] = shard
         return entry, seg
+
+    def _ensure_local_quantizer(self, seg: Segment, gen: int) -> None:
+        """Train the shared local cells once, when the bank's descriptors first pass LOCAL_EXACT_LIMIT
+        (below, exact search is cheap); sampled from this segment and the newest ones before it."""
+        if self._centroids is not None:
+            return
+        codes, _ = local_rows(seg.column("local"))
+        total = len(codes) + sum(int(s.entry.get("local_descriptors", 0)) for s in self.bank.segments)
+        seg.entry["local_descriptors"] = len(codes)
+        if total < faiss_index.LOCAL_EXACT_LIMIT:
+            return
+        nlist = faiss_index.local_nlist(total)
+        sample = [codes]
+        for old in reversed(self.bank.segments):
+            if sum(len(c) for c in sample) >= 20 * nlist:
+                break
+            sample.append(local_rows(old.column("local"))[0])
+        centroids = faiss_index.train_local_quantizer(np.concatenate(sample), nlist)
+        name = f"localq-{gen:06d}.npy"
+        tmp = self.path / (name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, centroids)
+        _fsync(tmp)
+        os.replace(tmp, self.path / name)
+        self._centroids = centroids
+        self._quantizer_entry = {"file": name, "nlist": nlist, "trained_on": total}
 
     def _write_parquet(self, table: pa.Table, name: str) -> None:
         tmp = self.path / (name + ".tmp")
@@ -1061,6 +1110,8 @@ class BankWriter:
         manifest["generation"] = gen
         manifest["updated_at"] = datetime.now(timezone.utc).isoformat()
         manifest["format_version"] = FORMAT_VERSION
+        if getattr(self, "_quantizer_entry", None) and not manifest.get("local_quantizer"):
+            manifest["local_quantizer"] = self._quantizer_entry
         if self.model_info is not None and manifest.get("model") is None:
             manifest["model"] = self.model_info
         self._write_manifest(manifest)
@@ -1104,7 +1155,7 @@ class BankWriter:
         for s in m["segments"]:
             live |= {s.get("file"), s.get("sha"), *s.get("shards", {}).values()}
         live |= set(m.get("deltas", []))
-        live |= {(m.get("campaigns") or {}).get("file")}
+        live |= {(m.get("campaigns") or {}).get("file"), (m.get("local_quantizer") or {}).get("file")}
         if m["format_version"] == 1:
             return  # a format-1 bank read as is: its files are named differently
         for p in self.path.iterdir():

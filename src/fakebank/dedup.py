@@ -180,8 +180,10 @@ class Match:
     inliers: int | None = field(default=None)
 
 
-def find(bank: Bank, probe: Probe, params: DedupParams | None = None) -> list[Match]:
-    """Every bank item judged a near-duplicate of the probe, strongest signal first."""
+def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
+         cls_hits: tuple[np.ndarray, np.ndarray] | None = None) -> list[Match]:
+    """Every bank item judged a near-duplicate of the probe, strongest signal first. `cls_hits`: the
+    probe's cls search of at least EMBEDDING_K + 1 neighbours when the caller has already made it."""
     params = params or DedupParams()
     if len(bank) == 0:
         return []
@@ -210,8 +212,8 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None) -> list[Ma
         # Only where PDQ cannot judge the pair (a hash of quality < 50): with untrained weights distinct
         # photos come within 0.005 of the threshold, and where PDQ can speak it is the better judge
         # (bench: cls ≥ 0.99 alone matched 10 % of the distractors' edits with the 160-px test ViT).
-        sims, ids = bank.search("cls", probe.cls[None, :], EMBEDDING_K + 1)
-        for s, i in zip(sims[0], ids[0]):
+        sims, ids = cls_hits if cls_hits is not None else bank.search("cls", probe.cls[None, :], EMBEDDING_K + 1)
+        for s, i in zip(sims[0][: EMBEDDING_K + 1], ids[0][: EMBEDDING_K + 1]):
             if i >= 0 and s >= params.embedding_threshold and pdq_distance(bank, probe, int(i)) is None:
                 note(int(i), "embedding")
     order = {s: n for n, s in enumerate(SIGNALS)}

@@ -49,6 +49,7 @@ def choose_factory(n: int, dim: int, memory_budget_bytes: int = 8 << 30) -> str:
 ANN_MIN_ROWS = 20_000
 ANN_FACTORY = "HNSW32,SQ8"
 ANN_RERANK = 4
+SMALL_BATCH = 20  # FAISS's BLAS threshold (above): fewer queries than this go through numpy's BLAS
 
 
 def build_ann(vectors: np.ndarray) -> faiss.Index:
@@ -71,7 +72,15 @@ def search_segment(ann: faiss.Index | None, vectors: np.ndarray, queries: np.nda
     if k_eff == 0 or q == 0:
         return out_s, out_r
     with _threads_for(q):
-        if ann is None:
+        if ann is None and q < SMALL_BATCH:
+            # one BLAS matrix-vector product per query over the mapped vectors, then a partial sort
+            sims_all = queries @ vectors.T
+            top = np.argpartition(-sims_all, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n else \
+                np.broadcast_to(np.arange(n), (q, n)).copy()
+            part = np.take_along_axis(sims_all, top, 1)
+            order = np.argsort(-part, axis=1, kind="stable")
+            sims, rows = np.take_along_axis(part, order, 1), np.take_along_axis(top, order, 1)
+        elif ann is None:
             sims, rows = faiss.knn(queries, vectors, k_eff, metric=faiss.METRIC_INNER_PRODUCT)
         else:
             _, cand = ann.search(queries, min(n, ANN_RERANK * k_eff))
@@ -221,6 +230,63 @@ def build_local(codes: np.ndarray, ids: np.ndarray, *, seed: int = 0) -> faiss.I
     index = faiss.IndexBinaryIDMap2(ivf)
     index.add_with_ids(codes, ids.astype(np.int64))
     return index
+
+
+# A bank trains one coarse quantizer for its local descriptors, once (bank.py), and every segment's local
+# shard is an inverted file over those cells: shards are built without training, and a query assigns its
+# descriptors to cells once for all shards (`local_assign`, then `local_search_preassigned` per shard).
+LOCAL_MAX_NLIST = 8192
+LOCAL_GROWTH = 64  # the quantizer is sized for a bank this many times larger than when it is trained
+
+
+def local_nlist(n_descriptors: int) -> int:
+    """Cells of the shared quantizer trained on a bank of `n_descriptors`: ≈ √ of LOCAL_GROWTH times that."""
+    return int(min(LOCAL_MAX_NLIST, max(256, 2 ** round(np.log2(np.sqrt(LOCAL_GROWTH * max(1, n_descriptors)))))))
+
+
+def train_local_quantizer(sample: np.ndarray, nlist: int, *, seed: int = 0) -> np.ndarray:
+    """Binary k-means centroids [nlist, 32] of a descriptor sample (a few tens of points a cell suffice)."""
+    sample = np.ascontiguousarray(sample, dtype=np.uint8)
+    if len(sample) > 20 * nlist:
+        sample = sample[np.random.default_rng(seed).choice(len(sample), 20 * nlist, replace=False)]
+    ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(256), 256, nlist)
+    ivf.cp.niter = 10
+    ivf.cp.seed = seed
+    ivf.cp.min_points_per_centroid = 1
+    ivf.train(sample)
+    return faiss.vector_to_array(faiss.downcast_IndexBinary(ivf.quantizer).xb).reshape(nlist, 32).copy()
+
+
+def build_local_ivf(centroids: np.ndarray, codes: np.ndarray, ids: np.ndarray) -> faiss.IndexBinaryIVF:
+    """An inverted file over the shared cells holding `codes` under `ids` (no training)."""
+    quantizer = build_binary_flat(centroids)
+    ivf = faiss.IndexBinaryIVF(quantizer, 256, len(centroids))
+    quantizer.this.disown()
+    ivf.own_fields = True
+    ivf.is_trained = True
+    ivf.nprobe = LOCAL_NPROBE
+    if len(ids):
+        ivf.add_with_ids(np.ascontiguousarray(codes, dtype=np.uint8), ids.astype(np.int64))
+    return ivf
+
+
+def local_assign(quantizer: faiss.IndexBinary, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, cells) [Q, LOCAL_NPROBE] of each descriptor's nearest cells, for every IVF shard."""
+    with _threads_for(len(desc)):
+        return quantizer.search(np.ascontiguousarray(desc, dtype=np.uint8), LOCAL_NPROBE)
+
+
+def local_search_preassigned(shard: faiss.IndexBinaryIVF, desc: np.ndarray, k: int,
+                             assigned: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """binary_knn over one IVF shard whose cells the query descriptors were already assigned to."""
+    q = len(desc)
+    if shard.ntotal == 0 or q == 0:
+        return np.full((q, k), 1 << 30, np.int32), np.full((q, k), -1, np.int64)
+    ivf = faiss.downcast_IndexBinary(shard)
+    ivf.nprobe = LOCAL_NPROBE
+    dis, cells = assigned
+    with _threads_for(q):
+        return ivf.search_preassigned(np.ascontiguousarray(desc, dtype=np.uint8), k, cells, dis)
 
 
 def binary_knn(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
