@@ -102,11 +102,11 @@ def build(path: Path, n: int, model_info: dict, dim: int, pool: np.ndarray, comm
     from fakebank.signals import LOCAL_BANK_FEATURES
 
     rng = np.random.default_rng(n)
+    basis = embedding_basis(dim)
     with BankWriter(path, model_info=model_info, embedding_dim=dim) as w:
         for start in range(0, n, commit_rows):
             m = min(n, start + commit_rows) - start
-            v = rng.normal(size=(m, 2, dim)).astype(np.float32)
-            v /= np.linalg.norm(v, axis=2, keepdims=True)
+            v = embeddings(rng, 2 * m, basis).reshape(m, 2, dim)
             pdq = rng.integers(0, 256, (m, 32), dtype=np.uint8)
             trim = rng.integers(0, 256, (m, 32), dtype=np.uint8)
             items = []
@@ -123,6 +123,20 @@ def build(path: Path, n: int, model_info: dict, dim: int, pool: np.ndarray, comm
                     local=(desc ^ flips).tobytes() + xy.tobytes()))
             w.add(items)
             print(f"  {start + m:,} / {n:,}", file=sys.stderr, flush=True)
+
+
+def embedding_basis(dim: int) -> np.ndarray:
+    return np.random.default_rng(99).normal(size=(dim, dim)).astype(np.float32)
+
+
+def embeddings(rng: np.random.Generator, n: int, basis: np.ndarray) -> np.ndarray:
+    """Unit vectors with a decaying spectrum (the tests' `_clustered`), like a ViT's embeddings: isotropic
+    noise, bench_dedup's `_synthetic` embeddings, has no true nearest neighbours (in 384 dimensions the
+    10th and the 1000th neighbour of a random query are equally far), so no approximate index can be
+    judged on it; its recall is printed too."""
+    dim = len(basis)
+    x = (rng.normal(size=(n, dim)).astype(np.float32) / np.arange(1, dim + 1, dtype=np.float32) ** 0.5) @ basis
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 # -- fresh processes -------------------------------------------------------------------------------------------
@@ -160,7 +174,8 @@ def _run_child(argv: list[str]) -> dict:
     proc.stdout.close()
     if status != 0:
         raise SystemExit(f"child {argv} failed with status {status}")
-    return {"wall_s": round(wall, 3), "rss_mb": round(usage.ru_maxrss / 1024, 1), "detail": detail}
+    # ru_maxrss of a child starts at its parent's size at fork: the child reports its own high-water mark
+    return {"wall_s": round(wall, 3), "rss_mb": detail.pop("peak_rss_mb"), "detail": detail}
 
 
 def child(mode: str, bank: str, *rest: str) -> None:
@@ -191,6 +206,9 @@ def child(mode: str, bank: str, *rest: str) -> None:
         detail = {"import_and_model_s": round(t1 - t0, 3), "add_s": round(time.perf_counter() - t1, 3),
                   "added": sum(r["status"] == "added" for r in recs)}
     detail["process_s"] = round(time.perf_counter() - t0, 3)
+    status = Path("/proc/self/status").read_text()
+    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    detail["peak_rss_mb"] = round(hwm / 1024, 1)
     print(json.dumps(detail))
 
 
@@ -216,12 +234,16 @@ def warm(path: Path, embs: list) -> dict:
             fb.neighbors(bank, e, 10, params)
             lat.append(1000 * (time.perf_counter() - t))
     rng = np.random.default_rng(7)
-    q = rng.normal(size=(200, bank.dim)).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    _, got = bank.search("cls", q, 10)
     vectors, ids = bank.vectors["cls"], bank.ids
+    q = embeddings(rng, 200, embedding_basis(bank.dim))
+    _, got = bank.search("cls", q, 10)
     _, want = exact_search(vectors, ids, q, 10)
     recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want)]))
+    iso = rng.normal(size=(200, bank.dim)).astype(np.float32)
+    iso /= np.linalg.norm(iso, axis=1, keepdims=True)
+    _, got_i = bank.search("cls", iso, 10)
+    _, want_i = exact_search(vectors, ids, iso, 10)
+    recall_iso = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got_i, want_i)]))
     # near-duplicate queries: a bank item's cls plus noise (the case a copy detector is for)
     picks = rng.choice(len(ids), 200, replace=False)
     qn = vectors[picks] + rng.normal(scale=0.02, size=(200, bank.dim)).astype(np.float32)
@@ -246,10 +268,11 @@ def warm(path: Path, embs: list) -> dict:
         found += len(want_p & {i for i, _ in got_p[j]})
         total += len(want_p)
     out = {"open_ms": round(open_ms, 2), "warm_match_p50_ms": round(float(np.percentile(lat, 50)), 2),
-           "warm_match_p95_ms": round(float(np.percentile(lat, 95)), 2), "cls_recall_at_10_random": round(recall, 4),
+           "warm_match_p95_ms": round(float(np.percentile(lat, 95)), 2), "cls_recall_at_10": round(recall, 4),
+           "cls_recall_at_10_isotropic": round(recall_iso, 4),
            "cls_top1_near_copy": round(recall_top1, 4), "pdq_recall": round(found / total, 4) if total else None}
     print(f"  warm matching p50 {out['warm_match_p50_ms']} ms, p95 {out['warm_match_p95_ms']} ms; cls recall@10 "
-          f"{recall:.4f} (random queries), top-1 of noisy copies {recall_top1:.4f}; PDQ ≤ 31 recall "
+          f"{recall:.4f} (isotropic queries on this anisotropic bank: {recall_iso:.4f}), top-1 of noisy copies {recall_top1:.4f}; PDQ ≤ 31 recall "
           f"{out['pdq_recall']} ({total} pairs)", file=sys.stderr, flush=True)
     return out
 
@@ -278,7 +301,7 @@ def report(rows: list[dict]) -> None:
             ("label RSS MB", lambda r: r["label"]["rss_mb"]),
             ("add 8 s", lambda r: r["add8"]["wall_s"]), ("add RSS MB", lambda r: r["add8"]["rss_mb"]),
             ("warm p50/p95 ms", lambda r: f"{r['warm_match_p50_ms']}/{r['warm_match_p95_ms']}"),
-            ("cls R@10", lambda r: r["cls_recall_at_10_random"]), ("pdq recall", lambda r: r["pdq_recall"])]
+            ("cls R@10", lambda r: r["cls_recall_at_10"]), ("pdq recall", lambda r: r["pdq_recall"])]
     print("\n| " + " | ".join(c for c, _ in cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
@@ -310,7 +333,7 @@ def report(rows: list[dict]) -> None:
               f"{b['label']['wall_s'] - small['label']['wall_s']:.2f} s (≤ 1), remove +"
               f"{b['remove']['wall_s'] - small['remove']['wall_s']:.2f} s (≤ 1), add8 ×"
               f"{b['add8']['wall_s'] / small['add8']['wall_s']:.2f} (≤ 1.3), query RSS {b['query']['rss_mb']:.0f} MB "
-              f"(≤ 3072), warm p50 {b['warm_match_p50_ms']} ms (≤ 20), cls R@10 {b['cls_recall_at_10_random']} (≥ 0.95)")
+              f"(≤ 3072), warm p50 {b['warm_match_p50_ms']} ms (≤ 20), cls R@10 {b['cls_recall_at_10']} (≥ 0.95)")
 
 
 def _du(path: Path) -> int:

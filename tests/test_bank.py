@@ -75,12 +75,13 @@ def test_large_segments_write_mapped_shards_and_search_them(tmp_path, monkeypatc
     and is re-ranked exactly. Reopened, the shards are memory-mapped and give the same answers."""
     monkeypatch.setattr("fakebank.bank.SHARD_FILE_MIN_ROWS", 8)
     monkeypatch.setattr("fakebank.bank.ANN_MIN_ROWS", 8)
+    monkeypatch.setattr("fakebank.index.MIH_MIN_ROWS", 8)
     items = [make_item(i) for i in range(40)]
     with writer(tmp_path) as w:
         w.add(items[:30])
         w.add(items[30:33])  # small: shards built in memory when searched
     m = read_manifest(tmp_path)
-    assert set(m["segments"][0]["shards"]) == {"cls", "pdq", "pdq_trim", "local"}
+    assert set(m["segments"][0]["shards"]) == {"cls", "pdq", "pdq_trim", "local", "pdq_mih", "pdq_trim_mih"}
     assert m["segments"][1]["shards"] == {}
     bank = Bank.open(tmp_path)
     queries = np.stack([it.cls for it in items[:33]])
@@ -91,6 +92,8 @@ def test_large_segments_write_mapped_shards_and_search_them(tmp_path, monkeypatc
     np.testing.assert_array_equal(found, ei)
     codes = np.stack([np.frombuffer(it.pdq, np.uint8) for it in items[:33]])
     assert [hits for hits in bank.pdq_within(codes, 0)] == [[(i, 0)] for i in range(1, 34)]
+    assert [sorted(h) for h in bank.pdq_within(codes, 31)] == \
+        [sorted((i, d) for i, d in h if d <= 31) for h in bank.pdq_within(codes, 40)]  # hashed = flat
 
 
 def exact(bank: Bank, queries: np.ndarray, k: int):

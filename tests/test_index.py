@@ -70,3 +70,29 @@ def test_binary_range_is_inclusive_and_survives_a_round_trip(tmp_path):
     idx = index.load(tmp_path / "pdq.faiss", binary=True)  # one vector: the MultiHash pitfall
     assert index.binary_within(idx, queries, 31) == [[(42, 31)], []]
     assert index.binary_within(idx, code, 0) == [[(42, 0)]]
+
+
+def test_multi_index_hashing_equals_brute_force_up_to_31_bits():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (5000, 32), dtype=np.uint8)
+    rows = np.arange(5000)
+    table = index.build_mih(codes, rows)
+    queries = codes[rng.choice(5000, 64, replace=False)].copy()
+    for j, flips in enumerate(rng.integers(0, 40, len(queries))):  # around and past the 31-bit edge
+        bits = np.unpackbits(queries[j])
+        bits[rng.choice(256, flips, replace=False)] ^= 1
+        queries[j] = np.packbits(bits)
+    queries[0] = codes[7]
+    queries[1, :] = codes[9]
+    queries[1, :4] ^= 0xFF  # 32 bits: exactly one past the threshold
+    queries[2, :] = codes[11]
+    queries[2, :4] ^= np.array([0xFF, 0xFF, 0xFF, 0xFE], np.uint8)  # 31 bits, all in two chunks
+    got = index.mih_within(table, codes, queries, 31)
+    flat = index.build_binary_flat(codes)
+    want = index.binary_within(flat, queries, 31)
+    assert [sorted(g) for g in got] == [sorted(w) for w in want]
+    assert (7, 0) in got[0] and all(r != 9 for r, _ in got[1]) and (11, 31) in got[2]
+    assert [sorted(g) for g in index.mih_within(table, codes, queries, 10)] == \
+        [sorted(h for h in w if h[1] <= 10) for w in want]
+    with pytest.raises(ValueError):
+        index.mih_within(table, codes, queries, 32)

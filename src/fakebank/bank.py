@@ -77,9 +77,10 @@ ANN_MIN_ROWS = faiss_index.ANN_MIN_ROWS
 # LOCAL_INDEX_FEATURES_LARGE, so that 10M items fit memory (candidates are verified on all stored ones).
 LOCAL_REDUCE_ROWS = 1 << 15
 LOCAL_INDEX_FEATURES_LARGE = 32
-SHARD_KINDS = ("cls", "pdq", "pdq_trim", "local")
+SHARD_KINDS = ("cls", "pdq", "pdq_trim", "local", "pdq_mih", "pdq_trim_mih")
+MIH_KINDS = ("pdq_mih", "pdq_trim_mih")
 _OWNED_FILE = re.compile(
-    r"^(seg-\d+\.(parquet|arrow|sha\.npy|(cls|pdq|pdq_trim|local)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet"
+    r"^(seg-\d+(-\d+)?\.(parquet|arrow|sha\.npy|(pdq|pdq_trim)_mih\.npy|(cls|pdq|pdq_trim|local)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet"
     r"|localq-\d+\.npy|(cls|patch|pdq|pdq_trim|local)-\d+\.faiss|.*\.tmp)$")
 # Near-duplicate signals (dedup.py) beyond `pdq`: the PDQ hashes of de-bordered images and the ORB
 # descriptors of every item. A local descriptor's id is item_id << LOCAL_ID_BITS | its rank within the item.
@@ -264,7 +265,10 @@ class Segment:
                 if not (self.folder / name).is_file():
                     raise BankError(f"{self.folder}: index shard {name} named by the manifest is missing; "
                                     "the bank is damaged. Restore the folder from a backup")
-                self._shards[kind] = faiss_index.load_mapped(self.folder / name, binary=kind in BINARY_KINDS)
+                if kind in MIH_KINDS:
+                    self._shards[kind] = np.load(self.folder / name, mmap_mode="r")
+                else:
+                    self._shards[kind] = faiss_index.load_mapped(self.folder / name, binary=kind in BINARY_KINDS)
             else:
                 self._shards[kind] = build_shard(self, kind)
         return self._shards[kind]
@@ -287,6 +291,12 @@ def build_shard(seg: Segment, kind: str, centroids: np.ndarray | None = None):
         return faiss_index.build_binary_flat(seg.pdq_codes)
     if kind == "pdq_trim":
         return faiss_index.build_binary_flat(seg.fixed_bytes("pdq_trim", PDQ_BYTES)[seg.trim_rows])
+    if kind in MIH_KINDS:
+        if seg.rows < faiss_index.MIH_MIN_ROWS:
+            return None
+        if kind == "pdq_mih":
+            return faiss_index.build_mih(seg.pdq_codes, np.arange(seg.rows))
+        return faiss_index.build_mih(seg.fixed_bytes("pdq_trim", PDQ_BYTES)[seg.trim_rows], seg.trim_rows)
     if kind == "local":
         codes, ids = local_rows(seg.column("local"), LOCAL_INDEX_FEATURES_LARGE if seg.local_reduced else None)
         if centroids is not None:
@@ -549,6 +559,15 @@ class Bank:
         """Per query code, every (item id, Hamming distance ≤ max_distance) in the `pdq` or `pdq_trim` shards."""
         out: list[list[tuple[int, int]]] = [[] for _ in range(len(codes))]
         for seg in self.segments:
+            mih = seg.shard(f"{kind}_mih") if max_distance <= faiss_index.MIH_MAX_DISTANCE else None
+            if mih is not None:  # exact, sub-linear: hits are segment rows
+                full = seg.pdq_codes if kind == "pdq" else seg.fixed_bytes("pdq_trim", PDQ_BYTES)
+                for qi, hits in enumerate(faiss_index.mih_within(mih, full, codes, max_distance)):
+                    for row, dist in hits:
+                        item_id = int(seg.ids[row])
+                        if item_id not in self.deltas.removed:
+                            out[qi].append((item_id, dist))
+                continue
             shard = seg.shard(kind)
             if shard.ntotal == 0:
                 continue
@@ -1036,9 +1055,13 @@ class BankWriter:
                 shard = build_shard(seg, kind, self._centroids)
                 if shard is None:
                     continue
-                fname = f"{name}.{kind}.faiss"
+                fname = f"{name}.{kind}" + (".npy" if kind in MIH_KINDS else ".faiss")
                 tmp = self.path / (fname + ".tmp")
-                faiss_index.save(shard, tmp)
+                if kind in MIH_KINDS:
+                    with open(tmp, "wb") as f:
+                        np.save(f, shard)
+                else:
+                    faiss_index.save(shard, tmp)
                 _fsync(tmp)
                 os.replace(tmp, self.path / fname)
                 entry["shards"][kind] = fname
