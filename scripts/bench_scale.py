@@ -44,7 +44,7 @@ TEN_M = 10_000_000
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--commit-rows", type=int, default=50_000, help="items per writer commit while building")
+    ap.add_argument("--commit-rows", type=int, default=100_000, help="items per writer commit while building")
     ap.add_argument("--queries", type=int, default=200, help="queries for the recall figures")
     ap.add_argument("--keep", type=Path, help="build the banks under this folder and keep them")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "bench_scale.json")

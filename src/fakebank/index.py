@@ -98,22 +98,24 @@ def search_segment(ann: faiss.Index | None, vectors: np.ndarray, queries: np.nda
 
 # PDQ at scale: multi-index hashing. A 256-bit code is cut into 16 chunks of 16 bits; two codes within 31
 # bits agree, by pigeonhole, on some chunk up to one flipped bit, so looking up each query chunk and its 16
-# one-bit neighbours in a table sorted by (chunk, value) finds every match exactly, touching ≈ 272 × n/65536
-# candidates instead of n codes. Segments of at least MIH_MIN_ROWS keep such a table (128 B an item).
+# one-bit neighbours finds every match exactly, touching ≈ 272 × n/65536 candidates instead of n codes.
+# Segments of at least MIH_MIN_ROWS keep the buckets as one uint32 array: MIH_BUCKETS + 1 bucket starts,
+# then the rows of every (chunk, value) bucket in order (64 B an item, plus 4 MB a segment).
 MIH_MIN_ROWS = 20_000
 MIH_MAX_DISTANCE = 31
-_MIH_CHUNKS = np.arange(16, dtype=np.uint64)
-_MIH_FLIPS = np.array([0] + [1 << b for b in range(16)], np.uint64)
-_LOW32 = np.uint64(0xFFFFFFFF)
+MIH_BUCKETS = 16 << 16
+_MIH_FLIPS = np.array([0] + [1 << b for b in range(16)], np.uint32)
+_MIH_CHUNK_BASE = (np.arange(16, dtype=np.uint32) << 16)
 
 
 def build_mih(codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The sorted table [16 n] uint64 of chunk << 48 | chunk value << 32 | row, for codes [n, 32]."""
-    sub = np.ascontiguousarray(codes, dtype=np.uint8).view(">u2").astype(np.uint64)  # [n, 16]
-    table = (_MIH_CHUNKS[None, :] << np.uint64(48)) | (sub << np.uint64(32)) | rows.astype(np.uint64)[:, None]
-    table = table.ravel()
-    table.sort()
-    return table
+    """The bucket array (see above) of codes [n, 32] stored at the given rows."""
+    sub = np.ascontiguousarray(codes, dtype=np.uint8).view(">u2").astype(np.uint32)  # [n, 16]
+    keys = (sub | _MIH_CHUNK_BASE[None, :]).ravel()
+    order = np.argsort(keys, kind="stable")
+    starts = np.zeros(MIH_BUCKETS + 1, np.uint32)
+    np.cumsum(np.bincount(keys, minlength=MIH_BUCKETS), out=starts[1:])
+    return np.concatenate([starts, rows.astype(np.uint32)[order // 16]])
 
 
 def mih_within(table: np.ndarray, codes: np.ndarray, queries: np.ndarray,
@@ -123,26 +125,24 @@ def mih_within(table: np.ndarray, codes: np.ndarray, queries: np.ndarray,
         raise ValueError(f"multi-index hashing is exact up to {MIH_MAX_DISTANCE} bits")
     nq = len(queries)
     out: list[list[tuple[int, int]]] = [[] for _ in range(nq)]
-    if nq == 0 or len(table) == 0:
+    if nq == 0 or len(table) <= MIH_BUCKETS + 1:
         return out
     q = np.ascontiguousarray(queries, dtype=np.uint8)
-    sub = q.view(">u2").astype(np.uint64)  # [Q, 16]
-    keys = (_MIH_CHUNKS[None, :, None] << np.uint64(48)) | ((sub[:, :, None] ^ _MIH_FLIPS[None, None, :]) << np.uint64(32))
-    keys = keys.ravel()
-    lo = np.searchsorted(table, keys)
-    hi = np.searchsorted(table, keys | _LOW32, side="right")
-    counts = hi - lo
+    sub = q.view(">u2").astype(np.uint32)  # [Q, 16]
+    keys = ((sub | _MIH_CHUNK_BASE[None, :])[:, :, None] ^ _MIH_FLIPS[None, None, :]).ravel()
+    lo = table[keys].astype(np.int64)
+    counts = table[keys + 1].astype(np.int64) - lo
     total = int(counts.sum())
     if total == 0:
         return out
     owner = np.repeat(np.repeat(np.arange(nq, dtype=np.int64), 16 * 17), counts)
-    pos = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(total)
-    rows = (table[pos] & _LOW32).astype(np.int64)
-    pairs = np.unique(owner * (1 << 32) + rows)
-    owner, rows = pairs >> 32, pairs & 0xFFFFFFFF
-    dist = np.bitwise_count(codes[rows].view(np.uint64) ^ q[owner].view(np.uint64)).sum(axis=1)
+    pos = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(total) + (MIH_BUCKETS + 1)
+    rows = table[pos].astype(np.int64)
+    # every candidate is verified (cheaper than de-duplicating them first); only matches are de-duplicated
+    words = np.ascontiguousarray(codes).view(np.uint64)
+    dist = np.bitwise_count(words[rows] ^ q.view(np.uint64)[owner]).sum(axis=1, dtype=np.int32)
     keep = dist <= max_distance
-    for o, r, d in zip(owner[keep].tolist(), rows[keep].tolist(), dist[keep].tolist()):
+    for o, r, d in sorted(set(zip(owner[keep].tolist(), rows[keep].tolist(), dist[keep].tolist()))):
         out[o].append((r, d))
     return out
 
@@ -286,7 +286,7 @@ def build_local(codes: np.ndarray, ids: np.ndarray, *, seed: int = 0) -> faiss.I
 # A bank trains one coarse quantizer for its local descriptors, once (bank.py), and every segment's local
 # shard is an inverted file over those cells: shards are built without training, and a query assigns its
 # descriptors to cells once for all shards (`local_assign`, then `local_search_preassigned` per shard).
-LOCAL_MAX_NLIST = 8192
+LOCAL_MAX_NLIST = 4096
 LOCAL_GROWTH = 64  # the quantizer is sized for a bank this many times larger than when it is trained
 
 
