@@ -203,25 +203,33 @@ CRASH_CHILD = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         real_replace(a, b)
     os.replace = replace
+    import fakebank.bank
+    fakebank.bank.MERGE_FANOUT = 2  # every second add also merges two segments
     with BankWriter(sys.argv[1], model_info=MODEL_INFO, embedding_dim=DIM) as w:
         for batch in range(4):
             ids = w.add([make_item(100 * batch + j) for j in range(5)])
             print(*ids, flush=True)
         w.set_label(ids[:2], "real")
-        print("relabelled", flush=True)
+        w.remove([ids[2]])
+        print("changed", ids[2], flush=True)
+        w.compact()
+        print("compacted", flush=True)
     """
 )
 
 
-@pytest.mark.parametrize("kill_at", range(1, 16))
+@pytest.mark.parametrize("kill_at", range(1, 54, 2))  # the child renames 53 times
 def test_sigkill_at_every_rename_leaves_a_consistent_bank(tmp_path, kill_at):
-    """Kill the writer at each file rename of an add (segment, manifest, indexes, relabel)."""
+    """Kill the writer at file renames all through adds, tier merges, a relabel, a removal and a compaction
+    (segment, sha table, shards, delta files, manifest)."""
     script = tmp_path / "child.py"
     script.write_text(CRASH_CHILD.format(tests=str(HERE)))
     bank_dir = tmp_path / "bank"
     proc = subprocess.run([sys.executable, str(script), str(bank_dir), str(kill_at)],
                           capture_output=True, text=True, timeout=120)
-    acknowledged = [int(x) for line in proc.stdout.splitlines() if line[0].isdigit() for x in line.split()]
+    lines = proc.stdout.splitlines()
+    acknowledged = [int(x) for line in lines if line[0].isdigit() for x in line.split()]
+    removed = [int(line.split()[1]) for line in lines if line.startswith("changed")]
     if proc.returncode == 0:
         pytest.skip(f"the writer finished before rename #{kill_at}")
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -230,10 +238,14 @@ def test_sigkill_at_every_rename_leaves_a_consistent_bank(tmp_path, kill_at):
         return
     bank = Bank.open(bank_dir)
     present = set(bank.ids.tolist())
-    assert set(acknowledged) <= present  # nothing acknowledged is lost
-    assert len(present) % 5 == 0  # whole commits only: no partial batch
+    assert set(acknowledged) - set(removed) <= present  # nothing acknowledged is lost
+    assert not set(removed) & present  # an acknowledged removal stays removed
+    assert len(present - {18}) in (0, 5, 10, 15, 19)  # whole commits only (#18 is the one removed)
+    assert bank.manifest["counts"]["items"] == len(present)
+    if removed:
+        assert {bank.label_of(i) for i in acknowledged[-5:-3]} == {"real"}
     assert len(bank.ids) == len(bank) and len(bank.pdq_codes) == len(bank)
-    for i in acknowledged:  # every acknowledged item is searchable by every signal
+    for i in set(acknowledged) - set(removed):  # every acknowledged item is searchable by every signal
         assert bank.search("cls", bank.vectors["cls"][bank.row(i)][None, :], 1)[1][0, 0] == i
         assert (i, 0) in bank.pdq_within(bank.pdq_codes[bank.row(i)][None, :], 0)[0]
     # the next writer sweeps the crash's leftovers and carries on
@@ -250,7 +262,7 @@ def test_writer_reuses_a_shared_snapshot_without_disturbing_its_readers(tmp_path
     snap = Bank.open(tmp_path)
     snap.search("cls", make_item(1).cls[None, :], 2)  # shards built
     snap.pdq_within(np.zeros((1, 32), np.uint8), 31)
-    with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM, snapshot=snap, persist_indexes=False) as w:
+    with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM, snapshot=snap) as w:
         assert w.bank is snap  # still the latest commit: not reloaded
         w.add([make_item(3)])
     assert len(snap) == 2 and snap.search("cls", make_item(3).cls[None, :], 5)[1][0].tolist()[:3] != [3, 1, 2]

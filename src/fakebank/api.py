@@ -199,8 +199,7 @@ class Fakebank:
         records: list[dict | None] = [None] * len(embs)
         with self._write_lock, BankWriter(self.bank_path, model_info=self.model_info,
                                           embedding_dim=self.extractor.model.embed_dim,
-                                          snapshot=self._snapshot[1] if self._snapshot else None,
-                                          persist_indexes=False) as w:
+                                          snapshot=self._snapshot[1] if self._snapshot else None) as w:
             fresh, seen = [], set()
             for i, e in enumerate(embs):
                 existing = w.bank.id_of_sha256(e.sha256)
@@ -216,8 +215,6 @@ class Fakebank:
             self._publish(w.bank)
         return records
 
-    def persist_indexes(self) -> None:
-        """Nothing is pending since format 2 (each segment's shards are written with it); kept for callers."""
 
     @staticmethod
     def _add_record(path, item_id, sha256, status, p_fake, label, error=None) -> dict:
@@ -417,8 +414,8 @@ class Fakebank:
     # -- maintenance -----------------------------------------------------------------------------
 
     def info(self) -> dict:
-        bank = self.open_bank()
-        m = bank.manifest
+        """What the manifest says (no segment is opened: this costs the same at any size)."""
+        m = read_manifest(self.bank_path)
         size = sum(p.stat().st_size for p in self.bank_path.iterdir() if p.is_file())
         model = m.get("model") or {}
         segments = m["segments"]

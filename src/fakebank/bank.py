@@ -172,6 +172,7 @@ class Segment:
         if table is not None:  # in memory: a bank of format 1 read as is
             self.__dict__["table"] = table.combine_chunks()
         self._shards: dict[str, object] = {}
+        self._fds: dict[str, int] = {}
 
     @cached_property
     def table(self) -> pa.Table:
@@ -187,12 +188,22 @@ class Segment:
         return table
 
     def map_files(self) -> None:
-        """Map the segment's files now (cheap: footers and headers), so that a writer sweeping them after a
-        merge cannot pull them from under this snapshot: an unlinked file stays readable while mapped."""
+        """Hold the segment's files now (its table mapped: a footer read; its shards by an open descriptor,
+        read only when searched), so that a writer sweeping them after a merge cannot pull them from under
+        this snapshot: an unlinked file stays readable while open."""
         self.table
         self._sha_keys
-        for kind in self.entry.get("shards", {}):
-            self.shard(kind)
+        for kind, name in self.entry.get("shards", {}).items():
+            if kind not in self._fds:
+                try:
+                    self._fds[kind] = os.open(self.folder / name, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise BankError(f"{self.folder}: index shard {name} named by the manifest is missing; "
+                                    "the bank is damaged. Restore the folder from a backup") from None
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
 
     def column(self, name: str) -> pa.Array:
         col = self.table.column(name)
@@ -262,13 +273,12 @@ class Segment:
         if kind not in self._shards:
             name = self.entry.get("shards", {}).get(kind)
             if name:
-                if not (self.folder / name).is_file():
-                    raise BankError(f"{self.folder}: index shard {name} named by the manifest is missing; "
-                                    "the bank is damaged. Restore the folder from a backup")
+                self.map_files()
+                path = Path(f"/proc/self/fd/{self._fds[kind]}")  # the file this snapshot holds, swept or not
                 if kind in MIH_KINDS:
-                    self._shards[kind] = np.load(self.folder / name, mmap_mode="r")
+                    self._shards[kind] = np.load(path, mmap_mode="r")
                 else:
-                    self._shards[kind] = faiss_index.load_mapped(self.folder / name, binary=kind in BINARY_KINDS)
+                    self._shards[kind] = faiss_index.load_mapped(path, binary=kind in BINARY_KINDS)
             else:
                 self._shards[kind] = build_shard(self, kind)
         return self._shards[kind]
@@ -395,6 +405,7 @@ class Deltas:
 
 # -- the reader ----------------------------------------------------------------------------------------------
 
+_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral")  # kept out of the whole-bank `table`
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
                  "logit", "pdq", "pdq_quality", "width", "height")
 
@@ -589,20 +600,28 @@ class Bank:
             self._quantizer = faiss_index.build_binary_flat(np.load(self.path / entry["file"]))
         return self._quantizer
 
-    def local_knn(self, desc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def local_knn(self, desc: np.ndarray, k: int,
+                  reduced_queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(Hamming distances [Q, k·shards], local ids item_id << LOCAL_ID_BITS | rank) of the nearest
         stored descriptors in each segment; missing ones have id -1. The query's descriptors are assigned
-        to the shared cells once for every inverted-file shard."""
+        to the shared cells once for every inverted-file shard. `reduced_queries` (a mask over `desc`):
+        the only ones looked up in segments that index their items' strongest descriptors alone."""
         dists, ids = [np.full((len(desc), 0), 1 << 30, np.int32)], [np.full((len(desc), 0), -1, np.int64)]
         assigned = None
         for seg in self.segments:
             shard = seg.shard("local")
             if shard.ntotal == 0:
                 continue
+            rows = np.flatnonzero(reduced_queries) if reduced_queries is not None and seg.local_reduced else None
             if seg.entry.get("local_ivf"):
                 if assigned is None:
                     assigned = faiss_index.local_assign(self.local_quantizer(), desc)
-                d, i = faiss_index.local_search_preassigned(shard, desc, k, assigned)
+                if rows is None:
+                    d, i = faiss_index.local_search_preassigned(shard, desc, k, assigned)
+                else:
+                    d, i = np.full((len(desc), k), 1 << 30, np.int32), np.full((len(desc), k), -1, np.int64)
+                    d[rows], i[rows] = faiss_index.local_search_preassigned(
+                        shard, desc[rows], k, (assigned[0][rows], assigned[1][rows]))
             else:
                 d, i = faiss_index.binary_knn(shard, desc, k)
             rows = np.maximum(i, 0) >> LOCAL_ID_BITS
@@ -664,9 +683,10 @@ class Bank:
 
     @cached_property
     def table(self) -> pa.Table:
-        schema = items_schema(self.dim)
-        parts = [s.table.filter(pa.array(m)) for s, m in zip(self.segments, self._live)]
-        table = pa.concat_tables(parts) if parts else schema.empty_table()
+        """Every live item's metadata columns (vectors: `vectors`; local features and dihedral hashes: by id)."""
+        names = [f.name for f in items_schema(self.dim) if f.name not in _BULK_COLUMNS]
+        parts = [s.table.select(names).filter(pa.array(m)) for s, m in zip(self.segments, self._live)]
+        table = pa.concat_tables(parts) if parts else items_schema(self.dim).empty_table().select(names)
         if self.deltas.labels:
             labels = np.asarray(table.column("label").to_pylist(), dtype=object)
             for i, label in self.deltas.labels.items():
@@ -760,15 +780,12 @@ class BankWriter:
         create: bool = True,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
         snapshot: Bank | None = None,
-        persist_indexes: bool = True,
         auto_merge: bool = True,
     ) -> None:
         """`snapshot`: a Bank the caller already holds (and may keep searching from other threads); it is
-        reused when it is still the latest commit. `persist_indexes` is kept for callers of format 1: every
-        segment's shards are now written with it. `auto_merge=False` leaves merging to `compact`."""
+        reused when it is still the latest commit. `auto_merge=False` leaves merging to `compact`."""
         self.path = Path(path)
         self._snapshot = snapshot
-        self.persist_indexes = persist_indexes
         self.auto_merge = auto_merge
         self.model_info = model_info
         self.embedding_dim = embedding_dim
@@ -928,9 +945,6 @@ class BankWriter:
 
     def set_fusion(self, fusion: dict) -> None:
         self.set_manifest_entry("fusion", fusion)
-
-    def write_indexes(self) -> None:
-        """Kept for callers of format 1: shards are written with their segments, nothing is pending."""
 
     def compact(self, progress=None) -> dict:
         """Merge every segment into as few as possible (≤ MAX_SEGMENT_ROWS rows each), dropping removed

@@ -71,6 +71,9 @@ LOCAL_SEARCH_FEATURES = 384
 # copies and only mirrored-and-cropped ones need these. The look-up is most of the matching cost at 100k
 # items (the descriptors scanned scale with the keypoints searched).
 LOCAL_MIRROR_SEARCH_FEATURES = 192
+# Query keypoints looked up (plain; half as many mirrored) in segments that index only each item's
+# strongest descriptors (bank.LOCAL_INDEX_FEATURES_LARGE): at 1M items the look-up is most of the matching.
+LOCAL_REDUCED_SEARCH_FEATURES = 128
 EMBEDDING_K = 16  # nearest items by cls looked at for the embedding signal
 _MAX_SCALE = 8.0  # a similarity transform that scales by more (or less than 1/8) is not a copy
 
@@ -254,7 +257,11 @@ def local_matches(bank: Bank, probe: Probe, params: DedupParams) -> dict[int, in
                                                 (probe.local_mirror, LOCAL_MIRROR_SEARCH_FEATURES)) if len(f)]
     if not orientations or len(bank) == 0:
         return {}
-    dist, ids = bank.local_knn(np.concatenate([f.desc for f in orientations]), LOCAL_KNN)
+    # segments that index only their items' strongest descriptors are probed with the query's strongest
+    # (candidates are then verified on every descriptor both sides have)
+    strongest = np.concatenate([np.arange(len(f)) < n for f, n in zip(
+        orientations, (LOCAL_REDUCED_SEARCH_FEATURES, LOCAL_REDUCED_SEARCH_FEATURES // 2))])
+    dist, ids = bank.local_knn(np.concatenate([f.desc for f in orientations]), LOCAL_KNN, reduced_queries=strongest)
     out: dict[int, int] = {}
     cache: dict[int, LocalFeatures] = {}
     start = 0

@@ -178,10 +178,6 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         yield
         batcher.close()
-        try:
-            await run_in_threadpool(fb.persist_indexes)  # a restart then loads them instead of catching up
-        except FakebankError as e:
-            log.warning("index files not written at shutdown: %s", e)
 
     app = FastAPI(
         title="fakebank",
