@@ -376,3 +376,17 @@ def test_format_1_bank_is_read_as_is_then_migrated_by_the_first_writer(tmp_path)
         assert new.search("cls", make_item(i - 1).cls[None, :], 1)[1][0, 0] == i
     assert new.value(5, "pdq_trim") == bytes(range(32)) and len(new.value(5, "local")) == 36 * 40
     assert new.local_knn(np.frombuffer(new.value(5, "local")[:32], np.uint8)[None, :], 1)[1][0, 0] == 5 << 10
+
+
+def test_sha256_look_up_does_not_depend_on_random_looking_ids(tmp_path):
+    """Ids that share a long prefix (synthetic or imported ones) are hashed whole, not bucketed by prefix."""
+    from dataclasses import replace
+    items = [replace(make_item(i), sha256=f"{i:064x}") for i in range(300)]
+    with writer(tmp_path) as w:
+        w.add(items[:200])
+        w.add(items[200:])
+    bank = Bank.open(tmp_path)
+    assert [bank.id_of_sha256(f"{i:064x}") for i in range(300)] == list(range(1, 301))
+    assert bank.id_of_sha256(f"{300:064x}") is None
+    keys = np.load(tmp_path / bank.manifest["segments"][0]["sha"])
+    assert len(np.unique(keys[:, 0])) == 200

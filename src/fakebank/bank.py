@@ -6,7 +6,7 @@ On disk (DESIGN §1.4), format 2::
 
     manifest.json            the commit point: names every live file, the model identity, counts
     seg-000007.arrow         one segment of items: an Arrow IPC file (all columns, id-sorted), memory-mapped
-    seg-000007.sha.npy       (sha256 prefix, row) sorted by prefix: the duplicate check without a table scan
+    seg-000007.sha.npy       (64-bit hash of the sha256, row) sorted: the duplicate check without a table scan
     seg-000007.cls.faiss …   the segment's index shards (cls, pdq, pdq_trim, local), written once with it
     localq-000005.npy        the local descriptors' coarse cells, trained once when the bank first needs them
     delta-000012.parquet     small changes merged at read: relabels, removals, campaign edits
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -339,17 +340,15 @@ def local_rows(blobs: pa.Array, per_item: int | None = None) -> tuple[np.ndarray
 
 
 def sha_keys(shas: Sequence[str]) -> np.ndarray:
-    """[(prefix key, row)] sorted by key: the segment's sha256 look-up table."""
+    """[(key, row)] sorted by key: the segment's sha256 look-up table."""
     keys = np.array([_sha_key(s) for s in shas], np.int64) if len(shas) else np.zeros(0, np.int64)
     order = np.argsort(keys, kind="stable")
     return np.stack([keys[order], order.astype(np.int64)], axis=1) if len(shas) else np.zeros((0, 2), np.int64)
 
 
 def _sha_key(sha256: str) -> int:
-    try:
-        return int(sha256[:16], 16) - (1 << 63)
-    except (ValueError, TypeError):
-        return hash(sha256) & ((1 << 62) - 1)
+    """A uniform 64-bit key of any identifying string (not its prefix: ids need not be random hex)."""
+    return int.from_bytes(hashlib.blake2b(str(sha256).encode(), digest_size=8).digest(), "big", signed=True)
 
 
 # -- deltas ------------------------------------------------------------------------------------------------
