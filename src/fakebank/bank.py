@@ -553,17 +553,21 @@ class Bank:
             sims, rows = faiss_index.search_segment(seg.shard("cls"), seg.vectors("cls"), queries, kk)
             ids = np.where(rows >= 0, seg.ids[np.maximum(rows, 0)], -1)
             if extra:
-                hidden = np.isin(ids, list(self.deltas.removed))
+                hidden = np.isin(ids, self._removed_ids)
                 ids[hidden], sims[hidden] = -1, -np.inf
             all_s.append(sims), all_i.append(ids)
         sims, ids = np.concatenate(all_s, axis=1), np.concatenate(all_i, axis=1)
         order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
 
+    @cached_property
+    def _removed_ids(self) -> np.ndarray:
+        return np.array(sorted(self.deltas.removed), np.int64)
+
     def _removed_in(self, seg: Segment) -> int:
-        if not self.deltas.removed:
-            return 0
-        return sum(1 for i in self.deltas.removed if seg.min_id <= i <= seg.max_id)
+        """How many removed ids fall in the segment's id range (searches fetch that many more)."""
+        ids = self._removed_ids
+        return int(np.searchsorted(ids, seg.max_id, side="right") - np.searchsorted(ids, seg.min_id))
 
     def binary_within(self, kind: str, codes: np.ndarray, max_distance: int) -> list[list[tuple[int, int]]]:
         """Per query code, every (item id, Hamming distance ≤ max_distance) in the `pdq` or `pdq_trim` shards."""
@@ -627,7 +631,7 @@ class Bank:
             item = seg.ids[np.minimum(rows, seg.rows - 1)]
             local = np.where(i >= 0, (item << LOCAL_ID_BITS) | (np.maximum(i, 0) & ((1 << LOCAL_ID_BITS) - 1)), -1)
             if self.deltas.removed:
-                local[np.isin(item, list(self.deltas.removed))] = -1
+                local[np.isin(item, self._removed_ids)] = -1
             dists.append(d), ids.append(local)
         return np.concatenate(dists, axis=1), np.concatenate(ids, axis=1)
 
@@ -1061,6 +1065,7 @@ class BankWriter:
         os.replace(tmp, self.path / f"{name}.sha.npy")
         entry["sha"] = f"{name}.sha.npy"
         seg = Segment(self.path, entry, self.bank.dim)
+        seg.map_files()  # snapshots handed out from this writer hold its files like opened ones do
         if len(table) >= SHARD_FILE_MIN_ROWS:
             self._ensure_local_quantizer(seg, gen)
             entry["local_ivf"] = self._centroids is not None
@@ -1079,6 +1084,7 @@ class BankWriter:
                 os.replace(tmp, self.path / fname)
                 entry["shards"][kind] = fname
                 seg._shards[kind] = shard
+        seg.map_files()
         return entry, seg
 
     def _ensure_local_quantizer(self, seg: Segment, gen: int) -> None:
