@@ -397,7 +397,9 @@ def _synthetic(n: int, real: Bank, probes: list[Probe], params: DedupParams) -> 
     for pr in probes:
         bank.search("cls", pr.cls[None, :], 10)
     knn = 1000 * (time.perf_counter() - t) / len(probes)
-    print(f"matching at {len(bank):,} items ({bank.index('local').ntotal:,} local descriptors, built in "
+    local = sum(seg.shard("local").ntotal for seg in bank.segments)
+    print(f"matching at {len(bank):,} items in {len(bank.segments)} segments ({local:,} local descriptors indexed, "
+          f"built in "
           f"{build_s:.0f} s): " + ", ".join(f"{k} {v:.2f} ms" for k, v in timings.items())
           + f" per query; for reference the cls top-10 search `query` already does: {knn:.2f} ms")
 
