@@ -7,27 +7,31 @@ On disk (DESIGN §1.4), format 2::
     manifest.json            the commit point: names every live file, the model identity, counts
     seg-000007.arrow         one segment of items: an Arrow IPC file (all columns, id-sorted), memory-mapped
     seg-000007.sha.npy       (64-bit hash of the sha256, row) sorted: the duplicate check without a table scan
-    seg-000007.cls.faiss …   the segment's index shards (cls, pdq, pdq_trim, local), written once with it
+    seg-000007.cls.faiss …   the segment's index shards (cls, pdq, pdq_trim, local .faiss; pdq_mih,
+                             pdq_trim_mih .npy), written once with it
     localq-000005.npy        the local descriptors' coarse cells, trained once when the bank first needs them
     delta-000012.parquet     small changes merged at read: relabels, removals, campaign edits
     campaigns-000009.parquet computed campaign assignments (a whole run: `fakebank campaigns`)
     bank.lock                one writer at a time (flock; released by the kernel if the writer dies)
 
-Cost follows the change, not the bank (LSM-style): opening reads the manifest and the delta files and
-memory-maps segments and shards only when a search touches them; per-item metadata is read by id (binary
-search in the segment's id column, then one row). `add` writes one new segment; `label`/`remove` write one
-delta file. Segments are merged in the background of commits by size tier (never more than
-AUTO_MERGE_MAX_ROWS rows in one merge, so a commit's cost is bounded whatever the bank's size);
-`compact` merges everything and folds the deltas in. Compaction is never needed for correctness.
+Cost follows the change, not the bank (LSM-style): opening reads the manifest and the delta files, maps
+the segments' footers and holds their shard files open; shards are memory-mapped when a search first
+touches them; per-item metadata is read by id (binary search in the segment's id column, then one row).
+`add` writes one new segment; `label`/`remove` write one delta file. Segments are merged by size tier as
+commits go (never more than AUTO_MERGE_MAX_ROWS rows in one merge, so a commit's cost is bounded whatever
+the bank's size); `compact` merges everything and folds the deltas in. It is never needed for correctness.
 
-Per-item bytes (what a query process keeps resident at scale; the rest stays on disk, read by id):
+Per-item bytes (what a query process keeps resident at scale, measured at 1M by scripts/bench_scale.py;
+the rest stays on disk, read by id):
 
-    cls       HNSW32 over SQ8 codes ≈ 650 B (segments ≥ ANN_MIN_ROWS; smaller ones are searched exactly),
-              re-ranked exactly from the float32 vectors on disk (1.5 KB on disk)
-    pdq       32 B exact BinaryFlat; pdq_trim 32 B for the ≈ 1 in 5 items whose de-bordered hash differs
-    local     40 B per indexed ORB descriptor: all 128 per item in small segments, LOCAL_INDEX_FEATURES_LARGE
-              in merged segments ≥ LOCAL_REDUCE_ROWS (candidates re-checked against all 128 stored ones)
-    patch     on disk only (campaigns read it); metadata, sha256 look-up: on disk, read by id
+    cls       656 B: HNSW32 over SQ8 codes in segments ≥ ANN_MIN_ROWS (smaller ones are searched exactly),
+              re-ranked exactly on the float32 vectors (1.5 KB, on disk)
+    pdq       32 B of hashes + 106 B of multi-index buckets (segments ≥ MIH_MIN_ROWS: exact to 31 bits)
+    pdq_trim  6 B + 55 B, the same for the ≈ 1 in 5 items whose de-bordered hash differs
+    local     1.28 KB: 40 B per indexed ORB descriptor, all 128 an item in small segments,
+              LOCAL_INDEX_FEATURES_LARGE (32) in segments ≥ LOCAL_REDUCE_ROWS (verified on all 128 stored)
+    patch     0: on disk only (campaigns read it); metadata and the sha256 table: on disk, read by id
+    total     ≈ 2.1 KB an item: ≈ 21 GB at 10M items
 
 A commit writes new files beside the old ones (tmp, fsync, rename), then the manifest the same way.
 A crash at any instant leaves the previous manifest in place, which names only complete files; files no
