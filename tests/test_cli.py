@@ -112,6 +112,22 @@ def test_label_flips_verdicts_of_copies_and_remove(tmp_path, photos, bank):
     assert info["model"]["trained"] is False and info["model"]["spec"] == WEIGHTS
 
 
+def test_compact_keeps_answers_and_folds_the_changes(tmp_path, photos, bank):
+    q = tmp_path / "copy.jpg"
+    Image.open(photos / "img2.png").save(q, quality=70)
+    run("label", "3", "--label", "real", "--bank", bank, "--json")
+    run("remove", "4", "--bank", bank, "--json")
+    run("add", photos / "img0.png", "--bank", bank, "--json")  # a duplicate: nothing new
+    _, (before,), _ = run("query", q, "--bank", bank, "--json")
+    code, (r,), _ = run("compact", "--bank", bank, "--json")
+    assert code == 0 and r["segments_after"] == 1 and r["delta_files_after"] == 0 and r["items"] == 4
+    _, (after,), _ = run("query", q, "--bank", bank, "--json")
+    assert (after["verdict"], after["match"]["id"]) == (before["verdict"], before["match"]["id"]) == ("real", 3)
+    assert [n["id"] for n in after["neighbors"]] == [n["id"] for n in before["neighbors"]]
+    _, (info,), _ = run("info", "--bank", bank, "--json")
+    assert info["storage"] == {"segments": 1, "largest_segment": 4, "delta_files": 0}
+
+
 def test_info_human_output(bank):
     res = runner.invoke(app, ["info", "--bank", str(bank)])
     assert res.exit_code == 0 and "items       5" in res.stdout and "test_vit" in res.stdout
