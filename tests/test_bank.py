@@ -390,3 +390,27 @@ def test_sha256_look_up_does_not_depend_on_random_looking_ids(tmp_path):
     assert bank.id_of_sha256(f"{300:064x}") is None
     keys = np.load(tmp_path / bank.manifest["segments"][0]["sha"])
     assert len(np.unique(keys[:, 0])) == 200
+
+
+def test_local_look_up_does_not_depend_on_how_the_bank_is_cut(tmp_path):
+    """The k nearest descriptors over all segments, whatever the commits: a merge never changes an answer."""
+    from dataclasses import replace
+    rng = np.random.default_rng(5)
+    items = []
+    for i in range(40):
+        desc = rng.integers(0, 256, (16, 32), dtype=np.uint8)
+        xy = rng.uniform(0, 640, (16, 2)).astype(np.float16)
+        items.append(replace(make_item(i), local=desc.tobytes() + xy.tobytes()))
+    with writer(tmp_path / "one") as w:
+        w.add(items)
+    with writer(tmp_path / "many", auto_merge=False) as w:
+        for start in range(0, 40, 7):
+            w.add(items[start:start + 7])
+    one, many = Bank.open(tmp_path / "one"), Bank.open(tmp_path / "many")
+    assert len(many.segments) == 6
+    stored = np.frombuffer(items[3].local[: 16 * 32], np.uint8).reshape(16, 32)
+    queries = np.concatenate([stored ^ 1, rng.integers(0, 256, (20, 32), dtype=np.uint8)])
+    d1, i1 = one.local_knn(queries, 2)
+    d2, i2 = many.local_knn(queries, 2)
+    np.testing.assert_array_equal(d1, d2)
+    assert (i1[:16, 0] == (4 << 10) + np.arange(16)).all() and (i1[:16, 0] == i2[:16, 0]).all()

@@ -609,8 +609,8 @@ class Bank:
 
     def local_knn(self, desc: np.ndarray, k: int,
                   reduced_queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(Hamming distances [Q, k·shards], local ids item_id << LOCAL_ID_BITS | rank) of the nearest
-        stored descriptors in each segment; missing ones have id -1. The query's descriptors are assigned
+        """(Hamming distances [Q, k], local ids item_id << LOCAL_ID_BITS | rank) of the k nearest stored
+        descriptors over every segment; missing ones have id -1. The query's descriptors are assigned
         to the shared cells once for every inverted-file shard. `reduced_queries` (a mask over `desc`):
         the only ones looked up in segments that index their items' strongest descriptors alone."""
         dists, ids = [np.full((len(desc), 0), 1 << 30, np.int32)], [np.full((len(desc), 0), -1, np.int64)]
@@ -637,7 +637,12 @@ class Bank:
             if self.deltas.removed:
                 local[np.isin(item, self._removed_ids)] = -1
             dists.append(d), ids.append(local)
-        return np.concatenate(dists, axis=1), np.concatenate(ids, axis=1)
+        dist, found = np.concatenate(dists, axis=1), np.concatenate(ids, axis=1)
+        if dist.shape[1] > k:  # the k nearest over all segments: answers do not depend on how they are cut
+            dist = np.where(found >= 0, dist, 1 << 30)
+            order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+            dist, found = np.take_along_axis(dist, order, 1), np.take_along_axis(found, order, 1)
+        return dist, found
 
     def has_local(self) -> bool:
         return any(seg.shard("local").ntotal for seg in self.segments)
