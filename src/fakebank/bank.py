@@ -75,9 +75,6 @@ MERGE_FANOUT = 8
 AUTO_MERGE_MAX_ROWS = 1 << 18
 MAX_SEGMENT_ROWS = 1 << 18  # `compact` writes segments of at most this many rows
 MAX_DELTA_FILES = 16  # more delta files than this are folded into one (cost: the deltas, not the bank)
-# Every segment writes its shards with it (a reader never builds an index); kept as a knob for tests.
-SHARD_FILE_MIN_ROWS = 1
-ANN_MIN_ROWS = faiss_index.ANN_MIN_ROWS
 # Local descriptors: all of an item's indexed below LOCAL_REDUCE_ROWS rows a segment; above, the strongest
 # LOCAL_INDEX_FEATURES_LARGE, so that 10M items fit memory (candidates are verified on all stored ones).
 LOCAL_REDUCE_ROWS = 1 << 15
@@ -301,7 +298,7 @@ class Segment:
 
 def build_shard(seg: Segment, kind: str, centroids: np.ndarray | None = None):
     if kind == "cls":
-        return faiss_index.build_ann(seg.vectors("cls")) if seg.rows >= ANN_MIN_ROWS else None
+        return faiss_index.build_ann(seg.vectors("cls")) if seg.rows >= faiss_index.ANN_MIN_ROWS else None
     if kind == "pdq":
         return faiss_index.build_binary_flat(seg.pdq_codes)
     if kind == "pdq_trim":
@@ -316,7 +313,7 @@ def build_shard(seg: Segment, kind: str, centroids: np.ndarray | None = None):
         codes, ids = local_rows(seg.column("local"), LOCAL_INDEX_FEATURES_LARGE if seg.local_reduced else None)
         if centroids is not None:
             return faiss_index.build_local_ivf(centroids, codes, ids)
-        return faiss_index.build_local(codes, ids) if seg.entry.get("file") is None else faiss_index.build_binary(codes, ids)
+        return faiss_index.build_local(codes, ids)  # exact below LOCAL_EXACT_LIMIT (a bank before its cells)
     raise ValueError(kind)
 
 
@@ -364,7 +361,6 @@ class Deltas:
     labels: dict[int, str]
     removed: set[int]
     campaigns: dict[int, str | None]
-    rows: int = 0
 
     @classmethod
     def empty(cls) -> Deltas:
@@ -383,7 +379,6 @@ class Deltas:
 
     def apply(self, ids, ops, values) -> None:
         for i, op, v in zip(ids, ops, values):
-            self.rows += 1
             if op == "label":
                 self.labels[i] = v
             elif op == "remove":
@@ -393,17 +388,16 @@ class Deltas:
             elif op == "campaign":
                 self.campaigns[i] = v
 
-    def table(self) -> pa.Table:
-        """The folded form: one row per id and op."""
-        ids, ops, values = [], [], []
-        for i, v in self.labels.items():
-            ids.append(i), ops.append("label"), values.append(v)
-        for i in sorted(self.removed):
-            ids.append(i), ops.append("remove"), values.append(None)
-        for i, v in self.campaigns.items():
-            ids.append(i), ops.append("campaign"), values.append(v)
-        return pa.table({"id": pa.array(ids, pa.int64()), "op": pa.array(ops, pa.string()),
-                         "value": pa.array(values, pa.string())}, schema=DELTA_SCHEMA)
+    def changes(self) -> list[tuple[int, str, str | None]]:
+        """The folded form: one (id, op, value) per id and op."""
+        return ([(i, "label", v) for i, v in self.labels.items()] + [(i, "remove", None) for i in sorted(self.removed)]
+                + [(i, "campaign", v) for i, v in self.campaigns.items()])
+
+
+def delta_table(changes: Sequence[tuple[int, str, str | None]]) -> pa.Table:
+    return pa.table({"id": pa.array([c[0] for c in changes], pa.int64()),
+                     "op": pa.array([c[1] for c in changes], pa.string()),
+                     "value": pa.array([c[2] for c in changes], pa.string())}, schema=DELTA_SCHEMA)
 
 
 # -- the reader ----------------------------------------------------------------------------------------------
@@ -416,7 +410,7 @@ _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", 
 class Bank:
     """A consistent read-only snapshot of a bank folder.
 
-    Per-id access (`has`, `item`, `value`, `cls_of` …) and searches cost what they touch. The whole-bank
+    Per-id access (`has`, `item`, `value`, `vector` …) and searches cost what they touch. The whole-bank
     arrays (`ids`, `table`, `vectors`, `pdq_codes`, `pdq_quality`, `labels`, `row`) are built on first use,
     for whole-bank work (campaigns, duplicate groups); a query never builds them.
     """
@@ -806,6 +800,7 @@ class BankWriter:
         self._lock_fd: int | None = None
         self.bank: Bank | None = None
         self._centroids: np.ndarray | None = None
+        self._quantizer_entry: dict | None = None  # trained by this writer, not yet in a manifest
 
     def __enter__(self) -> BankWriter:
         if not (self.path / MANIFEST).is_file():
@@ -1059,40 +1054,30 @@ class BankWriter:
         if len(ids) > 1 and not (np.diff(ids) > 0).all():
             table = table.take(pa.array(np.argsort(ids, kind="stable")))
             ids = table.column("id").to_numpy()
-        tmp = self.path / f"{name}.arrow.tmp"
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
-            out.write_table(table, max_chunksize=max(1, len(table)))
-        _fsync(tmp)
-        os.replace(tmp, self.path / f"{name}.arrow")
+        def write_arrow(tmp: Path) -> None:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+                out.write_table(table, max_chunksize=max(1, len(table)))
+
+        _write_whole(self.path / f"{name}.arrow", write_arrow)
         entry = {"file": f"{name}.arrow", "rows": len(table), "min_id": int(ids[0]), "max_id": int(ids[-1]),
                  "shards": {}}
-        keys = sha_keys(table.column("sha256").to_pylist())
-        tmp = self.path / f"{name}.sha.npy.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, keys)
-        _fsync(tmp)
-        os.replace(tmp, self.path / f"{name}.sha.npy")
+        _write_npy(self.path / f"{name}.sha.npy", sha_keys(table.column("sha256").to_pylist()))
         entry["sha"] = f"{name}.sha.npy"
         seg = Segment(self.path, entry, self.bank.dim)
         seg.map_files()  # snapshots handed out from this writer hold its files like opened ones do
-        if len(table) >= SHARD_FILE_MIN_ROWS:
-            self._ensure_local_quantizer(seg, gen)
-            entry["local_ivf"] = self._centroids is not None
-            for kind in SHARD_KINDS:
-                shard = build_shard(seg, kind, self._centroids)
-                if shard is None:
-                    continue
-                fname = f"{name}.{kind}" + (".npy" if kind in MIH_KINDS else ".faiss")
-                tmp = self.path / (fname + ".tmp")
-                if kind in MIH_KINDS:
-                    with open(tmp, "wb") as f:
-                        np.save(f, shard)
-                else:
-                    faiss_index.save(shard, tmp)
-                _fsync(tmp)
-                os.replace(tmp, self.path / fname)
-                entry["shards"][kind] = fname
-                seg._shards[kind] = shard
+        self._ensure_local_quantizer(seg, gen)
+        entry["local_ivf"] = self._centroids is not None
+        for kind in SHARD_KINDS:
+            shard = build_shard(seg, kind, self._centroids)
+            if shard is None:
+                continue
+            fname = f"{name}.{kind}" + (".npy" if kind in MIH_KINDS else ".faiss")
+            if kind in MIH_KINDS:
+                _write_npy(self.path / fname, shard)
+            else:
+                _write_whole(self.path / fname, lambda tmp: faiss_index.save(shard, tmp))
+            entry["shards"][kind] = fname
+            seg._shards[kind] = shard
         seg.map_files()
         return entry, seg
 
@@ -1114,36 +1099,25 @@ class BankWriter:
             sample.append(local_rows(old.column("local"))[0])
         centroids = faiss_index.train_local_quantizer(np.concatenate(sample), nlist)
         name = f"localq-{gen:06d}.npy"
-        tmp = self.path / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, centroids)
-        _fsync(tmp)
-        os.replace(tmp, self.path / name)
+        _write_npy(self.path / name, centroids)
         self._centroids = centroids
         self._quantizer_entry = {"file": name, "nlist": nlist, "trained_on": total}
 
     def _write_parquet(self, table: pa.Table, name: str) -> None:
-        tmp = self.path / (name + ".tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        _fsync(tmp)
-        os.replace(tmp, self.path / name)
+        _write_whole(self.path / name, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
     def _commit_delta(self, changes: list[tuple[int, str, str | None]], counts: dict) -> None:
         assert self.bank is not None
         manifest = dict(self.bank.manifest)
         gen = manifest["generation"] + 1
-        deltas = Deltas(dict(self.bank.deltas.labels), set(self.bank.deltas.removed),
-                        dict(self.bank.deltas.campaigns), self.bank.deltas.rows)
-        deltas.apply(*zip(*changes)) if changes else None
+        deltas = Deltas(dict(self.bank.deltas.labels), set(self.bank.deltas.removed), dict(self.bank.deltas.campaigns))
+        deltas.apply(*zip(*changes))
         files = list(manifest.get("deltas", []))
         if len(files) + 1 > MAX_DELTA_FILES:
             files = self._fold_deltas(deltas, gen)
         else:
             name = f"delta-{gen:06d}.parquet"
-            self._write_parquet(pa.table({"id": pa.array([c[0] for c in changes], pa.int64()),
-                                          "op": pa.array([c[1] for c in changes], pa.string()),
-                                          "value": pa.array([c[2] for c in changes], pa.string())},
-                                         schema=DELTA_SCHEMA), name)
+            self._write_parquet(delta_table(changes), name)
             files.append(name)
         manifest["deltas"] = files
         manifest["counts"] = counts
@@ -1151,7 +1125,7 @@ class BankWriter:
 
     def _fold_deltas(self, deltas: Deltas, gen: int) -> list[str]:
         name = f"delta-{gen:06d}.parquet"
-        self._write_parquet(deltas.table(), name)
+        self._write_parquet(delta_table(deltas.changes()), name)
         return [name]
 
     def _commit(self, manifest: dict, gen: int, *, appended: Segment | None = None,
@@ -1161,7 +1135,7 @@ class BankWriter:
         manifest["generation"] = gen
         manifest["updated_at"] = datetime.now(timezone.utc).isoformat()
         manifest["format_version"] = FORMAT_VERSION
-        if getattr(self, "_quantizer_entry", None) and not manifest.get("local_quantizer"):
+        if self._quantizer_entry and not manifest.get("local_quantizer"):
             manifest["local_quantizer"] = self._quantizer_entry
         if self.model_info is not None and manifest.get("model") is None:
             manifest["model"] = self.model_info
@@ -1192,10 +1166,7 @@ class BankWriter:
         self._commit(manifest, gen, segments=segments, deltas=Deltas.empty())
 
     def _write_manifest(self, manifest: dict) -> None:
-        tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        _fsync(tmp)
-        os.replace(tmp, self.path / MANIFEST)
+        _write_whole(self.path / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
         _fsync(self.path)
 
     def _sweep(self) -> None:
@@ -1253,6 +1224,22 @@ def _tier(rows: int) -> int:
 def _vector_array(vectors: list[np.ndarray], dim: int) -> pa.FixedSizeListArray:
     flat = pa.array(np.stack(vectors).astype(np.float32).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(flat, dim)
+
+
+def _write_whole(path: Path, write) -> None:
+    """`write(tmp)` beside `path`, fsync, rename: the file appears whole or not at all."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    _write_whole(path, write)
 
 
 def _fsync(path: Path) -> None:

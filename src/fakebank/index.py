@@ -1,7 +1,7 @@
-"""FAISS only: choose an index for a size, build it from vectors, search it, save and load it.
+"""FAISS (and numpy) only: the index shards of one bank segment, built, saved, mapped and searched.
 
-Sits under the bank (the bank owns meaning; this module only maps int64 ids to vectors). Every
-approximate index is checked in tests against ``exact_search``, the brute-force oracle.
+Sits under the bank (the bank owns meaning; this module only maps rows or int64 ids to vectors and codes).
+Every approximate index is checked in tests against ``exact_search`` or a flat scan, the brute-force oracles.
 """
 
 from __future__ import annotations
@@ -22,25 +22,7 @@ faiss.cvar.distance_compute_blas_threshold = 20
 # 102 → 3.4 ms (OpenMP's spinning threads wait on a busy core). FAISS shares torch's OpenMP runtime, so the
 # setting is made and undone on the calling thread only.
 SINGLE_THREAD_MAX_QUERIES = 4096
-EXACT_LIMIT = 100_000  # below: exact inner product search (≈8 ms/query at 100k × 384)
-HNSW_LIMIT = 10_000_000  # below: HNSW32 (0.3–0.5 ms/query at 1M, recall@10 ≥ 0.95 with efSearch 128)
-HNSW_EF_SEARCH = 128
-BYTES_PER_FLOAT = 4
-
-
-def choose_factory(n: int, dim: int, memory_budget_bytes: int = 8 << 30) -> str:
-    """The index for `n` vectors of `dim` floats: a pure function of size and memory budget.
-
-    Exact below EXACT_LIMIT; HNSW over full vectors while they fit the budget; IVF-PQ beyond (tens of
-    millions), whose codes are 64 bytes a vector.
-    """
-    if n < EXACT_LIMIT:
-        return "IDMap2,Flat"
-    full = n * dim * BYTES_PER_FLOAT * 1.3  # HNSW32 links add ≈30% at d=384
-    if n < HNSW_LIMIT and full <= memory_budget_bytes:
-        return "IDMap2,HNSW32,Flat"
-    nlist = int(min(65536, max(4096, 4 * np.sqrt(n))))
-    return f"IDMap2,IVF{nlist},PQ64"
+HNSW_EF_SEARCH = 128  # cls recall@10 0.983 at 1M items in 10 segments (64: 0.953; scripts/bench_scale.py)
 
 
 # Segment shards (bank.py): a segment of at least ANN_MIN_ROWS items gets an HNSW graph over 8-bit scalar
@@ -167,33 +149,6 @@ def load_mapped(path: Path, binary: bool = False) -> faiss.Index | faiss.IndexBi
     return index
 
 
-def build(factory: str, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
-    """An inner-product index over L2-normalised float32 vectors, keyed by int64 ids."""
-    dim = vectors.shape[1] if vectors.ndim == 2 else 0
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    _tune(index)
-    if len(ids):
-        if not index.is_trained:
-            index.train(np.ascontiguousarray(vectors, dtype=np.float32))
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
-    return index
-
-
-def add(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> None:
-    if len(ids):
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
-
-
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities [Q, k], ids [Q, k]); missing neighbours have id -1."""
-    k = max(1, k)
-    if index.ntotal == 0:
-        q = len(queries)
-        return np.full((q, k), -np.inf, np.float32), np.full((q, k), -1, np.int64)
-    with _threads_for(len(queries)):
-        return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-
-
 @contextmanager
 def _threads_for(n_queries: int) -> Iterator[None]:
     """One OpenMP thread for a small search (SINGLE_THREAD_MAX_QUERIES), on this thread only."""
@@ -209,7 +164,7 @@ def _threads_for(n_queries: int) -> Iterator[None]:
 
 
 def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force oracle with the same output convention as `search`."""
+    """Brute-force oracle: (similarities [Q, k], ids [Q, k]), missing neighbours -1 / -inf."""
     sims = queries @ vectors.T
     k_eff = min(k, len(ids))
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k_eff]
@@ -357,14 +312,6 @@ def _tune_binary(index: faiss.IndexBinary) -> None:
         inner.nprobe = LOCAL_NPROBE
 
 
-def clone(index: faiss.Index | faiss.IndexBinary) -> faiss.Index | faiss.IndexBinary:
-    if isinstance(index, faiss.IndexBinary):  # clone_binary_index cannot copy IDMap2 wrappers
-        return faiss.deserialize_index_binary(faiss.serialize_index_binary(index))
-    copy = faiss.clone_index(index)
-    _tune(copy)
-    return copy
-
-
 def save(index: faiss.Index | faiss.IndexBinary, path: Path) -> None:
     if isinstance(index, faiss.IndexBinary):
         faiss.write_index_binary(index, str(path))
@@ -372,17 +319,8 @@ def save(index: faiss.Index | faiss.IndexBinary, path: Path) -> None:
         faiss.write_index(index, str(path))
 
 
-def load(path: Path, binary: bool = False) -> faiss.Index | faiss.IndexBinary:
-    index = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
-    if not binary:
-        _tune(index)
-    return index
-
-
 def _tune(index: faiss.Index) -> None:
     outer = faiss.downcast_index(index)
     inner = faiss.downcast_index(outer.index) if hasattr(outer, "index") else outer
     if isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efSearch = HNSW_EF_SEARCH
-    elif isinstance(inner, faiss.IndexIVF):
-        inner.nprobe = 32
