@@ -354,28 +354,57 @@ def test_compact_folds_deltas_and_drops_removed_rows(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("seg-*.arrow")) == [m["segments"][0]["file"]]
 
 
-def test_format_1_bank_is_read_as_is_then_migrated_by_the_first_writer(tmp_path):
+def _answers(bank: Bank, expected: dict) -> dict:
+    sims, ids = bank.search("cls", np.asarray(expected["cls_queries"], np.float32), 4)
+    codes = np.stack([np.frombuffer(make_item(i).pdq, np.uint8) for i in range(12)])
+    dist, local = bank.local_knn(np.asarray(expected["local_queries"], np.uint8), 2)
+    return {"cls_ids": ids.tolist(), "cls_sims": sims, "pdq": [sorted(map(list, h)) for h in bank.pdq_within(codes, 31)],
+            "local_dist": dist.tolist(), "local_ids": local.tolist(),
+            "items": {str(i): {k: v for k, v in bank.item(i).items() if k != "added_at"} for i in bank.ids.tolist()}}
+
+
+def test_format_1_bank_answers_as_before_read_as_is_and_after_migration(tmp_path):
     """tests/data/bank-v1 was written by format 1's code (Parquet segments, whole-bank FAISS files): 12
-    items added in two commits, #2 relabelled unknown, #7 removed."""
+    items added in two commits, #2 relabelled unknown, #7 removed; expected.json holds what that code
+    answered (cls top-4, PDQ ≤ 31, local 2-NN, every item's metadata)."""
     import shutil
     shutil.copytree(HERE / "data" / "bank-v1", tmp_path / "b")
     path = tmp_path / "b"
+    expected = json.loads((path / "expected.json").read_text())
+    (path / "expected.json").unlink()
+
+    def same(bank: Bank) -> None:
+        got = _answers(bank, expected)
+        assert got["cls_ids"] == expected["cls_ids"]
+        np.testing.assert_allclose(got["cls_sims"], expected["cls_sims"], atol=1e-6)
+        assert got["pdq"] == expected["pdq"] and got["items"] == expected["items"]
+        assert got["local_dist"] == expected["local_dist"] and got["local_ids"] == expected["local_ids"]
+
     old = Bank.open(path)
     assert old.manifest["format_version"] == 1 and len(old) == 11 and not old.has(7)
-    assert old.label_of(2) == "unknown" and old.label_of(4) == "real" and old.label_of(3) == "fake"
-    assert old.search("cls", make_item(5).cls[None, :], 1)[1][0, 0] == 6
-    assert old.id_of_sha256(make_item(5).sha256) == 6
+    same(old)
     with writer(path) as w:
         assert w.bank.manifest["format_version"] == 2
+    migrated = Bank.open(path)
+    assert migrated.manifest["format_version"] == 2
+    assert not list(path.glob("*.parquet")) and not list(path.glob("cls-*.faiss"))  # format 1's files swept
+    same(migrated)
+    assert migrated.manifest["counts"] == {"items": 11, "fake": 7, "real": 3, "unknown": 1}
+    with writer(path) as w:
         w.add([make_item(50)])
-    new = Bank.open(path)
-    assert new.manifest["format_version"] == 2 and len(new) == 12
-    assert new.manifest["counts"] == {"items": 12, "fake": 8, "real": 3, "unknown": 1}
-    assert not list(path.glob("*.parquet")) and not list(path.glob("cls-*.faiss"))
-    for i in (1, 2, 3, 5, 6, 8, 12):
-        assert new.search("cls", make_item(i - 1).cls[None, :], 1)[1][0, 0] == i
-    assert new.value(5, "pdq_trim") == bytes(range(32)) and len(new.value(5, "local")) == 36 * 40
-    assert new.local_knn(np.frombuffer(new.value(5, "local")[:32], np.uint8)[None, :], 1)[1][0, 0] == 5 << 10
+    assert len(Bank.open(path)) == 12 and Bank.open(path).id_of_sha256(make_item(50).sha256) == 13
+
+
+def test_the_api_migrates_a_format_1_bank_when_it_first_opens_it(tmp_path):
+    """A read-only command (`query`, `dupes`, `info` aside) migrates once instead of rebuilding every
+    index in memory in every process."""
+    import shutil
+
+    from fakebank.api import Fakebank
+    shutil.copytree(HERE / "data" / "bank-v1", tmp_path / "b")
+    bank = Fakebank(tmp_path / "b").open_bank()
+    assert bank.manifest["format_version"] == 2 and len(bank) == 11
+    assert read_manifest(tmp_path / "b")["format_version"] == 2
 
 
 def test_sha256_look_up_does_not_depend_on_random_looking_ids(tmp_path):

@@ -25,7 +25,7 @@ from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion
 from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
 from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
-from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS
+from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
 from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.errors import BankError, InputError, UsageError
 
@@ -112,6 +112,14 @@ class Fakebank:
     # -- bank snapshot ------------------------------------------------------------------------------
 
     def open_bank(self) -> Bank:
+        """The latest commit. A bank of format 1 is migrated first (once, under the writer's lock): read as
+        is it would rebuild every index in memory in every process. A read-only folder is read as is."""
+        if read_manifest(self.bank_path).get("format_version") == 1:
+            try:
+                with self._write_lock, self.writer(with_model=False):
+                    pass  # the writer migrates on entry
+            except PermissionError:
+                pass
         return Bank.open(self.bank_path)
 
     def snapshot(self) -> Bank:
@@ -276,7 +284,8 @@ class Fakebank:
             out.append(Neighbor(
                 id=item_id, path=bank.value(item_id, "path"), label=bank.label_of(item_id),
                 campaign=bank.value(item_id, "campaign"), similarity=round(sim, 6),
-                pdq_distance=pdq_distance(bank, probe, item_id), signal=m.signal if m else None, judged=True,
+                pdq_distance=m.pdq_distance if m else pdq_distance(bank, probe, item_id),
+                signal=m.signal if m else None, judged=True,
             ))
         out.sort(key=lambda n: -n.similarity)
         return out
@@ -428,8 +437,10 @@ class Fakebank:
             "embedding_dim": m["embedding_dim"],
             "indexes": {k: v["factory"] for k, v in m.get("indexes", {}).items()} if m["format_version"] == 1 else {
                 "cls": f"{ANN_FACTORY} per segment of ≥ {ANN_MIN_ROWS} items, exact below; re-ranked exactly",
-                "pdq": "BinaryFlat per segment", "pdq_trim": "BinaryFlat per segment",
-                "local": "BinaryFlat / BinaryIVF per segment"},
+                "pdq": f"multi-index hashing per segment of ≥ {MIH_MIN_ROWS} items, BinaryFlat below",
+                "pdq_trim": f"multi-index hashing per segment of ≥ {MIH_MIN_ROWS} items, BinaryFlat below",
+                "local": ("BinaryIVF per segment over the bank's " + f"{m['local_quantizer']['nlist']} cells"
+                          if m.get("local_quantizer") else "BinaryFlat per segment")},
             "storage": {"segments": len(segments), "largest_segment": max((s["rows"] for s in segments), default=0),
                         "delta_files": len(m.get("deltas", []))},
             "fusion": FusionParams.from_dict(m.get("fusion")).to_dict(),
