@@ -1,8 +1,9 @@
 """The bank at scale: build synthetic banks of growing size and time what users run on them.
 
-For each size (default 10k, 100k, 1M items) it builds a bank through the public writer (random unit
-embeddings, random PDQ hashes with 1 in 5 de-bordered, 128 ORB-like descriptors an item drawn from the
-bundled photos' own with a quarter of their bits flipped: the data of bench_dedup's `_synthetic`), then prints
+For each size (default 10k, 100k, 1M items) it builds a bank through the public writer (random PDQ hashes
+with 1 in 5 de-bordered and 128 ORB-like descriptors an item drawn from the bundled photos' own with a
+quarter of their bits flipped, as bench_dedup's `_synthetic`; unit embeddings with a decaying spectrum
+instead of its isotropic ones, see `embeddings`), then prints
 
 - build time and disk bytes per item;
 - each as a fresh process, as a user runs it: `info`, `query` of one photo (model load apart from the

@@ -300,10 +300,7 @@ class Fakebank:
         (one extra forward + backward pass); `png` adds the overlay as base64 PNG, `out_dir` writes it there
         and names the file in `"overlay"`."""
         if data is None:
-            try:
-                data = Path(path).read_bytes()
-            except OSError as e:
-                raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path") from e
+            data = _read_input(path)
         out: dict = {}
         if provenance:
             from fakebank.provenance import read_provenance
@@ -337,10 +334,7 @@ class Fakebank:
         from fakebank.preprocess import load_rgb, to_array
 
         path = os.fspath(path)
-        try:
-            data = Path(path).read_bytes()
-        except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path") from e
+        data = _read_input(path)
         model = self.extractor.model
         img = load_rgb(data, name=path, max_pixels=self.extractor.max_pixels)
         heat = explain_image(model, img)
@@ -591,6 +585,13 @@ def new_item(emb, label: str, source: str | None, campaign: str | None, note: st
         pdq_trim_quality=sig.pdq_trim.quality if sig is not None and sig.pdq_trim is not None else None,
         local=sig.local.strongest(LOCAL_BANK_FEATURES).to_bytes() if sig is not None and len(sig.local) else None,
     )
+
+
+def _read_input(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path") from e
 
 
 def _scores(logits: np.ndarray, knn: list, params: FusionParams) -> np.ndarray:

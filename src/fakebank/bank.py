@@ -609,11 +609,12 @@ class Bank:
         the only ones looked up in segments that index their items' strongest descriptors alone."""
         dists, ids = [np.full((len(desc), 0), 1 << 30, np.int32)], [np.full((len(desc), 0), -1, np.int64)]
         assigned = None
+        strongest = np.flatnonzero(reduced_queries) if reduced_queries is not None else None
         for seg in self.segments:
             shard = seg.shard("local")
             if shard.ntotal == 0:
                 continue
-            rows = np.flatnonzero(reduced_queries) if reduced_queries is not None and seg.local_reduced else None
+            rows = strongest if seg.local_reduced else None
             if seg.entry.get("local_ivf"):
                 if assigned is None:
                     assigned = faiss_index.local_assign(self.local_quantizer(), desc)
