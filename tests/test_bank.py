@@ -443,3 +443,29 @@ def test_local_look_up_does_not_depend_on_how_the_bank_is_cut(tmp_path):
     d2, i2 = many.local_knn(queries, 2)
     np.testing.assert_array_equal(d1, d2)
     assert (i1[:16, 0] == (4 << 10) + np.arange(16)).all() and (i1[:16, 0] == i2[:16, 0]).all()
+
+
+def test_a_segment_written_before_a_column_existed_reads_it_as_nulls(tmp_path):
+    """Columns are only ever added to the items schema: an older segment lacking one (here `note` and
+    `local`, dropped from the file as an older writer would have left them out) is read, searched, merged
+    and compacted without a migration."""
+    from dataclasses import replace
+
+    import pyarrow as pa
+    with writer(tmp_path) as w:
+        w.add([replace(make_item(i), note="n") for i in range(5)])
+    seg = read_manifest(tmp_path)["segments"][0]
+    path = tmp_path / seg["file"]
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all().drop_columns(["note", "local"])
+    with pa.OSFile(str(path) + ".tmp", "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+        out.write_table(table)
+    os.replace(str(path) + ".tmp", path)
+    bank = Bank.open(tmp_path)
+    assert bank.item(3)["note"] is None and bank.item(3)["label"] == make_item(2).label
+    sims, found = bank.search("cls", make_item(2).cls[None], 1)
+    assert found[0, 0] == 3
+    with writer(tmp_path) as w:
+        w.add([replace(make_item(9), note="new")])
+        w.compact()
+    bank = Bank.open(tmp_path)
+    assert len(bank) == 6 and bank.item(6)["note"] == "new" and bank.item(1)["note"] is None

@@ -131,6 +131,17 @@ def items_schema(dim: int) -> pa.Schema:
     )
 
 
+def conform(table: pa.Table, dim: int) -> pa.Table:
+    """`table` with every column of today's items schema, in its order: a segment written before a column
+    existed reads it as nulls (columns are only ever added, never changed), so no migration is needed."""
+    schema = items_schema(dim)
+    if table.schema.names == schema.names:
+        return table
+    columns = [table.column(f.name) if f.name in table.schema.names else pa.nulls(len(table), f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 @dataclass(frozen=True)
 class NewItem:
     sha256: str
@@ -187,7 +198,7 @@ class Segment:
         table = reader.read_all()
         if len(table) != self.rows:
             raise BankError(f"{path}: holds {len(table)} rows, the manifest says {self.rows}; restore the bank")
-        return table
+        return conform(table, self.dim)
 
     def map_files(self) -> None:
         """Hold the segment's files now (its table mapped: a footer read; its shards by an open descriptor,
