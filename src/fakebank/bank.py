@@ -79,15 +79,15 @@ MAX_DELTA_FILES = 16  # more delta files than this are folded into one (cost: th
 # LOCAL_INDEX_FEATURES_LARGE, so that 10M items fit memory (candidates are verified on all stored ones).
 LOCAL_REDUCE_ROWS = 1 << 15
 LOCAL_INDEX_FEATURES_LARGE = 32
-SHARD_KINDS = ("cls", "pdq", "pdq_trim", "local", "pdq_mih", "pdq_trim_mih")
-MIH_KINDS = ("pdq_mih", "pdq_trim_mih")
+SHARD_KINDS = ("cls", "pdq", "pdq_trim", "local", "pdq_mih", "pdq_trim_mih", "frame_pdq", "frame_pdq_mih")
+MIH_KINDS = ("pdq_mih", "pdq_trim_mih", "frame_pdq_mih")
 _OWNED_FILE = re.compile(
-    r"^(seg-\d+(-\d+)?\.(parquet|arrow|sha\.npy|(pdq|pdq_trim)_mih\.npy|(cls|pdq|pdq_trim|local)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet"
+    r"^(seg-\d+(-\d+)?\.(parquet|arrow|sha\.npy|(pdq|pdq_trim|frame_pdq)_mih\.npy|(cls|pdq|pdq_trim|local|frame_pdq)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet"
     r"|localq-\d+\.npy|(cls|patch|pdq|pdq_trim|local)-\d+\.faiss|.*\.tmp)$")
 # Near-duplicate signals (dedup.py) beyond `pdq`: the PDQ hashes of de-bordered images and the ORB
 # descriptors of every item. A local descriptor's id is item_id << LOCAL_ID_BITS | its rank within the item.
 DEDUP_INDEX_KINDS = ("pdq_trim", "local")
-BINARY_KINDS = ("pdq", *DEDUP_INDEX_KINDS)
+BINARY_KINDS = ("pdq", *DEDUP_INDEX_KINDS, "frame_pdq")
 LOCAL_ID_BITS = 10
 PDQ_DIHEDRAL_BYTES = 7 * PDQ_BYTES  # the 7 rotated/mirrored hashes after the stored one
 # Computed campaign assignments (`fakebank campaigns`), a sidecar the manifest names under "campaigns";
@@ -127,6 +127,13 @@ def items_schema(dim: int) -> pa.Schema:
             ("pdq_trim", pa.binary(PDQ_BYTES)),
             ("pdq_trim_quality", pa.int16()),
             ("local", pa.binary()),
+            # videos (video.py): one row per video, its other columns those of the frame that drove its
+            # verdict; null for images
+            ("media", pa.string()),  # "video"; null: an image
+            ("duration_s", pa.float32()),
+            ("fps", pa.float32()),
+            ("frames", pa.binary()),  # video.pack_frames: every sampled frame's number, time, PDQ, logit, cls
+            ("frame_pdq", pa.binary()),  # the usable frame hashes the frame_pdq shard indexes, 32 bytes each
         ]
     )
 
@@ -162,6 +169,11 @@ class NewItem:
     pdq_trim: bytes | None = None  # PDQ of the de-bordered image, when it differs from the whole
     pdq_trim_quality: int | None = None
     local: bytes | None = None  # LocalFeatures.to_bytes()
+    media: str | None = None  # "video"; None: an image
+    duration_s: float | None = None
+    fps: float | None = None
+    frames: bytes | None = None  # video.pack_frames(...)
+    frame_pdq: bytes | None = None  # concatenated 32-byte frame hashes to index (video.index_codes)
 
 
 def check_label(label: str) -> str:
@@ -302,6 +314,18 @@ class Segment:
         valid = self.column("pdq_trim").is_valid().to_numpy(zero_copy_only=False)
         return np.flatnonzero(valid).astype(np.int64)
 
+    @cached_property
+    def frame_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(codes [n, 32] uint8, row of each): every video's indexed frame hashes, concatenated in row order
+        (a view of the mapped column), and the segment row each belongs to (from the column's offsets)."""
+        col = self.column("frame_pdq")
+        if self.rows == 0 or col.null_count == len(col):
+            return np.zeros((0, PDQ_BYTES), np.uint8), np.zeros(0, np.int64)
+        offsets = col.offsets.to_numpy()
+        counts = np.diff(offsets) // PDQ_BYTES
+        data = np.frombuffer(col.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+        return data.reshape(-1, PDQ_BYTES), np.repeat(np.arange(self.rows, dtype=np.int64), counts)
+
     @property
     def local_reduced(self) -> bool:
         return self.rows >= LOCAL_REDUCE_ROWS
@@ -320,6 +344,13 @@ def build_shard(seg: Segment, kind: str, centroids: np.ndarray | None = None):
         if kind == "pdq_mih":
             return faiss_index.build_mih(seg.pdq_codes, np.arange(seg.rows))
         return faiss_index.build_mih(seg.fixed_bytes("pdq_trim", PDQ_BYTES)[seg.trim_rows], seg.trim_rows)
+    if kind in ("frame_pdq", "frame_pdq_mih"):
+        codes, _ = seg.frame_codes
+        if not len(codes):
+            return None
+        if kind == "frame_pdq":
+            return faiss_index.build_binary_flat(codes)
+        return faiss_index.build_mih(codes, np.arange(len(codes))) if len(codes) >= faiss_index.MIH_MIN_ROWS else None
     if kind == "local":
         codes, ids = local_rows(seg.column("local"), LOCAL_INDEX_FEATURES_LARGE if seg.local_reduced else None)
         if centroids is not None:
@@ -413,7 +444,7 @@ def delta_table(changes: Sequence[tuple[int, str, str | None]]) -> pa.Table:
 
 # -- the reader ----------------------------------------------------------------------------------------------
 
-_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral")  # kept out of the whole-bank `table`
+_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral", "frames", "frame_pdq")  # kept out of the whole-bank `table`
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
                  "logit", "pdq", "pdq_quality", "width", "height")
 
@@ -600,6 +631,25 @@ class Bank:
                     item_id = int(seg.ids[rows_of[pos] if rows_of is not None else pos])
                     if item_id not in self.deltas.removed:
                         out[qi].append((item_id, dist))
+        return out
+
+    def frame_pdq_within(self, codes: np.ndarray, max_distance: int) -> list[dict[int, int]]:
+        """Per query code, {video item id: smallest distance ≤ max_distance to any of its indexed frame
+        hashes} (exact: multi-index hashing in segments of ≥ MIH_MIN_ROWS frames, a flat scan below)."""
+        out: list[dict[int, int]] = [{} for _ in range(len(codes))]
+        for seg in self.segments:
+            flat = seg.shard("frame_pdq")
+            if flat is None:
+                continue
+            full, rows = seg.frame_codes
+            mih = seg.shard("frame_pdq_mih") if max_distance <= faiss_index.MIH_MAX_DISTANCE else None
+            hits = (faiss_index.mih_within(mih, full, codes, max_distance) if mih is not None
+                    else faiss_index.binary_within(flat, codes, max_distance))
+            for qi, found in enumerate(hits):
+                for pos, dist in found:
+                    item_id = int(seg.ids[rows[pos]])
+                    if item_id not in self.deltas.removed and dist < out[qi].get(item_id, 1 << 30):
+                        out[qi][item_id] = dist
         return out
 
     def pdq_within(self, query_codes: np.ndarray, max_distance: int) -> list[list[tuple[int, int]]]:
@@ -886,6 +936,11 @@ class BankWriter:
                 "pdq_trim": pa.array([it.pdq_trim for it in items], pa.binary(PDQ_BYTES)),
                 "pdq_trim_quality": pa.array([it.pdq_trim_quality for it in items], pa.int16()),
                 "local": pa.array([it.local for it in items], pa.binary()),
+                "media": pa.array([it.media for it in items], pa.string()),
+                "duration_s": pa.array([it.duration_s for it in items], pa.float32()),
+                "fps": pa.array([it.fps for it in items], pa.float32()),
+                "frames": pa.array([it.frames for it in items], pa.binary()),
+                "frame_pdq": pa.array([it.frame_pdq for it in items], pa.binary()),
             },
             schema=items_schema(dim),
         )
