@@ -713,7 +713,7 @@ def split_videos(inputs: Iterable) -> tuple[list, list]:
 
     images, videos = [], []
     for src in inputs:
-        src = src if isinstance(src, Source) else Source(os.fspath(src))
+        src = Source(os.fspath(src.name), src.data) if isinstance(src, Source) else Source(os.fspath(src))
         is_video = Path(src.name).suffix.lower() not in IMAGE_SUFFIXES and vid.is_video(src.name, src.data)
         (videos if is_video else images).append(src)
     return images, videos

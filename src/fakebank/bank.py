@@ -321,9 +321,10 @@ class Segment:
         col = self.column("frame_pdq")
         if self.rows == 0 or col.null_count == len(col):
             return np.zeros((0, PDQ_BYTES), np.uint8), np.zeros(0, np.int64)
-        offsets = col.offsets.to_numpy()
-        counts = np.diff(offsets) // PDQ_BYTES
-        data = np.frombuffer(col.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+        _, offsets_buf, data_buf = col.buffers()
+        offsets = np.frombuffer(offsets_buf, np.int32)[col.offset:col.offset + self.rows + 1]
+        counts = np.diff(offsets) // PDQ_BYTES  # a null row has no bytes
+        data = np.frombuffer(data_buf, np.uint8)[offsets[0]:offsets[-1]]
         return data.reshape(-1, PDQ_BYTES), np.repeat(np.arange(self.rows, dtype=np.int64), counts)
 
     @property

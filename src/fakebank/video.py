@@ -767,37 +767,79 @@ def embed_video(extractor, name: str, data: bytes | None = None, *, sha256: str 
     embed = embed or extractor.embed_decoded
     prep = extractor.model.preprocessing
 
-    def prepare(frame: SampledFrame) -> Decoded:
+    def prepare(frame: SampledFrame) -> tuple[Decoded, Image.Image]:
         img = frame.image
-        return Decoded(path=f"{name}#t={frame.timestamp:.3f}", sha256=sha256, width=img.width, height=img.height,
-                       pdq=pdq_hash(img), pixels=to_array(img, prep), signals=image_signals(img, mirror=mirror))
+        decoded = Decoded(path=f"{name}#t={frame.timestamp:.3f}", sha256=sha256, width=img.width, height=img.height,
+                          pdq=pdq_hash(img), pixels=to_array(img, prep), signals=image_signals(img, mirror=mirror))
+        return decoded, _luma_thumb(img)
 
-    sampled: list[tuple[int, float]] = []  # (number, timestamp): the images are dropped once embedded
+    sampled: list[tuple[int, float, Image.Image]] = []  # (number, timestamp, luma thumbnail)
     embeddings: list = []
     with VideoReader(data if data is not None else name, name=name, rate=rate, max_frames=max_frames,
                      strategy=strategy, max_pixels=extractor.max_pixels) as reader, \
             ThreadPoolExecutor(extractor.decode_threads, thread_name_prefix="fakebank-frames") as pool:
         pending = []
+        thumbs: list[Image.Image] = []
         for frame in reader:
             sampled.append((frame.number, frame.timestamp))
             pending.append(pool.submit(prepare, frame))
             if len(pending) >= extractor.batch_size:
-                embeddings += embed([f.result() for f in pending])
+                done = [f.result() for f in pending]
+                embeddings += embed([d for d, _ in done])
+                thumbs += [t for _, t in done]
                 pending = []
         if pending:
-            embeddings += embed([f.result() for f in pending])
+            done = [f.result() for f in pending]
+            embeddings += embed([d for d, _ in done])
+            thumbs += [t for _, t in done]
         width, height = (reader.info.height, reader.info.width) if reader.rotation in (90, 270) else \
             (reader.info.width, reader.info.height)
+        trims = _video_trims(embeddings, thumbs, (width, height))
         frames = [QueryFrame(number=number, timestamp=ts, pdq=e.pdq.hash, quality=e.pdq.quality,
-                             dihedral=e.pdq.dihedral,
-                             pdq_trim=e.signals.pdq_trim.hash if e.signals.pdq_trim is not None else None,
-                             trim_quality=e.signals.pdq_trim.quality if e.signals.pdq_trim is not None else NO_TRIM,
-                             logit=e.logit, cls=e.cls)
-                  for (number, ts), e in zip(sampled, embeddings)]
+                             dihedral=e.pdq.dihedral, pdq_trim=trim[0] if trim else None,
+                             trim_quality=trim[1] if trim else NO_TRIM, logit=e.logit, cls=e.cls)
+                  for (number, ts), e, trim in zip(sampled, embeddings, trims)]
         return VideoEmbedding(path=name, sha256=sha256, info=reader.info, strategy=reader.strategy,
                               interval_s=reader.interval_s, decoded=reader.decoded, complete=reader.complete,
                               note=reader.note, rotation=reader.rotation or 0, width=width, height=height,
                               frames=frames, embeddings=embeddings)
+
+
+# Frames are kept as luma thumbnails of this longer side until the video's content box is known: PDQ
+# works on a 64 × 64 luma grid, and 256 px keeps its hash within a few bits of the full frame's.
+THUMB_SIDE = 512
+
+
+def _luma_thumb(img: Image.Image) -> Image.Image:
+    scale = THUMB_SIDE / max(img.size)
+    if scale < 1:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
+    return img.convert("L")
+
+
+def _video_trims(embeddings: Sequence, thumbs: Sequence[Image.Image],
+                 size: tuple[int, int]) -> list[tuple[bytes, int] | None]:
+    """Each frame's PDQ (hash, quality) inside the video's content box, or None when the video has no bars.
+
+    Letterbox and pillarbox bars are the same in every frame, but one frame's own content box also cuts
+    whatever dark or flat edge its picture has. The video's box is the union of its frames' boxes (frames
+    of quality ≥ 50 only: a flat frame's box means nothing), so only what every frame lacks is cut."""
+    from fakebank.pdq import pdq_hash
+
+    boxes = [e.signals.box for e in embeddings if e.pdq.quality >= PDQ_MIN_QUALITY and e.signals is not None]
+    if not boxes:
+        return [None] * len(embeddings)
+    b = np.array(boxes)
+    box = (int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max()))
+    if box == (0, 0, *size):
+        return [None] * len(embeddings)
+    out = []
+    for t in thumbs:
+        sx, sy = t.width / size[0], t.height / size[1]
+        crop = t.crop((round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)))
+        h = pdq_hash(crop.convert("RGB"), max_side=None)
+        out.append((h.hash, h.quality))
+    return out
 
 
 def item_vpdq(bank, item_id: int) -> list[VpdqFeature] | None:
