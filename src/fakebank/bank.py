@@ -339,19 +339,20 @@ def build_shard(seg: Segment, kind: str, centroids: np.ndarray | None = None):
         return faiss_index.build_binary_flat(seg.pdq_codes)
     if kind == "pdq_trim":
         return faiss_index.build_binary_flat(seg.fixed_bytes("pdq_trim", PDQ_BYTES)[seg.trim_rows])
-    if kind in MIH_KINDS:
-        if seg.rows < faiss_index.MIH_MIN_ROWS:
-            return None
-        if kind == "pdq_mih":
-            return faiss_index.build_mih(seg.pdq_codes, np.arange(seg.rows))
-        return faiss_index.build_mih(seg.fixed_bytes("pdq_trim", PDQ_BYTES)[seg.trim_rows], seg.trim_rows)
     if kind in ("frame_pdq", "frame_pdq_mih"):
         codes, _ = seg.frame_codes
         if not len(codes):
             return None
         if kind == "frame_pdq":
             return faiss_index.build_binary_flat(codes)
+        # positions in the segment's frame codes, which the search maps to rows (Segment.frame_codes)
         return faiss_index.build_mih(codes, np.arange(len(codes))) if len(codes) >= faiss_index.MIH_MIN_ROWS else None
+    if kind in MIH_KINDS:
+        if seg.rows < faiss_index.MIH_MIN_ROWS:
+            return None
+        if kind == "pdq_mih":
+            return faiss_index.build_mih(seg.pdq_codes, np.arange(seg.rows))
+        return faiss_index.build_mih(seg.fixed_bytes("pdq_trim", PDQ_BYTES)[seg.trim_rows], seg.trim_rows)
     if kind == "local":
         codes, ids = local_rows(seg.column("local"), LOCAL_INDEX_FEATURES_LARGE if seg.local_reduced else None)
         if centroids is not None:

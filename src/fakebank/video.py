@@ -166,6 +166,7 @@ class VideoReader:
         self.complete = True
         self.note: str | None = None
         self.rotation: int | None = None  # counter-clockwise turn of the display matrix, from the first frame
+        self._last_time: float | None = None  # of the last frame decoded (a truncated stream ends early)
         self._container = self._open()
         try:
             streams = self._container.streams.video
@@ -193,7 +194,8 @@ class VideoReader:
         except FileNotFoundError as e:
             raise InputError(f"{self.name}: no such file; check the path") from e
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise InputError(f"{self.name}: not a readable video ({e}); is it truncated or not a video?") from e
+            raise InputError(f"{self.name}: not a readable video ({getattr(e, 'strerror', None) or e}); is it "
+                             "truncated, or not a video?") from e
 
     def _probe(self, stream) -> VideoInfo:
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -274,7 +276,11 @@ class VideoReader:
                 yield SampledFrame(number=number, timestamp=number / self.info.fps, image=self._upright(frame))
                 taken += 1
         except self._av.FFmpegError as e:
-            self._stop(f"decoding stopped at a damaged part ({e})")
+            self._stop(f"decoding stopped at a damaged part ({getattr(e, 'strerror', None) or e})")
+        duration = self.info.duration_s
+        slack = max(self.interval_s, self.info.keyframe_gap_s or 0.0 if self.strategy == "keyframes" else 0.0) + 1.0
+        if self.complete and duration and self._last_time is not None and self._last_time < duration - slack:
+            self._stop(f"the stream ends at {self._last_time:.1f} s of the {duration:.1f} s its header gives: truncated?")
         if taken == 0:
             raise InputError(f"{self.name}: no frame could be decoded ({self.note or 'empty stream'}); "
                              "is the file truncated?")
@@ -291,6 +297,8 @@ class VideoReader:
 
     def _number(self, frame) -> int | None:
         t = frame.time
+        if t is not None:
+            self._last_time = max(self._last_time or 0.0, t)
         if t is None:
             return None
         start = float(self._stream.start_time * self._stream.time_base) if self._stream.start_time else 0.0
@@ -308,7 +316,8 @@ class VideoReader:
         target = 0
         for count, frame in enumerate(self._container.decode(stream)):
             self.decoded += 1
-            number = count if self.strategy == "exact" else self._number(frame)
+            timed = self._number(frame)
+            number = count if self.strategy == "exact" else timed
             if number is None:
                 number = count
             if number >= target:
