@@ -153,6 +153,14 @@ def test_damaged_inputs_fail_clearly_or_give_what_was_there(tmp_path, videos):
         vid.VideoReader(videos["orig"], max_pixels=1000)
 
 
+def test_one_frame_videos(tmp_path, pics):
+    """A single keyframe says nothing about spacing: still one frame, no division by zero."""
+    for container, codec, ext in ((None, "libx264", "mp4"), ("matroska", "libx264", "mkv"), ("avi", "mpeg4", "avi")):
+        path = write_video(tmp_path / f"one.{ext}", [(pics[0], 0.1)], fps=10, container=container, codec=codec)
+        r, frames = frames_of(path)
+        assert len(frames) == 1 and r.complete and frames[0].number == 0, ext
+
+
 def _write_audio(path: Path) -> None:
     import av
 

@@ -647,6 +647,7 @@ class Fakebank:
 
         folder = Path(folder)
         fake, real = expand_inputs([folder / "fake"], True), expand_inputs([folder / "real"], True)
+        fake, real = ([p for p in ps if Path(p).suffix.lower() in IMAGE_SUFFIXES] for ps in (fake, real))  # images
         if not (folder / "fake").is_dir() or not (folder / "real").is_dir():
             raise UsageError(f"{folder} must hold fake/ and real/ sub-folders of images")
         if not fake or not real:

@@ -132,6 +132,7 @@ def choose_strategy(info: VideoInfo, interval_s: float) -> str:
     Costs in decoded inter frames per sample (constants above; compared in scripts/bench_video.py).
     """
     fps, gap = info.fps, info.keyframe_gap_s
+    gap = gap if gap and gap > 0 else None
     per_sample = interval_s * fps  # frames between two samples
     costs = {"nonref": per_sample * (NONREF_SHARE + DEMUX_COST)}
     if gap is not None:
@@ -247,7 +248,7 @@ class VideoReader:
             return None
         times.sort()
         gaps = np.diff(times + [max(end, times[-1])])
-        return float(gaps.max()) if len(gaps) else None
+        return float(gaps.max()) if len(gaps) and gaps.max() > 0 else None  # one keyframe, one instant: unknown
 
     def close(self) -> None:
         self._container.close()
