@@ -196,7 +196,7 @@ def bench_vpdq_agreement(tmp: Path, meta_dirs: list[Path], own: list[Path]) -> N
             if not video.exists():
                 continue
             ref = {f.frame_number: f for f in vid.read_vpdq(txt)}
-            with vid.VideoReader(video, rate=1000, max_frames=100_000, strategy="exact") as r:
+            with vid.VideoReader(video, rate=1000, max_frames=100_000, strategy="exact", upright=False) as r:
                 dist = [hamming(pdq_hash(f.image, max_side=None).hash, bytes.fromhex(ref[f.number].pdq_hex))
                         for f in r if f.number in ref and ref[f.number].quality >= vid.VPDQ_QUALITY_THRESHOLD]
             _report(f"{video.name} vs Meta's sample hashes", dist)
@@ -207,7 +207,7 @@ def bench_vpdq_agreement(tmp: Path, meta_dirs: list[Path], own: list[Path]) -> N
         return
     for video in own:
         theirs = {f.frame_number: f for f in vpdq.computeHash(str(video), seconds_per_hash=1)}
-        with vid.VideoReader(video, max_frames=100_000, strategy="exact") as r:
+        with vid.VideoReader(video, max_frames=100_000, strategy="exact", upright=False) as r:
             dist = [hamming(pdq_hash(f.image, max_side=None).hash, bytes.fromhex(theirs[f.number].hex))
                     for f in r if f.number in theirs and theirs[f.number].quality >= vid.VPDQ_QUALITY_THRESHOLD]
         _report(f"{video.name} vs vpdq.computeHash", dist)
@@ -237,7 +237,8 @@ def main() -> None:
         made = bench_decoding(tmp, pics, args.seconds)
         own = [write_video(tmp / "own-slideshow.mp4", [(p, 2) for p in pics[:6]], fps=25, motion=True),
                write_video(tmp / "own-letterbox.mp4", [(p, 2) for p in pics[6:10]], fps=30, size=(640, 360),
-                           mode="letterbox"), made[1]]
+                           mode="letterbox"),
+               write_video(tmp / "own-rotated.mp4", [(p, 2) for p in pics[10:13]], fps=24, rotation=90), made[1]]
         bench_vpdq_agreement(tmp, [DATA / "vpdq", *args.meta_dir], own)
         if not args.quick:
             bench_end_to_end(tmp, pics, made[1], args.weights)

@@ -329,6 +329,12 @@ def test_cli_video_add_query_and_vpdq(tmp_path, videos):
     lines = out.read_text().splitlines()
     assert len(lines) == 12 and all(re.fullmatch(r"\d+,\d+,[0-9a-f]{64},\d+\.\d{3}", x) for x in lines)
     assert lines[1].startswith("10,") and lines[1].endswith(",1.000")
+    coded, upright = tmp_path / "coded.vpdq", tmp_path / "upright.vpdq"
+    assert runner.invoke(app, ["vpdq", str(videos["rotated"]), "-o", str(coded)]).exit_code == 0
+    assert runner.invoke(app, ["vpdq", str(videos["rotated"]), "-o", str(upright), "--upright"]).exit_code == 0
+    orig = vid.read_vpdq(out)
+    assert vid.vpdq_compare(vid.read_vpdq(upright), orig).query_match_percent == 100.0
+    assert vid.vpdq_compare(vid.read_vpdq(coded), orig).query_match_percent == 0.0  # as vpdq: turned frames
     res = runner.invoke(app, ["vpdq", str(tmp_path / "missing.mp4")])
     assert res.exit_code == 1 and "no such file" in " ".join(res.stderr.split())
 

@@ -524,13 +524,15 @@ class Fakebank:
                         campaign=bank.value(item_id, "campaign"), similarity=round(sim, 6),
                         pdq_distance=m.min_distance, signal="vpdq", judged=True)
 
-    def vpdq(self, path: str | os.PathLike, *, strategy: str = "exact") -> list[vid.VpdqFeature]:
-        """vPDQ features of a video file, frames chosen as vpdq-hash-video does (`exact`: every
-        int(fps)-th decoded frame), with rotation applied. Needs no model and no bank."""
+    def vpdq(self, path: str | os.PathLike, *, strategy: str = "exact", upright: bool = False) -> list[vid.VpdqFeature]:
+        """vPDQ features of a video file as vpdq-hash-video computes them: frames chosen alike (`exact`: every
+        int(fps)-th decoded frame), hashed at full resolution, as coded (`upright`: the display rotation
+        applied, which vPDQ does not do). Needs no model and no bank."""
         from fakebank.pdq import pdq_hash
 
-        with vid.VideoReader(path, rate=self.video_rate, max_frames=self.max_frames, strategy=strategy) as reader:
-            return [vid.VpdqFeature(f.number, (h := pdq_hash(f.image)).quality, h.hex,
+        with vid.VideoReader(path, rate=self.video_rate, max_frames=self.max_frames, strategy=strategy,
+                             upright=upright) as reader:
+            return [vid.VpdqFeature(f.number, (h := pdq_hash(f.image, max_side=None)).quality, h.hex,
                                     round(f.timestamp, vid.VPDQ_TIMESTAMP_PRECISION)) for f in reader]
 
     # -- maintenance -----------------------------------------------------------------------------

@@ -477,10 +477,12 @@ def vpdq(
         "--strategy", help=f"{' | '.join(STRATEGIES)}: which frames (exact: every int(fps)-th decoded frame, as "
         "Meta's vpdq-hash-video; auto: fakebank's own sampling).")] = "exact",
     max_frames: Annotated[int, typer.Option("--max-frames", min=1, help="Frames hashed at most.")] = 36_000,
+    upright: Annotated[bool, typer.Option(
+        "--upright", help="Apply the video's display rotation first (as fakebank's bank does; vpdq does not).")] = False,
 ) -> None:
     """A video's vPDQ hash: `frame_number,quality,pdq_hex,timestamp` lines, as Meta's vpdq writes them."""
     fb = Fakebank(None, max_frames=max_frames)
-    features = fb.vpdq(video, strategy=strategy)
+    features = fb.vpdq(video, strategy=strategy, upright=upright)
     if output is None:
         write_vpdq(features, sys.stdout)
     else:

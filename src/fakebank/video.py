@@ -150,7 +150,7 @@ class VideoReader:
 
     def __init__(self, source: str | os.PathLike | bytes, *, name: str | None = None, rate: float = DEFAULT_RATE,
                  max_frames: int = DEFAULT_MAX_FRAMES, strategy: str = "auto",
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, upright: bool = True) -> None:
         import av  # PyAV: imported here so that image-only work never loads FFmpeg
 
         if rate <= 0 or not math.isfinite(rate):
@@ -163,6 +163,7 @@ class VideoReader:
         self.name = name or ("upload" if isinstance(source, bytes) else os.fspath(source))
         self._source = source
         self.max_frames = max_frames
+        self.upright = upright  # apply the display matrix (vpdq-hash-video does not)
         self.decoded = 0
         self.complete = True
         self.note: str | None = None
@@ -215,18 +216,20 @@ class VideoReader:
             raise InputError(f"{self.name}: the video stream has no frame size; the file is damaged")
         frames = int(stream.frames) if stream.frames else None
         return VideoInfo(duration_s=duration, fps=fps, width=cc.width, height=cc.height, codec=cc.name,
-                         frame_count=frames, keyframe_gap_s=self._keyframe_gap(stream, frames, tb, duration))
+                         frame_count=frames, keyframe_gap_s=self._keyframe_gap(stream, frames, tb, fps))
 
-    def _keyframe_gap(self, stream, frames, tb, duration) -> float | None:
-        """Largest spacing of keyframes: from a complete index (MP4/MOV), else from demuxed packets over
-        the first KEYFRAME_PROBE_S seconds (the container is reopened afterwards)."""
+    def _keyframe_gap(self, stream, frames, tb, fps) -> float | None:
+        """Largest spacing of keyframes over the first KEYFRAME_PROBE_S seconds: from the container's index
+        when it lists every frame (MP4/MOV), else from demuxed packets (the container is then reopened)."""
         if not tb:
             return None
         times: list[float] = []
         entries = stream.index_entries
         if frames and len(entries) >= frames:
-            times = [e.timestamp * tb for e in entries if e.is_keyframe]
-            end = (entries[len(entries) - 1].timestamp * tb) if len(entries) else 0.0
+            n = min(len(entries), int(KEYFRAME_PROBE_S * fps) + 1)  # a 10-hour index is not walked whole
+            probed = [entries[i] for i in range(n)]
+            times = [e.timestamp * tb for e in probed if e.is_keyframe]
+            end = probed[-1].timestamp * tb
         else:
             end = 0.0
             try:
@@ -353,6 +356,8 @@ class VideoReader:
         clockwise (its CLI's autorotate does the same); Pillow's ROTATE_90 is a counter-clockwise turn."""
         img = frame.to_image()  # RGB24 through swscale
         self.rotation = round(frame.rotation / 90) * 90 % 360
+        if not self.upright:
+            return img
         turn = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
                 270: Image.Transpose.ROTATE_270}.get(self.rotation)
         return img.transpose(turn) if turn is not None else img
