@@ -178,21 +178,28 @@ def _write_audio(path: Path) -> None:
 # -- vPDQ ------------------------------------------------------------------------------------------------
 
 def test_frame_hashes_agree_with_metas_vpdq():
-    """Meta's vpdq-hash-video output for its own sample video is the oracle: same frame numbers, times and
-    qualities, hashes within 10 bits wherever PDQ can be trusted (quality ≥ 50)."""
+    """Meta's vpdq-hash-video output for its own sample video is the oracle: the same frame numbers, times
+    and qualities; hashes within 10 bits on frames of quality ≥ 80 (Meta's PDQ criterion) and within the
+    match threshold on the dim frames of quality 50–79. (Meta's vpdq package built here against Debian's
+    FFmpeg differs from this file exactly as fakebank does, and from fakebank by 0 bits: scripts/bench_video.py.)"""
     ref = {f.frame_number: f for f in vid.read_vpdq(DATA / "vpdq" / "doorknob-hd-no-bar.txt")}
     assert len(ref) == 120
-    with vid.VideoReader(DATA / "vpdq" / "doorknob-hd-no-bar.mp4", rate=3, strategy="exact") as r:
-        ours = [(f, pdq_hash(f.image, max_side=None)) for f in r]  # every 10th frame
-    assert [f.number for f, _ in ours] == list(range(0, 120, 10))
-    compared = 0
+    with vid.VideoReader(DATA / "vpdq" / "doorknob-hd-no-bar.mp4", rate=30, strategy="exact", upright=False) as r:
+        ours = [(f, pdq_hash(f.image, max_side=None)) for f in r]  # every frame, as the reference
+    assert [f.number for f, _ in ours] == list(range(120))
+    strong = dim = 0
     for f, h in ours:
         meta = ref[f.number]
         assert round(f.timestamp, 3) == meta.timestamp and abs(h.quality - meta.quality) <= 1
-        if meta.quality >= vid.VPDQ_QUALITY_THRESHOLD:
+        if meta.quality >= 80:
             assert hamming(h.hash, bytes.fromhex(meta.pdq_hex)) <= 10, f.number
-            compared += 1
-    assert compared >= 5
+            strong += 1
+        elif meta.quality >= vid.VPDQ_QUALITY_THRESHOLD:
+            assert hamming(h.hash, bytes.fromhex(meta.pdq_hex)) <= vid.VPDQ_DISTANCE_THRESHOLD, f.number
+            dim += 1
+    assert strong >= 25 and dim >= 20
+    features = [vid.VpdqFeature(f.number, h.quality, h.hex, f.timestamp) for f, h in ours]
+    assert vid.vpdq_compare(features, list(ref.values())) == vid.VpdqMatch(100.0, 100.0)
 
 
 def test_vpdq_lines_round_trip_byte_for_byte(tmp_path):

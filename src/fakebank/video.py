@@ -113,7 +113,7 @@ class VideoInfo:
 
     def to_dict(self) -> dict:
         return {"duration_s": None if self.duration_s is None else round(self.duration_s, 3),
-                "fps": round(self.fps, 3), "codec": self.codec}
+                "fps": round(self.fps, 3), "frame_count": self.frame_count, "codec": self.codec}
 
 
 @dataclass(frozen=True)
