@@ -48,7 +48,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -96,6 +96,7 @@ CAMPAIGNS_SCHEMA = pa.schema([("id", pa.int64()), ("campaign", pa.string()), ("o
 # One change per row: op "label" (value: the label), "remove", "campaign" (value: computed campaign, null
 # clears it). Later rows win.
 DELTA_SCHEMA = pa.schema([("id", pa.int64()), ("op", pa.string()), ("value", pa.string())])
+EDIT_OPS = ("note", "tags")  # delta ops that overwrite a metadata column (label, remove, campaign: their own)
 
 
 def default_bank_path() -> Path:
@@ -127,14 +128,30 @@ def items_schema(dim: int) -> pa.Schema:
             ("pdq_trim", pa.binary(PDQ_BYTES)),
             ("pdq_trim_quality", pa.int16()),
             ("local", pa.binary()),
+            # hash-sharing (hashlists.py): "hash" for an item known only by its PDQ hash (null: an image)
+            ("media", pa.string()),
+            ("tags", pa.string()),  # space-separated, as the exchanges' CSV writes them
+            ("external_id", pa.string()),  # the exchange's own id of the signal
         ]
     )
 
 
-def conform(table: pa.Table, dim: int) -> pa.Table:
+HASH_ONLY = "hash"
+HASH_ONLY_COUNT = "hash_only"  # manifest["counts"] key: hash-only items among `items`
+# A segment of hash-only items stores no embedding columns (nulls of a fixed-size list still take their
+# width on disk: 1.5 GB per million rows); it has no `cls` shard and reads its vectors as zeros.
+_EMBEDDING_COLUMNS = ("cls", "patch")
+
+
+def hash_only_schema(dim: int) -> pa.Schema:
+    schema = items_schema(dim)
+    return pa.schema([f for f in schema if f.name not in _EMBEDDING_COLUMNS])
+
+
+def conform(table: pa.Table, dim: int, hash_only: bool = False) -> pa.Table:
     """`table` with every column of today's items schema, in its order: a segment written before a column
     existed reads it as nulls (columns are only ever added, never changed), so no migration is needed."""
-    schema = items_schema(dim)
+    schema = hash_only_schema(dim) if hash_only else items_schema(dim)
     if table.schema.names == schema.names:
         return table
     columns = [table.column(f.name) if f.name in table.schema.names else pa.nulls(len(table), f.type)
@@ -144,17 +161,20 @@ def conform(table: pa.Table, dim: int) -> pa.Table:
 
 @dataclass(frozen=True)
 class NewItem:
+    """One row to add. A hash-only item (`media="hash"`) has a PDQ hash and metadata but no pixels: its
+    `cls`/`patch` are None, and `sha256` is `signal_key`'s digest of the signal, not of a file."""
+
     sha256: str
-    path: str
+    path: str | None
     label: str
-    p_fake: float
-    logit: float
+    p_fake: float | None
+    logit: float | None
     pdq: bytes
     pdq_quality: int
-    cls: np.ndarray
-    patch: np.ndarray
-    width: int
-    height: int
+    cls: np.ndarray | None
+    patch: np.ndarray | None
+    width: int | None
+    height: int | None
     source: str | None = None
     campaign: str | None = None
     note: str | None = None
@@ -162,6 +182,19 @@ class NewItem:
     pdq_trim: bytes | None = None  # PDQ of the de-bordered image, when it differs from the whole
     pdq_trim_quality: int | None = None
     local: bytes | None = None  # LocalFeatures.to_bytes()
+    media: str | None = None  # None: an image; HASH_ONLY: a hash without pixels
+    tags: str | None = None
+    external_id: str | None = None
+
+    @property
+    def hash_only(self) -> bool:
+        return self.media == HASH_ONLY
+
+
+def signal_key(signal_type: str, signal: str, source: str | None) -> str:
+    """The identity of a shared signal in a bank (the `sha256` of its hash-only item): the same hash from
+    the same source is one item, so importing a list twice updates instead of duplicating."""
+    return hashlib.sha256(f"fakebank-signal\0{signal_type}\0{source or ''}\0{signal.lower()}".encode()).hexdigest()
 
 
 def check_label(label: str) -> str:
@@ -182,6 +215,7 @@ class Segment:
         self.folder, self.entry, self.dim = folder, entry, dim
         self.rows = int(entry["rows"])
         self.min_id, self.max_id = int(entry["min_id"]), int(entry["max_id"])
+        self.hash_only = bool(entry.get("hash_only", False))
         if table is not None:  # in memory: a bank of format 1 read as is
             self.__dict__["table"] = table.combine_chunks()
         self._shards: dict[str, object] = {}
@@ -198,7 +232,7 @@ class Segment:
         table = reader.read_all()
         if len(table) != self.rows:
             raise BankError(f"{path}: holds {len(table)} rows, the manifest says {self.rows}; restore the bank")
-        return conform(table, self.dim)
+        return conform(table, self.dim, self.hash_only)
 
     def map_files(self) -> None:
         """Hold the segment's files now (its table mapped: a footer read; its shards by an open descriptor,
@@ -227,7 +261,9 @@ class Segment:
         return self.column("id").to_numpy(zero_copy_only=False)
 
     def vectors(self, kind: str) -> np.ndarray:
-        """[rows, dim] float32, a view of the mapped file (no copy)."""
+        """[rows, dim] float32, a view of the mapped file (no copy); zeros for hash-only items."""
+        if self.hash_only:
+            return np.zeros((self.rows, self.dim), np.float32)
         col = self.column(kind)
         if self.rows == 0:
             return np.zeros((0, self.dim), np.float32)
@@ -309,6 +345,8 @@ class Segment:
 
 def build_shard(seg: Segment, kind: str, centroids: np.ndarray | None = None):
     if kind == "cls":
+        if seg.hash_only:
+            return None
         return faiss_index.build_ann(seg.vectors("cls")) if seg.rows >= faiss_index.ANN_MIN_ROWS else None
     if kind == "pdq":
         return faiss_index.build_binary_flat(seg.pdq_codes)
@@ -367,15 +405,21 @@ def _sha_key(sha256: str) -> int:
 
 @dataclass
 class Deltas:
-    """Changes merged at read: the latest label per relabelled id, removed ids, campaign edits."""
+    """Changes merged at read: the latest label per relabelled id, removed ids, campaign edits, and edits
+    of the metadata a hash list updates (`note`, `tags`: EDIT_OPS)."""
 
     labels: dict[int, str]
     removed: set[int]
     campaigns: dict[int, str | None]
+    edits: dict[int, dict[str, str | None]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Deltas:
         return cls({}, set(), {})
+
+    def copy(self) -> Deltas:
+        return Deltas(dict(self.labels), set(self.removed), dict(self.campaigns),
+                      {i: dict(e) for i, e in self.edits.items()})
 
     @classmethod
     def read(cls, path: Path, files: Sequence[str]) -> Deltas:
@@ -396,13 +440,17 @@ class Deltas:
                 self.removed.add(i)
                 self.labels.pop(i, None)
                 self.campaigns.pop(i, None)
+                self.edits.pop(i, None)
             elif op == "campaign":
                 self.campaigns[i] = v
+            elif op in EDIT_OPS:
+                self.edits.setdefault(i, {})[op] = v
 
     def changes(self) -> list[tuple[int, str, str | None]]:
         """The folded form: one (id, op, value) per id and op."""
         return ([(i, "label", v) for i, v in self.labels.items()] + [(i, "remove", None) for i in sorted(self.removed)]
-                + [(i, "campaign", v) for i, v in self.campaigns.items()])
+                + [(i, "campaign", v) for i, v in self.campaigns.items()]
+                + [(i, op, v) for i, e in self.edits.items() for op, v in e.items()])
 
 
 def delta_table(changes: Sequence[tuple[int, str, str | None]]) -> pa.Table:
@@ -415,7 +463,7 @@ def delta_table(changes: Sequence[tuple[int, str, str | None]]) -> pa.Table:
 
 _BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral")  # kept out of the whole-bank `table`
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
-                 "logit", "pdq", "pdq_quality", "width", "height")
+                 "logit", "pdq", "pdq_quality", "width", "height", "media", "tags", "external_id")
 
 
 class Bank:
@@ -514,7 +562,14 @@ class Bank:
         if name == "label":
             return self.label_of(item_id)
         seg, r = self._need(item_id)
+        edits = self.deltas.edits.get(int(item_id))
+        if edits and name in edits:
+            return edits[name]
         return seg.value(r, name)
+
+    def is_hash_only(self, item_id: int) -> bool:
+        seg, _ = self._need(item_id)
+        return seg.hash_only
 
     def label_of(self, item_id: int) -> str:
         item_id = int(item_id)
@@ -526,6 +581,7 @@ class Bank:
         seg, r = self._need(item_id)
         rec = {c: seg.value(r, c) for c in _META_COLUMNS}
         rec["label"] = self.deltas.labels.get(int(item_id), rec["label"])
+        rec.update(self.deltas.edits.get(int(item_id), {}))
         rec["added_at"] = rec["added_at"].isoformat() if rec["added_at"] else None
         rec["pdq"] = rec["pdq"].hex() if rec["pdq"] else None
         return rec
@@ -555,7 +611,7 @@ class Bank:
         k = max(1, k)
         all_s, all_i = [np.full((q, k), -np.inf, np.float32)], [np.full((q, k), -1, np.int64)]
         for seg in self.segments:
-            if seg.rows == 0:
+            if seg.rows == 0 or seg.hash_only:
                 continue
             extra = self._removed_in(seg)
             kk = min(seg.rows, k + extra)
@@ -851,57 +907,76 @@ class BankWriter:
     # -- operations (each one commit) ------------------------------------------------------------
 
     def add(self, items: Sequence[NewItem]) -> list[int]:
-        """Append items (callers skip known sha256s) as one new segment; returns their new ids."""
+        """Append items (callers skip known sha256s) as one commit; returns their new ids. Images and
+        hash-only items go to separate segments (a hash-only segment stores no embedding columns)."""
         assert self.bank is not None
         if not items:
             return []
         manifest = dict(self.bank.manifest)
-        first = int(manifest["next_id"])
-        ids = list(range(first, first + len(items)))
-        now = datetime.now(timezone.utc)
         dim = self.bank.dim
         for it in items:
             check_label(it.label)
-            if it.cls.shape != (dim,) or it.patch.shape != (dim,):
-                raise BankError(f"{self.path}: embeddings of width {it.cls.shape} do not fit this bank's {dim}")
-        table = pa.table(
-            {
-                "id": pa.array(ids, pa.int64()),
-                "sha256": [it.sha256 for it in items],
-                "path": [it.path for it in items],
-                "label": [it.label for it in items],
-                "source": [it.source for it in items],
-                "campaign": [it.campaign for it in items],
-                "note": [it.note for it in items],
-                "added_at": pa.array([now] * len(items), pa.timestamp("us", tz="UTC")),
-                "p_fake": pa.array([it.p_fake for it in items], pa.float32()),
-                "logit": pa.array([it.logit for it in items], pa.float32()),
-                "pdq": pa.array([it.pdq for it in items], pa.binary(PDQ_BYTES)),
-                "pdq_quality": pa.array([it.pdq_quality for it in items], pa.int16()),
-                "cls": _vector_array([it.cls for it in items], dim),
-                "patch": _vector_array([it.patch for it in items], dim),
-                "width": pa.array([it.width for it in items], pa.int32()),
-                "height": pa.array([it.height for it in items], pa.int32()),
-                "pdq_dihedral": pa.array([it.pdq_dihedral for it in items], pa.binary(PDQ_DIHEDRAL_BYTES)),
-                "pdq_trim": pa.array([it.pdq_trim for it in items], pa.binary(PDQ_BYTES)),
-                "pdq_trim_quality": pa.array([it.pdq_trim_quality for it in items], pa.int16()),
-                "local": pa.array([it.local for it in items], pa.binary()),
-            },
-            schema=items_schema(dim),
-        )
+            if it.hash_only:
+                if it.pdq is None or len(it.pdq) != PDQ_BYTES:
+                    raise BankError("a hash-only item needs a 256-bit PDQ hash")
+            elif it.cls is None or it.cls.shape != (dim,) or it.patch.shape != (dim,):
+                raise BankError(f"{self.path}: embeddings of width {None if it.cls is None else it.cls.shape} "
+                                f"do not fit this bank's {dim}")
+        # ids follow the input order; a run of one kind is one segment (id ranges stay disjoint and sorted)
+        runs: list[list[NewItem]] = []
+        for it in items:
+            if runs and runs[-1][0].hash_only == it.hash_only:
+                runs[-1].append(it)
+            else:
+                runs.append([it])
+        first = next_id = int(manifest["next_id"])
         gen = manifest["generation"] + 1
-        entry, seg = self._write_segment(table, gen)
-        manifest["segments"] = manifest["segments"] + [entry]
-        manifest["next_id"] = first + len(items)
+        now = datetime.now(timezone.utc)
+        entries, segments = [], []
+        for n, run in enumerate(runs):
+            table = _items_table(run, range(next_id, next_id + len(run)), now, dim)
+            entry, seg = self._write_segment(table, gen, n)
+            entries.append(entry)
+            segments.append(seg)
+            next_id += len(run)
+        manifest["segments"] = manifest["segments"] + entries
+        manifest["next_id"] = next_id
         counts = dict(manifest["counts"])
         counts["items"] += len(items)
         for it in items:
             counts[it.label] += 1
+        hashes = sum(it.hash_only for it in items)
+        if hashes:
+            counts[HASH_ONLY_COUNT] = counts.get(HASH_ONLY_COUNT, 0) + hashes
         manifest["counts"] = counts
-        self._commit(manifest, gen, appended=seg)
+        if len(segments) == 1:
+            self._commit(manifest, gen, appended=segments[0])
+        else:
+            self._commit(manifest, gen, segments=[*self.bank.segments, *segments])
         if self.auto_merge:
             self._merge_tiers()
-        return ids
+        return list(range(first, next_id))
+
+    def set_edits(self, edits: dict[int, dict[str, str | None]], labels: dict[int, str] | None = None) -> None:
+        """Overwrite metadata (`EDIT_OPS`) and labels of existing items, one commit (a hash list's update)."""
+        assert self.bank is not None
+        counts = dict(self.bank.manifest["counts"])
+        changes: list[tuple[int, str, str | None]] = []
+        for i, label in (labels or {}).items():
+            check_label(label)
+            old = self.bank.label_of(i)
+            if old != label:
+                counts[old] -= 1
+                counts[label] += 1
+                changes.append((int(i), "label", label))
+        for i, e in edits.items():
+            self.bank._need(i)
+            for op, v in e.items():
+                if op not in EDIT_OPS:
+                    raise BankError(f"{op!r} is not an editable column ({', '.join(EDIT_OPS)})")
+                changes.append((int(i), op, v))
+        if changes:
+            self._commit_delta(changes, counts)
 
     def set_label(self, ids: Iterable[int], label: str) -> None:
         check_label(label)
@@ -921,6 +996,8 @@ class BankWriter:
         for i in ids:
             counts[self.bank.label_of(i)] -= 1
             counts["items"] -= 1
+            if self.bank.is_hash_only(i):
+                counts[HASH_ONLY_COUNT] -= 1
         self._commit_delta([(i, "remove", None) for i in ids], counts)
 
     def set_campaigns(self, assignments: dict[int, str | None]) -> None:
@@ -947,7 +1024,8 @@ class BankWriter:
         manifest["campaigns"] = {**info, "file": name, "assigned": len(assignments)}
         deltas = self.bank.deltas
         if deltas.campaigns:
-            folded = Deltas(dict(deltas.labels), set(deltas.removed), {})
+            folded = deltas.copy()
+            folded.campaigns = {}
             manifest["deltas"] = self._fold_deltas(folded, gen)
             self._commit(manifest, gen, deltas=folded)
         else:
@@ -972,7 +1050,7 @@ class BankWriter:
         before = len(self.bank.segments), len(self.bank.manifest.get("deltas", []))
         groups, current, size = [], [], 0
         for seg in self.bank.segments:
-            if current and size + seg.rows > MAX_SEGMENT_ROWS:
+            if current and (size + seg.rows > MAX_SEGMENT_ROWS or seg.hash_only != current[0].hash_only):
                 groups.append(current)
                 current, size = [], 0
             current.append(seg)
@@ -1008,7 +1086,7 @@ class BankWriter:
             tail = segs[-MERGE_FANOUT:]
             tiers = {_tier(s.rows) for s in tail}
             total = sum(s.rows for s in tail)
-            if len(tiers) != 1 or total > AUTO_MERGE_MAX_ROWS:
+            if len(tiers) != 1 or total > AUTO_MERGE_MAX_ROWS or len({s.hash_only for s in tail}) != 1:
                 return
             manifest = dict(self.bank.manifest)
             gen = manifest["generation"] + 1
@@ -1017,8 +1095,8 @@ class BankWriter:
             self._commit(manifest, gen, segments=[*segs[:-MERGE_FANOUT], *([seg] if seg else [])])
 
     def _merge(self, group: list[Segment], gen: int, n: int, deltas: Deltas) -> tuple[dict | None, Segment | None]:
-        """One segment of the live rows of `group`, labels folded in."""
-        schema = items_schema(self.bank.dim)
+        """One segment of the live rows of `group` (all of one kind), labels and edits folded in."""
+        schema = hash_only_schema(self.bank.dim) if group[0].hash_only else items_schema(self.bank.dim)
         removed = np.fromiter(deltas.removed, np.int64, len(deltas.removed))
         parts = []
         for seg in group:
@@ -1037,6 +1115,15 @@ class BankWriter:
                 for r, label in hit:
                     labels[r] = label
                 table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.string()))
+        if deltas.edits:
+            ids = table.column("id").to_numpy()
+            for op in EDIT_OPS:
+                hit = [(r, deltas.edits[i][op]) for r, i in enumerate(ids.tolist()) if op in deltas.edits.get(i, {})]
+                if hit:
+                    values = table.column(op).to_pylist()
+                    for r, v in hit:
+                        values[r] = v
+                    table = table.set_column(table.schema.get_field_index(op), op, pa.array(values, pa.string()))
         return self._write_segment(table, gen, n)
 
     # -- commit machinery ------------------------------------------------------------------------
@@ -1073,6 +1160,8 @@ class BankWriter:
         _write_whole(self.path / f"{name}.arrow", write_arrow)
         entry = {"file": f"{name}.arrow", "rows": len(table), "min_id": int(ids[0]), "max_id": int(ids[-1]),
                  "shards": {}}
+        if "cls" not in table.schema.names:
+            entry["hash_only"] = True
         _write_npy(self.path / f"{name}.sha.npy", sha_keys(table.column("sha256").to_pylist()))
         entry["sha"] = f"{name}.sha.npy"
         seg = Segment(self.path, entry, self.bank.dim)
@@ -1122,7 +1211,7 @@ class BankWriter:
         assert self.bank is not None
         manifest = dict(self.bank.manifest)
         gen = manifest["generation"] + 1
-        deltas = Deltas(dict(self.bank.deltas.labels), set(self.bank.deltas.removed), dict(self.bank.deltas.campaigns))
+        deltas = self.bank.deltas.copy()
         deltas.apply(*zip(*changes))
         files = list(manifest.get("deltas", []))
         if len(files) + 1 > MAX_DELTA_FILES:
@@ -1231,6 +1320,39 @@ def _tier(rows: int) -> int:
         tier += 1
         bound *= MERGE_FANOUT
     return tier
+
+
+def _items_table(items: Sequence[NewItem], ids: Sequence[int], now: datetime, dim: int) -> pa.Table:
+    """The rows of one run of items, all images or all hash-only (then without embedding columns)."""
+    hash_only = items[0].hash_only
+    columns = {
+        "id": pa.array(list(ids), pa.int64()),
+        "sha256": pa.array([it.sha256 for it in items], pa.string()),
+        "path": pa.array([it.path for it in items], pa.string()),
+        "label": pa.array([it.label for it in items], pa.string()),
+        "source": pa.array([it.source for it in items], pa.string()),
+        "campaign": pa.array([it.campaign for it in items], pa.string()),
+        "note": pa.array([it.note for it in items], pa.string()),
+        "added_at": pa.array([now] * len(items), pa.timestamp("us", tz="UTC")),
+        "p_fake": pa.array([it.p_fake for it in items], pa.float32()),
+        "logit": pa.array([it.logit for it in items], pa.float32()),
+        "pdq": pa.array([it.pdq for it in items], pa.binary(PDQ_BYTES)),
+        "pdq_quality": pa.array([it.pdq_quality for it in items], pa.int16()),
+        "width": pa.array([it.width for it in items], pa.int32()),
+        "height": pa.array([it.height for it in items], pa.int32()),
+        "pdq_dihedral": pa.array([it.pdq_dihedral for it in items], pa.binary(PDQ_DIHEDRAL_BYTES)),
+        "pdq_trim": pa.array([it.pdq_trim for it in items], pa.binary(PDQ_BYTES)),
+        "pdq_trim_quality": pa.array([it.pdq_trim_quality for it in items], pa.int16()),
+        "local": pa.array([it.local for it in items], pa.binary()),
+        "media": pa.array([it.media for it in items], pa.string()),
+        "tags": pa.array([it.tags for it in items], pa.string()),
+        "external_id": pa.array([it.external_id for it in items], pa.string()),
+    }
+    if not hash_only:
+        columns["cls"] = _vector_array([it.cls for it in items], dim)
+        columns["patch"] = _vector_array([it.patch for it in items], dim)
+    schema = hash_only_schema(dim) if hash_only else items_schema(dim)
+    return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
 
 
 def _vector_array(vectors: list[np.ndarray], dim: int) -> pa.FixedSizeListArray:
