@@ -19,13 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from fakebank.bank import (
-    MANIFEST, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path, read_manifest,
+    HASH_ONLY_COUNT, LABELS, MANIFEST, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path,
+    read_manifest,
 )
 from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
 from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
 from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
+from fakebank.pdq import PDQ_MATCH_THRESHOLD
 from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.errors import BankError, InputError, UsageError
 
@@ -279,13 +281,14 @@ class Fakebank:
         candidates = {int(i) for i in ids[0][:k] if i >= 0} | set(matches)
         out = []
         for item_id in candidates:
-            sim = float(bank.vector("cls", item_id) @ emb.cls)
+            hash_only = bank.is_hash_only(item_id)
+            sim = 0.0 if hash_only else float(bank.vector("cls", item_id) @ emb.cls)
             m = matches.get(item_id)
             out.append(Neighbor(
                 id=item_id, path=bank.value(item_id, "path"), label=bank.label_of(item_id),
                 campaign=bank.value(item_id, "campaign"), similarity=round(sim, 6),
                 pdq_distance=m.pdq_distance if m else pdq_distance(bank, probe, item_id),
-                signal=m.signal if m else None, judged=True,
+                signal=m.signal if m else None, judged=True, hash_only=hash_only,
             ))
         out.sort(key=lambda n: -n.similarity)
         return out
@@ -384,9 +387,14 @@ class Fakebank:
 
     @staticmethod
     def dupes_record(bank: Bank, path: str, matches: list) -> dict:
-        return {"path": path, "duplicates": [
-            {"id": m.id, "path": bank.value(m.id, "path"), "similarity": m.similarity,
-             "pdq_distance": m.pdq_distance, "signal": m.signal} for m in matches]}
+        def record(m) -> dict:
+            rec = {"id": m.id, "path": bank.value(m.id, "path"), "similarity": m.similarity,
+                   "pdq_distance": m.pdq_distance, "signal": m.signal}
+            if bank.is_hash_only(m.id):
+                rec.update(similarity=None, media="hash", judged_on=["pdq"])
+            return rec
+
+        return {"path": path, "duplicates": [record(m) for m in matches]}
 
     def dupe_groups(self, *, params: DedupParams | None = None, progress=None) -> Iterator[dict]:
         """Groups of near-duplicates inside the bank, largest first: `{"group": [ids], "paths": [...]}`.
@@ -414,6 +422,89 @@ class Fakebank:
             "model": self.model_record(),
         }
 
+    # -- hash lists (hashlists.py; issue 12) --------------------------------------------------------
+
+    def _list_writer(self) -> BankWriter:
+        """A writer of the bank, created with the model's identity when it does not exist yet (a bank of
+        hashes only still records the model its images will be embedded with)."""
+        if (self.bank_path / MANIFEST).is_file():
+            return self.writer(with_model=False)
+        return self.writer()
+
+    def import_list(self, path: str | os.PathLike, *, fmt: str | None = None, signal_type: str | None = None,
+                    label: str = "fake", source: str | None = None) -> dict:
+        """`fakebank import`: one commit of the list's good signals (new → hash-only items, known → labels,
+        tags and notes updated); the bad lines are reported by number and skipped."""
+        from fakebank.hashlists import plan_import, read_list
+
+        hl = read_list(path, fmt, signal_type=signal_type, label=label, source=source)
+        with self._write_lock, self._list_writer() as w:
+            identity = (w.bank.manifest.get("model") or {}).get("identity_hash")
+            plan = plan_import(w.bank, hl, model_identity=identity)
+            ids = w.apply(plan.items, plan.changes)
+            self._publish(w.bank)
+        return {"path": os.fspath(path), "format": hl.format, "signals": len(hl.signals), "added": len(ids),
+                "updated": plan.updated, "unchanged": plan.unchanged, "repeated_in_list": plan.duplicates,
+                "hash_only": plan.hash_only or hl.rows is None,
+                "note": ("the list was embedded by another model (identity "
+                         f"{(hl.model_identity or '?')[:12]}): only its hashes were imported") if plan.hash_only else None,
+                "errors": [{"line": n, "error": e} for n, e in hl.errors], "error_count": hl.error_count}
+
+    def export_list(self, path: str | os.PathLike, *, fmt: str, labels: Sequence[str] = ("fake",),
+                    source: str | None = None, campaign: str | None = None, min_quality: int = 50) -> dict:
+        """`fakebank export`: the bank's items (by default its fakes) as a hash list a partner can read."""
+        from fakebank.hashlists import ExportFilter, write_list
+
+        for label in labels:
+            check_label(label)
+        bank = self.open_bank()
+        flt = ExportFilter(labels=tuple(labels), source=source, campaign=campaign, min_quality=min_quality)
+        return write_list(bank, path, fmt, flt, model=bank.manifest.get("model"))
+
+    def sync(self, config: str | os.PathLike) -> Iterator[dict]:
+        """`fakebank sync`: per collaboration of the config, fetch from its stored checkpoint (outside the
+        lock: exchanges are slow), then one commit of its new/updated/deleted signals and new checkpoint."""
+        from fakebank.hashlists import plan_import
+        from fakebank import sync as exchanges
+
+        for collab in exchanges.read_config(config):
+            try:
+                stored = (read_manifest(self.bank_path).get(exchanges.MANIFEST_KEY) or {}).get(collab.name)
+            except BankError:
+                stored = None
+            fetched = exchanges.fetch(collab, stored)
+            with self._write_lock, self._list_writer() as w:
+                state = dict(w.bank.manifest.get(exchanges.MANIFEST_KEY) or {})
+                plan = plan_import(w.bank, fetched.signals, model_identity=None)
+                gone = set(exchanges.removals(w.bank, fetched))
+                changes = [c for c in plan.changes if c[0] not in gone] + [(i, "remove", None) for i in sorted(gone)]
+                state[collab.name] = exchanges.sync_state(fetched, state.get(collab.name))
+                ids = w.apply(plan.items, changes, settings={exchanges.MANIFEST_KEY: state})
+                self._publish(w.bank)
+            yield {"collaboration": collab.name, "api": collab.api, "signals": len(fetched.signals.signals),
+                   "added": len(ids), "updated": len({c[0] for c in changes if c[1] != "remove"}),
+                   "removed": len(gone), "unchanged": plan.unchanged, "snapshot": fetched.snapshot,
+                   "errors": [{"line": n, "error": e} for n, e in fetched.signals.errors],
+                   "error_count": fetched.signals.error_count}
+
+    def lookup(self, hashes: Sequence[str], *, max_distance: int = PDQ_MATCH_THRESHOLD,
+               bank: Bank | None = None) -> list[dict]:
+        """Per PDQ hash (hex), the bank's items within `max_distance` bits, closest first. No model needed."""
+        from fakebank.hashlists import parse_hashes
+
+        if not 0 <= max_distance <= 64:
+            raise UsageError(f"max distance {max_distance} is outside 0..64 bits")
+        codes = parse_hashes(hashes)
+        bank = bank or self.snapshot()
+        hits = bank.pdq_within(codes, max_distance) if len(codes) else []
+        out = []
+        for code, found in zip(codes, hits):
+            matches = [{"id": i, "distance": d, "label": bank.label_of(i), "source": bank.value(i, "source"),
+                        "campaign": bank.value(i, "campaign"), "media": bank.value(i, "media") or "image",
+                        "path": bank.value(i, "path")} for i, d in sorted(found, key=lambda h: (h[1], h[0]))]
+            out.append({"pdq": code.tobytes().hex(), "matches": matches})
+        return out
+
     # -- maintenance -----------------------------------------------------------------------------
 
     def info(self) -> dict:
@@ -426,7 +517,8 @@ class Fakebank:
             "bank": str(self.bank_path),
             "format_version": m["format_version"],
             "items": m["counts"]["items"],
-            "labels": {k: v for k, v in m["counts"].items() if k != "items"},
+            "labels": {k: v for k, v in m["counts"].items() if k in LABELS},
+            "hash_only": m["counts"].get(HASH_ONLY_COUNT, 0),
             "model": {k: model.get(k) for k in ("name", "revision", "trained", "arch", "spec", "identity_hash")},
             "embedding_dim": m["embedding_dim"],
             "indexes": {k: v["factory"] for k, v in m.get("indexes", {}).items()} if m["format_version"] == 1 else {

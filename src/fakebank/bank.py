@@ -137,7 +137,9 @@ def items_schema(dim: int) -> pa.Schema:
 
 
 HASH_ONLY = "hash"
-HASH_ONLY_COUNT = "hash_only"  # manifest["counts"] key: hash-only items among `items`
+_BOOKKEEPING = ("format_version", "segments", "deltas", "counts", "generation", "next_id", "model")
+HASH_ONLY_COUNT = "hash_only"
+SHARED_HASH_QUALITY = 50  # PDQ's own usability bar (pdq.PDQ_MIN_QUALITY), for a shared hash of unknown quality  # manifest["counts"] key: hash-only items among `items`
 # A segment of hash-only items stores no embedding columns (nulls of a fixed-size list still take their
 # width on disk: 1.5 GB per million rows); it has no `cls` shard and reads its vectors as zeros.
 _EMBEDDING_COLUMNS = ("cls", "patch")
@@ -284,7 +286,9 @@ class Segment:
 
     @cached_property
     def pdq_quality(self) -> np.ndarray:
-        return self.column("pdq_quality").to_numpy(zero_copy_only=False)
+        # A hash shared without its quality (most lists carry none) is taken as usable: exchanges share
+        # hashes that passed their sender's quality gate, and pytx/HMA match them all.
+        return self.column("pdq_quality").fill_null(SHARED_HASH_QUALITY).to_numpy(zero_copy_only=False)
 
     def row_of(self, item_id: int) -> int:
         """The row of an id in this segment, or -1."""
@@ -556,6 +560,26 @@ class Bank:
                 if item_id not in self.deltas.removed:
                     return item_id
         return None
+
+    def ids_of_sha256(self, shas: Sequence[str]) -> np.ndarray:
+        """`id_of_sha256` for many at once (-1: not in the bank), vectorised over each segment's key table."""
+        out = np.full(len(shas), -1, np.int64)
+        if not len(shas):
+            return out
+        keys = sha_keys(shas)  # sorted (key, position)
+        for seg in reversed(self.segments):  # newest first, as id_of_sha256
+            table = seg._sha_keys
+            if not len(table):
+                continue
+            lo = np.searchsorted(table[:, 0], keys[:, 0])
+            hit = np.flatnonzero((lo < len(table)) & (table[np.minimum(lo, len(table) - 1), 0] == keys[:, 0]))
+            for h in hit:
+                pos = int(keys[h, 1])
+                if out[pos] < 0:
+                    r = seg.row_of_sha256(shas[pos])
+                    if r >= 0 and int(seg.ids[r]) not in self.deltas.removed:
+                        out[pos] = int(seg.ids[r])
+        return out
 
     def value(self, item_id: int, name: str):
         """One column's value for one item (its label with the analyst's override)."""
@@ -909,10 +933,36 @@ class BankWriter:
     def add(self, items: Sequence[NewItem]) -> list[int]:
         """Append items (callers skip known sha256s) as one commit; returns their new ids. Images and
         hash-only items go to separate segments (a hash-only segment stores no embedding columns)."""
+        return self.apply(items)
+
+    def apply(self, items: Sequence[NewItem], changes: Sequence[tuple[int, str, str | None]] = (),
+              settings: dict | None = None) -> list[int]:
+        """Add `items`, apply delta `changes` (label, remove, EDIT_OPS) to existing ones and store manifest
+        `settings`, all in one commit: a hash list's import or sync lands whole or not at all."""
         assert self.bank is not None
-        if not items:
+        if not items and not changes and not settings:
             return []
         manifest = dict(self.bank.manifest)
+        counts = dict(manifest["counts"])
+        for i, op, v in changes:
+            if op == "label":
+                check_label(v)
+                old = self.bank.label_of(i)
+                counts[old] -= 1
+                counts[v] += 1
+            elif op == "remove":
+                counts[self.bank.label_of(i)] -= 1
+                counts["items"] -= 1
+                if self.bank.is_hash_only(i):
+                    counts[HASH_ONLY_COUNT] -= 1
+            elif op in EDIT_OPS:
+                self.bank._need(i)
+            else:
+                raise BankError(f"unknown change {op!r}")
+        for key in settings or {}:
+            if key in _BOOKKEEPING:
+                raise BankError(f"{key!r} is bank bookkeeping, not a setting")
+        manifest.update(settings or {})
         dim = self.bank.dim
         for it in items:
             check_label(it.label)
@@ -931,6 +981,10 @@ class BankWriter:
                 runs.append([it])
         first = next_id = int(manifest["next_id"])
         gen = manifest["generation"] + 1
+        if not items:
+            manifest["counts"] = counts
+            self._commit_delta(list(changes), counts, manifest)
+            return []
         now = datetime.now(timezone.utc)
         entries, segments = [], []
         for n, run in enumerate(runs):
@@ -941,7 +995,6 @@ class BankWriter:
             next_id += len(run)
         manifest["segments"] = manifest["segments"] + entries
         manifest["next_id"] = next_id
-        counts = dict(manifest["counts"])
         counts["items"] += len(items)
         for it in items:
             counts[it.label] += 1
@@ -949,34 +1002,18 @@ class BankWriter:
         if hashes:
             counts[HASH_ONLY_COUNT] = counts.get(HASH_ONLY_COUNT, 0) + hashes
         manifest["counts"] = counts
-        if len(segments) == 1:
+        if changes:
+            deltas = self.bank.deltas.copy()
+            deltas.apply(*zip(*changes))
+            manifest["deltas"] = self._delta_files(manifest, list(changes), deltas, gen)
+            self._commit(manifest, gen, segments=[*self.bank.segments, *segments], deltas=deltas)
+        elif len(segments) == 1:
             self._commit(manifest, gen, appended=segments[0])
         else:
             self._commit(manifest, gen, segments=[*self.bank.segments, *segments])
         if self.auto_merge:
             self._merge_tiers()
         return list(range(first, next_id))
-
-    def set_edits(self, edits: dict[int, dict[str, str | None]], labels: dict[int, str] | None = None) -> None:
-        """Overwrite metadata (`EDIT_OPS`) and labels of existing items, one commit (a hash list's update)."""
-        assert self.bank is not None
-        counts = dict(self.bank.manifest["counts"])
-        changes: list[tuple[int, str, str | None]] = []
-        for i, label in (labels or {}).items():
-            check_label(label)
-            old = self.bank.label_of(i)
-            if old != label:
-                counts[old] -= 1
-                counts[label] += 1
-                changes.append((int(i), "label", label))
-        for i, e in edits.items():
-            self.bank._need(i)
-            for op, v in e.items():
-                if op not in EDIT_OPS:
-                    raise BankError(f"{op!r} is not an editable column ({', '.join(EDIT_OPS)})")
-                changes.append((int(i), op, v))
-        if changes:
-            self._commit_delta(changes, counts)
 
     def set_label(self, ids: Iterable[int], label: str) -> None:
         check_label(label)
@@ -1034,7 +1071,7 @@ class BankWriter:
     def set_manifest_entry(self, key: str, value: dict) -> None:
         """Store a settings record (e.g. the near-duplicate thresholds, "dedup") in the manifest, one commit."""
         assert self.bank is not None
-        if key in ("format_version", "segments", "deltas", "counts", "generation", "next_id", "model"):
+        if key in _BOOKKEEPING:
             raise BankError(f"{key!r} is bank bookkeeping, not a setting")
         manifest = dict(self.bank.manifest)
         manifest[key] = value
@@ -1207,22 +1244,26 @@ class BankWriter:
     def _write_parquet(self, table: pa.Table, name: str) -> None:
         _write_whole(self.path / name, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
-    def _commit_delta(self, changes: list[tuple[int, str, str | None]], counts: dict) -> None:
+    def _commit_delta(self, changes: list[tuple[int, str, str | None]], counts: dict,
+                      manifest: dict | None = None) -> None:
         assert self.bank is not None
-        manifest = dict(self.bank.manifest)
+        manifest = dict(manifest or self.bank.manifest)
         gen = manifest["generation"] + 1
         deltas = self.bank.deltas.copy()
-        deltas.apply(*zip(*changes))
-        files = list(manifest.get("deltas", []))
-        if len(files) + 1 > MAX_DELTA_FILES:
-            files = self._fold_deltas(deltas, gen)
-        else:
-            name = f"delta-{gen:06d}.parquet"
-            self._write_parquet(delta_table(changes), name)
-            files.append(name)
-        manifest["deltas"] = files
+        if changes:
+            deltas.apply(*zip(*changes))
+            manifest["deltas"] = self._delta_files(manifest, changes, deltas, gen)
         manifest["counts"] = counts
         self._commit(manifest, gen, deltas=deltas)
+
+    def _delta_files(self, manifest: dict, changes: list, deltas: Deltas, gen: int) -> list[str]:
+        """The manifest's delta files with `changes` written as one more (or all folded into one)."""
+        files = list(manifest.get("deltas", []))
+        if len(files) + 1 > MAX_DELTA_FILES:
+            return self._fold_deltas(deltas, gen)
+        name = f"delta-{gen:06d}.parquet"
+        self._write_parquet(delta_table(changes), name)
+        return [*files, name]
 
     def _fold_deltas(self, deltas: Deltas, gen: int) -> list[str]:
         name = f"delta-{gen:06d}.parquet"

@@ -34,12 +34,15 @@ from fakebank.api import DEFAULT_K, Fakebank
 from fakebank.bank import MANIFEST, check_label, check_model
 from fakebank.embed import Decoded, Embedding, Extractor, Source
 from fakebank.errors import BankError, FakebankError, InputError, TooLargeError, UsageError
+from fakebank.hma import HmaError, hma_error_response, hma_router
+from fakebank.pdq import PDQ_MATCH_THRESHOLD
 
 log = logging.getLogger("fakebank.service")
 API_KEY_ENV = "FAKEBANK_API_KEY"
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file
 DEFAULT_MAX_PIXELS = 50_000_000  # decoded pixels per image
 MAX_FILES_PER_REQUEST = 32
+MAX_LOOKUP_HASHES = 10_000
 MAX_WAIT_S = 0.005  # how long the first request of a batch waits for company
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -157,6 +160,11 @@ class Metrics:
         return "\n".join(lines + extra) + "\n"
 
 
+class LookupBody(BaseModel):
+    pdq: list[str]
+    max_distance: int = PDQ_MATCH_THRESHOLD
+
+
 class LabelPatch(BaseModel):
     label: str
 
@@ -211,6 +219,8 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         status = 413 if isinstance(e, TooLargeError) else 422 if isinstance(e, InputError) else (
             404 if "no item with id" in str(e) else 400 if isinstance(e, UsageError) else 409)
         return JSONResponse({"error": str(e)}, status_code=status)
+
+    app.add_exception_handler(HmaError, hma_error_response)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
@@ -347,6 +357,15 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
     def delete_item(item_id: int) -> dict:
         with fb._write_lock:
             return fb.remove([item_id])[0]
+
+    @app.post("/v1/lookup", dependencies=[Auth])
+    def lookup(body: LookupBody) -> dict:
+        """Per PDQ hash, the bank's items within max_distance bits (hash-only items included)."""
+        if len(body.pdq) > MAX_LOOKUP_HASHES:
+            raise HTTPException(413, f"{len(body.pdq)} hashes in one request; the limit is {MAX_LOOKUP_HASHES}")
+        return {"results": fb.lookup(body.pdq, max_distance=body.max_distance)}
+
+    app.include_router(hma_router(fb, require_key, config.max_upload_bytes))
 
     @app.get("/v1/info", dependencies=[Auth])
     def info() -> dict:
