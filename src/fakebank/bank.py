@@ -562,24 +562,42 @@ class Bank:
         return None
 
     def ids_of_sha256(self, shas: Sequence[str]) -> np.ndarray:
-        """`id_of_sha256` for many at once (-1: not in the bank), vectorised over each segment's key table."""
-        out = np.full(len(shas), -1, np.int64)
-        if not len(shas):
-            return out
+        """`id_of_sha256` for many at once (-1: not in the bank)."""
+        return self.locate_sha256(shas)[0]
+
+    def locate_sha256(self, shas: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, segment indexes, rows) of many sha256s at once (-1 where not in the bank): a vectorised
+        search of each segment's key table and one bulk read of the candidates' sha256 to confirm them."""
+        n = len(shas)
+        ids, segs, rows = np.full(n, -1, np.int64), np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+        if not n:
+            return ids, segs, rows
         keys = sha_keys(shas)  # sorted (key, position)
-        for seg in reversed(self.segments):  # newest first, as id_of_sha256
+        removed = self._removed_ids
+        for k in range(len(self.segments) - 1, -1, -1):  # newest first, as id_of_sha256
+            seg = self.segments[k]
             table = seg._sha_keys
             if not len(table):
                 continue
             lo = np.searchsorted(table[:, 0], keys[:, 0])
-            hit = np.flatnonzero((lo < len(table)) & (table[np.minimum(lo, len(table) - 1), 0] == keys[:, 0]))
-            for h in hit:
-                pos = int(keys[h, 1])
-                if out[pos] < 0:
-                    r = seg.row_of_sha256(shas[pos])
-                    if r >= 0 and int(seg.ids[r]) not in self.deltas.removed:
-                        out[pos] = int(seg.ids[r])
-        return out
+            lo_c = np.minimum(lo, len(table) - 1)
+            hit = np.flatnonzero((lo < len(table)) & (table[lo_c, 0] == keys[:, 0]))
+            pos = keys[hit, 1]
+            hit, pos = hit[ids[pos] < 0], pos[ids[pos] < 0]
+            if not len(hit):
+                continue
+            cand = table[lo_c[hit], 1]
+            stored = seg.column("sha256").take(pa.array(cand)).to_pylist()
+            for p, r, st in zip(pos.tolist(), cand.tolist(), stored):
+                if st != shas[p]:  # a 64-bit key collision: look among its equals
+                    r = seg.row_of_sha256(shas[p])
+                    if r < 0:
+                        continue
+                item_id = int(seg.ids[r])
+                if len(removed) and removed[min(np.searchsorted(removed, item_id), len(removed) - 1)] == item_id:
+                    continue
+                ids[p], segs[p], rows[p] = item_id, k, r
+        return ids, segs, rows
 
     def value(self, item_id: int, name: str):
         """One column's value for one item (its label with the analyst's override)."""

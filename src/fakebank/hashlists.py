@@ -236,24 +236,40 @@ def plan_import(bank: Bank, hl: HashList, *, model_identity: str | None) -> Impo
         latest[_key_of(s, hl, n, full)] = n
     duplicates = len(hl.signals) - len(latest)
     keys = list(latest)
-    known = bank.ids_of_sha256(keys)
+    known, seg_of, row_of = bank.locate_sha256(keys)
+    current = _current_values(bank, seg_of, row_of, known)
     items, changes, unchanged = [], [], 0
-    for key, item_id in zip(keys, known.tolist()):
+    for p, (key, item_id) in enumerate(zip(keys, known.tolist())):
         n = latest[key]
         s = hl.signals[n]
         if item_id < 0:
             items.append(_full_item(hl.rows, n, s) if full else _hash_item(key, s))
             continue
+        label, tags_now, note_now = current[p]
         before = len(changes)
-        if bank.label_of(item_id) != s.label:
+        if label != s.label:
             changes.append((item_id, "label", s.label))
         tags = " ".join(s.tags) or None
-        if bank.value(item_id, "tags") != tags:
+        if tags_now != tags:
             changes.append((item_id, "tags", tags))
-        if s.note is not None and bank.value(item_id, "note") != s.note:
+        if s.note is not None and note_now != s.note:
             changes.append((item_id, "note", s.note))
         unchanged += len(changes) == before
     return ImportPlan(items, changes, unchanged, duplicates, hash_only=hl.rows is not None and not full)
+
+
+def _current_values(bank: Bank, seg_of: np.ndarray, row_of: np.ndarray, ids: np.ndarray) -> dict[int, tuple]:
+    """position → (label, tags, note) of the known items as the bank reads them now, read in bulk per segment."""
+    out: dict[int, tuple] = {}
+    for k in np.unique(seg_of[seg_of >= 0]).tolist():
+        pos = np.flatnonzero(seg_of == k)
+        seg = bank.segments[k]
+        take = pa.array(row_of[pos])
+        cols = [seg.column(c).take(take).to_pylist() for c in ("label", "tags", "note")]
+        for p, i, label, tags, note in zip(pos.tolist(), ids[pos].tolist(), *cols):
+            edits = bank.deltas.edits.get(i, {})
+            out[p] = (bank.deltas.labels.get(i, label), edits.get("tags", tags), edits.get("note", note))
+    return out
 
 
 def _key_of(s: Signal, hl: HashList, n: int, full: bool) -> str:
