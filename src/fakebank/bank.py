@@ -140,14 +140,15 @@ HASH_ONLY = "hash"
 _BOOKKEEPING = ("format_version", "segments", "deltas", "counts", "generation", "next_id", "model")
 HASH_ONLY_COUNT = "hash_only"
 SHARED_HASH_QUALITY = 50  # PDQ's own usability bar (pdq.PDQ_MIN_QUALITY), for a shared hash of unknown quality  # manifest["counts"] key: hash-only items among `items`
-# A segment of hash-only items stores no embedding columns (nulls of a fixed-size list still take their
-# width on disk: 1.5 GB per million rows); it has no `cls` shard and reads its vectors as zeros.
-_EMBEDDING_COLUMNS = ("cls", "patch")
+# A segment of hash-only items stores none of the columns that come from pixels (nulls of a fixed-width
+# column still take their width: the embeddings alone would cost 3 KB an item); it has no `cls` shard,
+# reads its vectors as zeros and those columns as nulls.
+_PIXEL_COLUMNS = ("cls", "patch", "pdq_dihedral", "pdq_trim", "pdq_trim_quality", "local")
 
 
 def hash_only_schema(dim: int) -> pa.Schema:
     schema = items_schema(dim)
-    return pa.schema([f for f in schema if f.name not in _EMBEDDING_COLUMNS])
+    return pa.schema([f for f in schema if f.name not in _PIXEL_COLUMNS])
 
 
 def conform(table: pa.Table, dim: int, hash_only: bool = False) -> pa.Table:
@@ -255,6 +256,8 @@ class Segment:
             os.close(fd)
 
     def column(self, name: str) -> pa.Array:
+        if self.hash_only and name in _PIXEL_COLUMNS:
+            return pa.nulls(self.rows, items_schema(self.dim).field(name).type)
         col = self.table.column(name)
         return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
@@ -298,6 +301,8 @@ class Segment:
         return r if r < self.rows and self.ids[r] == item_id else -1
 
     def value(self, row: int, name: str):
+        if self.hash_only and name in _PIXEL_COLUMNS:
+            return None
         return self.table.column(name)[row].as_py()
 
     @cached_property
@@ -339,6 +344,8 @@ class Segment:
     @cached_property
     def trim_rows(self) -> np.ndarray:
         """Rows that have a de-bordered hash (the positions of the pdq_trim shard)."""
+        if self.hash_only:
+            return np.zeros(0, np.int64)
         valid = self.column("pdq_trim").is_valid().to_numpy(zero_copy_only=False)
         return np.flatnonzero(valid).astype(np.int64)
 
@@ -361,6 +368,8 @@ def build_shard(seg: Segment, kind: str, centroids: np.ndarray | None = None):
             return None
         if kind == "pdq_mih":
             return faiss_index.build_mih(seg.pdq_codes, np.arange(seg.rows))
+        if not len(seg.trim_rows):
+            return None  # the flat pdq_trim shard (empty) answers
         return faiss_index.build_mih(seg.fixed_bytes("pdq_trim", PDQ_BYTES)[seg.trim_rows], seg.trim_rows)
     if kind == "local":
         codes, ids = local_rows(seg.column("local"), LOCAL_INDEX_FEATURES_LARGE if seg.local_reduced else None)
@@ -801,7 +810,8 @@ class Bank:
     def table(self) -> pa.Table:
         """Every live item's metadata columns (vectors: `vectors`; local features and dihedral hashes: by id)."""
         names = [f.name for f in items_schema(self.dim) if f.name not in _BULK_COLUMNS]
-        parts = [s.table.select(names).filter(pa.array(m)) for s, m in zip(self.segments, self._live)]
+        parts = [pa.Table.from_arrays([s.column(n) for n in names], names=names).filter(pa.array(m))
+                 for s, m in zip(self.segments, self._live)]
         table = pa.concat_tables(parts) if parts else items_schema(self.dim).empty_table().select(names)
         if self.deltas.labels:
             labels = np.asarray(table.column("label").to_pylist(), dtype=object)
@@ -1410,6 +1420,8 @@ def _items_table(items: Sequence[NewItem], ids: Sequence[int], now: datetime, di
     if not hash_only:
         columns["cls"] = _vector_array([it.cls for it in items], dim)
         columns["patch"] = _vector_array([it.patch for it in items], dim)
+    elif any(getattr(it, c) is not None for it in items for c in _PIXEL_COLUMNS):
+        raise BankError("a hash-only item carries only its hash and metadata, no pixel signals")
     schema = hash_only_schema(dim) if hash_only else items_schema(dim)
     return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
 

@@ -357,9 +357,9 @@ def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, mod
             for seg, rows in export_rows(bank, flt):
                 t = seg.table.take(pa.array(rows))
                 t = _with_edits(bank, t)
-                for name in ("cls", "patch"):
-                    if name not in t.schema.names:
-                        t = t.append_column(schema.field(name), pa.nulls(len(t), schema.field(name).type))
+                for f in schema:
+                    if f.name not in t.schema.names:  # a hash-only segment's pixel columns
+                        t = t.append_column(f, pa.nulls(len(t), f.type))
                 w.write_table(t.select(schema.names).cast(schema))
                 written += len(t)
     else:
@@ -369,17 +369,22 @@ def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, mod
             if writer is not None:
                 writer.writerow(CSV_COLUMNS)
             for seg, rows in export_rows(bank, flt):
-                for item_id in seg.ids[rows].tolist():
-                    h = bank.value(item_id, "pdq").hex()
-                    src = bank.value(item_id, "source")
+                take = pa.array(rows)
+                ids = seg.ids[rows].tolist()
+                hashes = [c.tobytes().hex() for c in seg.pdq_codes[rows]]
+                sources = seg.column("source").take(take).to_pylist()
+                labels = seg.column("label").take(take).to_pylist()
+                tags = seg.column("tags").take(take).to_pylist()
+                for i, h, src, label, tag in zip(ids, hashes, sources, labels, tags):
                     if (h, src) in seen:
                         continue
                     seen.add((h, src))
                     if writer is None:
                         f.write(f"{SIGNAL_TYPE} {h}\n")
                     else:
-                        writer.writerow([SIGNAL_TYPE, h, src or collab, CATEGORY_OF_LABEL[bank.label_of(item_id)],
-                                         bank.value(item_id, "tags") or ""])
+                        tag = bank.deltas.edits.get(i, {}).get("tags", tag)
+                        writer.writerow([SIGNAL_TYPE, h, src or collab,
+                                         CATEGORY_OF_LABEL[bank.deltas.labels.get(i, label)], tag or ""])
                     written += 1
     tmp.replace(path)
     return {"path": str(path), "format": fmt, "signals": written}
