@@ -1,0 +1,53 @@
+"""Thumbnails: a decoded RGB image → a small WebP (longest side 256) kept in the bank beside each item.
+
+Sits beside preprocess at the image stage (Pillow only; never imports torch, the bank or the model). The
+bank stores what this makes at `add` time, so the web UI and the campaign report can show an item after
+its original file moved or when it was uploaded over HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+from PIL import Image
+
+from fakebank.errors import InputError
+from fakebank.preprocess import load_rgb
+
+THUMB_MAX_SIDE = 256  # px, longest side: a card in the UI, a cell of the campaign report
+# WebP quality 60: 5–9 KB for 1600×1004 photos, 2–5 KB for the 512-px samples (measured, tests/data);
+# ≈ 10 ms per 1.6 MP photo on one core of the project's EPYC, beside ≈ 40 ms of decode, PDQ and ORB.
+THUMB_QUALITY = 60
+THUMB_MIME = "image/webp"
+
+
+def make_thumbnail(img: Image.Image, max_side: int = THUMB_MAX_SIDE) -> bytes:
+    """WebP bytes of `img` scaled so that its longest side is at most `max_side` (never enlarged)."""
+    w, h = img.size
+    scale = min(1.0, max_side / max(w, h, 1))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # reducing_gap: a box-filter pre-shrink before the bilinear pass (≈ 3× faster on big photos, same look)
+    small = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0) if size != img.size else img
+    if small.mode != "RGB":
+        small = small.convert("RGB")
+    buf = io.BytesIO()
+    small.save(buf, format="WEBP", quality=THUMB_QUALITY)
+    return buf.getvalue()
+
+
+def thumbnail_of_file(path: str | None, sha256: str | None = None) -> bytes:
+    """The thumbnail of an item's original file, when it is still there and unchanged (same sha256).
+
+    Raises InputError saying why not: a different image at the same path must never stand for the item."""
+
+    if not path:
+        raise InputError("the item has no stored path; it was added without a file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e}); the original moved or was uploaded") from e
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise InputError(f"{path}: the file changed since it was added (sha256 differs); not the item's image")
+    return make_thumbnail(load_rgb(data, name=path))
