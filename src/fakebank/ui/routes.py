@@ -42,7 +42,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                                "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make the browser send Origin: null on forms
 }
 PLACEHOLDER_SVG = (
     "<svg xmlns='http://www.w3.org/2000/svg' width='256' height='192' viewBox='0 0 256 192'>"
@@ -279,21 +279,18 @@ def _recent(bank: Bank, n: int) -> list[dict]:
 
 
 def _search(bank: Bank, q: str) -> list[dict]:
-    """Items by id (#12 or 12), by sha256 (64 hex digits), else by a case-insensitive piece of path or source
-    (this scans the metadata of the whole bank: a few ms per 10k items)."""
+    """Items by sha256 (64 hex digits); else the item of that id (#12 or 12) followed by the items whose path
+    or source holds `q` (case-insensitive: this scans the whole bank's metadata, a few ms per 10k items)."""
     q = q.strip()
-    if q.lstrip("#").isdigit():
-        item_id = int(q.lstrip("#"))
-        return [bank.item(item_id)] if bank.has(item_id) else []
     if len(q) == 64 and all(c in "0123456789abcdef" for c in q.lower()):
         item_id = bank.id_of_sha256(q.lower())
         return [bank.item(item_id)] if item_id is not None else []
-    if not len(bank):
-        return []
-    table = bank.table
-    needle = q.lower()
-    hits = [i for i, p, s in zip(bank.ids.tolist(), table.column("path").to_pylist(), table.column("source").to_pylist())
-            if needle in (p or "").lower() or needle in (s or "").lower()]
+    hits = [int(q.lstrip("#"))] if q.lstrip("#").isdigit() and bank.has(int(q.lstrip("#"))) else []
+    if len(bank) and not q.startswith("#"):
+        table, needle = bank.table, q.lower()
+        hits += [i for i, p, s in zip(bank.ids.tolist(), table.column("path").to_pylist(),
+                                      table.column("source").to_pylist())
+                 if (needle in (p or "").lower() or needle in (s or "").lower()) and i not in hits]
     return [bank.item(i) for i in hits[:SEARCH_LIMIT]]
 
 
