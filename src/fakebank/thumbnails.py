@@ -16,9 +16,11 @@ from fakebank.errors import InputError
 from fakebank.preprocess import load_rgb
 
 THUMB_MAX_SIDE = 256  # px, longest side: a card in the UI, a cell of the campaign report
-# WebP quality 60: 5–9 KB for 1600×1004 photos, 2–5 KB for the 512-px samples (measured, tests/data);
-# ≈ 10 ms per 1.6 MP photo on one core of the project's EPYC, beside ≈ 40 ms of decode, PDQ and ORB.
+# WebP quality 60, method 2 (measured on tests/data and ../shared/data/pdq, one core of the project's EPYC):
+# 2–7 KB for 1024-px and 1600×1004 photos, ≈ 5 ms each (resize ≈ 3 ms, encode ≈ 2 ms). Method 4 (Pillow's
+# default) saved 3 % of bytes for 2.4× the encode time; method 6, 7 % for 6×.
 THUMB_QUALITY = 60
+THUMB_METHOD = 2
 THUMB_MIME = "image/webp"
 
 
@@ -32,7 +34,7 @@ def make_thumbnail(img: Image.Image, max_side: int = THUMB_MAX_SIDE) -> bytes:
     if small.mode != "RGB":
         small = small.convert("RGB")
     buf = io.BytesIO()
-    small.save(buf, format="WEBP", quality=THUMB_QUALITY)
+    small.save(buf, format="WEBP", quality=THUMB_QUALITY, method=THUMB_METHOD)
     return buf.getvalue()
 
 
