@@ -261,3 +261,9 @@ def test_thumbnail_endpoint_over_http(ui):
     assert httpx.get(f"{srv.url}/v1/items/{item}/thumbnail").status_code == 401
     r = httpx.get(f"{srv.url}/v1/items/9999/thumbnail", headers=AUTH)
     assert r.status_code == 404 and "no item with id 9999" in r.json()["error"]
+    # an upload over HTTP has no file on the server: its thumbnail is made from the upload and stored
+    r = httpx.post(f"{srv.url}/v1/items", files=[("file", ("up.jpg", STRANGER.read_bytes()))], headers=AUTH,
+                   timeout=60)
+    (added,) = r.json()["results"]
+    r = httpx.get(f"{srv.url}/v1/items/{added['id']}/thumbnail", headers=AUTH)
+    assert r.headers["content-type"] == "image/webp" and Image.open(io.BytesIO(r.content)).size == (256, 256)
