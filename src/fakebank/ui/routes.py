@@ -138,7 +138,7 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
             records = await query(uploads, k, heatmap, True)
         except FakebankError as e:
             return render(request, "query.html", 422, k=k, heatmap=heatmap, message=str(e))
-        results = [{**r, "query_uri": await run_in_threadpool(_upload_uri, name, data),
+        results = [{**r, "query_uri": None if r.get("error") else await run_in_threadpool(_upload_uri, name, data),
                     "heat_uri": "data:image/png;base64," + r["heatmap"]["png_base64"]
                     if r.get("heatmap", {}).get("png_base64") else None}
                    for (name, data), r in zip(uploads, records)]
@@ -225,7 +225,7 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
         return render(request, "campaigns.html", campaigns=_with_timeline(records),
                       events=[event_text(ev) for ev in result.events], recomputed=True)
 
-    @router.get("/ui/campaigns/{name}", dependencies=page_auth)
+    @router.get("/ui/campaigns/{name:path}", dependencies=page_auth)  # analyst names may hold "/"
     def campaign_page(request: Request, name: str):
         records = fb.campaigns(min_size=1, recompute=False, save=False)
         found = next((r for r in records if r["campaign"] == name), None)
