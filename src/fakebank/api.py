@@ -35,6 +35,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 COMMIT_EVERY_ITEMS = 64  # a crash during `add` loses at most this many embedded images …
 COMMIT_EVERY_S = 15.0  # … or this many seconds of work; a rerun skips what was committed
 DEFAULT_K = 10
+THUMBS_COMMIT_EVERY = 1024  # `make_thumbnails`: ≈ 6 MB of thumbnails per side file
 
 
 def expand_inputs(paths: Sequence[str | os.PathLike], recursive: bool = False) -> list[str]:
@@ -184,7 +185,7 @@ class Fakebank:
                 last_commit = time.monotonic()
 
             for result in self.extractor.extract(inputs, skip=lambda sha: w.bank.id_of_sha256(sha) is not None or sha in seen,
-                                                 mirror=False):
+                                                 mirror=False, thumbnail=True):
                 if isinstance(result, FailedInput):
                     yield self._add_record(result.path, None, None, "error", None, None, result.error)
                     continue
@@ -546,6 +547,55 @@ class Fakebank:
             w.remove(ids)
             return [{"id": int(i), "status": "removed"} for i in ids]
 
+    # -- thumbnails ---------------------------------------------------------------------------------
+
+    def item_thumbnail(self, bank: Bank, item_id: int) -> bytes | None:
+        """The item's stored WebP thumbnail, else one made now from its original file when that is still
+        there unchanged (not stored: `make_thumbnails` stores them); None when neither exists."""
+        from fakebank.thumbnails import thumbnail_of_file
+
+        thumb = bank.thumbnail(item_id)
+        if thumb is None:
+            try:
+                thumb = thumbnail_of_file(bank.value(item_id, "path"), bank.value(item_id, "sha256"))
+            except InputError:
+                return None
+        return thumb
+
+    def make_thumbnails(self) -> Iterator[dict]:
+        """`fakebank thumbnails`: make and store the thumbnail of every item that has none, from its original
+        file where that is still there unchanged. One record per such item, yielded once committed:
+        `{"id", "path", "status": "added"|"error", "error"}`. Commits every THUMBS_COMMIT_EVERY, so a
+        crash loses little and a rerun resumes. Needs no model."""
+        from fakebank.thumbnails import thumbnail_of_file
+
+        bank = self.open_bank()
+        made: dict[int, bytes] = {}
+
+        def flush() -> Iterator[dict]:
+            with self._write_lock, self.writer(with_model=False) as w:
+                live = {i: t for i, t in made.items() if w.bank.has(i)}  # removed meanwhile: skip
+                w.add_thumbnails(live)
+            for i in made:
+                yield self._thumb_record(bank, i, "added" if i in live else "error",
+                                         None if i in live else "removed while its thumbnail was made")
+            made.clear()
+
+        for item_id in bank.missing_thumbnails():
+            try:
+                made[item_id] = thumbnail_of_file(bank.value(item_id, "path"), bank.value(item_id, "sha256"))
+            except InputError as e:
+                yield self._thumb_record(bank, item_id, "error", str(e))
+                continue
+            if len(made) >= THUMBS_COMMIT_EVERY:
+                yield from flush()
+        if made:
+            yield from flush()
+
+    @staticmethod
+    def _thumb_record(bank: Bank, item_id: int, status: str, error: str | None = None) -> dict:
+        return {"id": item_id, "path": bank.value(item_id, "path"), "status": status, "error": error}
+
     def compact(self, progress=None) -> dict:
         """Merge every segment and fold the delta files in (explicit: costs the bank's size)."""
         with self._write_lock, self.writer(with_model=False) as w:
@@ -676,6 +726,7 @@ def new_item(emb, label: str, source: str | None, campaign: str | None, note: st
         pdq_trim=sig.pdq_trim.hash if sig is not None and sig.pdq_trim is not None else None,
         pdq_trim_quality=sig.pdq_trim.quality if sig is not None and sig.pdq_trim is not None else None,
         local=sig.local.strongest(LOCAL_BANK_FEATURES).to_bytes() if sig is not None and len(sig.local) else None,
+        thumbnail=getattr(emb, "thumbnail", None),
     )
 
 

@@ -82,7 +82,7 @@ LOCAL_INDEX_FEATURES_LARGE = 32
 SHARD_KINDS = ("cls", "pdq", "pdq_trim", "local", "pdq_mih", "pdq_trim_mih")
 MIH_KINDS = ("pdq_mih", "pdq_trim_mih")
 _OWNED_FILE = re.compile(
-    r"^(seg-\d+(-\d+)?\.(parquet|arrow|sha\.npy|(pdq|pdq_trim)_mih\.npy|(cls|pdq|pdq_trim|local)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet"
+    r"^(seg-\d+(-\d+)?\.(parquet|arrow|sha\.npy|(pdq|pdq_trim)_mih\.npy|(cls|pdq|pdq_trim|local)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet|thumbs-\d+\.arrow"
     r"|localq-\d+\.npy|(cls|patch|pdq|pdq_trim|local)-\d+\.faiss|.*\.tmp)$")
 # Near-duplicate signals (dedup.py) beyond `pdq`: the PDQ hashes of de-bordered images and the ORB
 # descriptors of every item. A local descriptor's id is item_id << LOCAL_ID_BITS | its rank within the item.
@@ -97,6 +97,10 @@ CAMPAIGNS_SCHEMA = pa.schema([("id", pa.int64()), ("campaign", pa.string()), ("o
 # clears it). Later rows win.
 DELTA_SCHEMA = pa.schema([("id", pa.int64()), ("op", pa.string()), ("value", pa.string())])
 EDIT_OPS = ("note", "tags")  # delta ops that overwrite a metadata column (label, remove, campaign: their own)
+# Thumbnails made after their items were added (`fakebank thumbnails`): segments are immutable, so they
+# live in id-sorted side files (Arrow IPC, memory-mapped like segments) that the manifest lists under
+# "thumbnails", newest last; a merge folds them into the merged segment's column, `compact` drops them.
+THUMBS_SCHEMA = pa.schema([("id", pa.int64()), ("thumbnail", pa.binary())])
 
 
 def default_bank_path() -> Path:
@@ -132,6 +136,9 @@ def items_schema(dim: int) -> pa.Schema:
             ("media", pa.string()),
             ("tags", pa.string()),  # space-separated, as the exchanges' CSV writes them
             ("external_id", pa.string()),  # the exchange's own id of the signal
+            # WebP, longest side 256 (thumbnails.py); null for rows added before thumbnails existed: those
+            # get theirs from `fakebank thumbnails`, in side files (THUMBS_SCHEMA)
+            ("thumbnail", pa.binary()),
         ]
     )
 
@@ -143,7 +150,7 @@ SHARED_HASH_QUALITY = 50  # PDQ's own usability bar (pdq.PDQ_MIN_QUALITY), for a
 # A segment of hash-only items stores none of the columns that come from pixels (nulls of a fixed-width
 # column still take their width: the embeddings alone would cost 3 KB an item); it has no `cls` shard,
 # reads its vectors as zeros and those columns as nulls.
-_PIXEL_COLUMNS = ("cls", "patch", "pdq_dihedral", "pdq_trim", "pdq_trim_quality", "local")
+_PIXEL_COLUMNS = ("cls", "patch", "pdq_dihedral", "pdq_trim", "pdq_trim_quality", "local", "thumbnail")
 
 
 def hash_only_schema(dim: int) -> pa.Schema:
@@ -185,6 +192,7 @@ class NewItem:
     pdq_trim: bytes | None = None  # PDQ of the de-bordered image, when it differs from the whole
     pdq_trim_quality: int | None = None
     local: bytes | None = None  # LocalFeatures.to_bytes()
+    thumbnail: bytes | None = None  # thumbnails.make_thumbnail() of the decoded image
     media: str | None = None  # None: an image; HASH_ONLY: a hash without pixels
     tags: str | None = None
     external_id: str | None = None
@@ -472,9 +480,35 @@ def delta_table(changes: Sequence[tuple[int, str, str | None]]) -> pa.Table:
                      "value": pa.array([c[2] for c in changes], pa.string())}, schema=DELTA_SCHEMA)
 
 
+class ThumbFile:
+    """One side file of thumbnails (THUMBS_SCHEMA, id-sorted), memory-mapped: a look-up reads one row."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all().combine_chunks()
+        except FileNotFoundError:
+            raise BankError(f"{path.parent}: thumbnail file {path.name} named by the manifest is missing; "
+                            "retry (a writer may have just folded it), else run `fakebank thumbnails`") from None
+        self.ids = table.column("id").to_numpy()
+        self._thumbs = table.column("thumbnail")
+
+    def get(self, item_id: int) -> bytes | None:
+        r = int(np.searchsorted(self.ids, item_id))
+        return self._thumbs[r].as_py() if r < len(self.ids) and self.ids[r] == item_id else None
+
+    def items(self) -> dict[int, bytes]:
+        return dict(zip(self.ids.tolist(), self._thumbs.to_pylist()))
+
+
+def thumbs_table(thumbs: dict[int, bytes]) -> pa.Table:
+    ids = sorted(thumbs)
+    return pa.table({"id": pa.array(ids, pa.int64()), "thumbnail": pa.array([thumbs[i] for i in ids], pa.binary())},
+                    schema=THUMBS_SCHEMA)
+
+
 # -- the reader ----------------------------------------------------------------------------------------------
 
-_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral")  # kept out of the whole-bank `table`
+_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral", "thumbnail")  # kept out of the whole-bank `table`
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
                  "logit", "pdq", "pdq_quality", "width", "height", "media", "tags", "external_id")
 
@@ -511,6 +545,7 @@ class Bank:
                 deltas = Deltas.read(path, manifest.get("deltas", []))
                 bank = cls(path, manifest, segments, deltas)
                 bank._check_counts()
+                bank._thumb_files  # held now, like the segments, so that a writer's sweep cannot pull them
                 return bank
             except (BankError, FileNotFoundError):
                 # A writer compacted and swept files between our manifest read and now: reread.
@@ -534,7 +569,10 @@ class Bank:
 
     def with_segment(self, manifest: dict, segment: Segment) -> Bank:
         """This snapshot plus one appended segment (shards already mapped are shared: segments are immutable)."""
-        return Bank(self.path, manifest, [*self.segments, segment], self.deltas)
+        bank = Bank(self.path, manifest, [*self.segments, segment], self.deltas)
+        if "_thumb_files" in self.__dict__ and manifest.get("thumbnails") == self.manifest.get("thumbnails"):
+            bank.__dict__["_thumb_files"] = self._thumb_files
+        return bank
 
     # -- per-id look-ups ----------------------------------------------------------------------------
 
@@ -636,6 +674,34 @@ class Bank:
         rec["added_at"] = rec["added_at"].isoformat() if rec["added_at"] else None
         rec["pdq"] = rec["pdq"].hex() if rec["pdq"] else None
         return rec
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        """The item's WebP thumbnail: stored at `add`, else made since by `fakebank thumbnails`; None: neither."""
+        seg, r = self._need(item_id)
+        return seg.value(r, "thumbnail") or self._side_thumbnail(int(item_id))
+
+    def _side_thumbnail(self, item_id: int) -> bytes | None:
+        for f in reversed(self._thumb_files):  # newest first
+            thumb = f.get(item_id)
+            if thumb is not None:
+                return thumb
+        return None
+
+    @cached_property
+    def _thumb_files(self) -> list[ThumbFile]:
+        return [ThumbFile(self.path / name) for name in self.manifest.get("thumbnails", [])]
+
+    def missing_thumbnails(self) -> list[int]:
+        """Ids of the live items that have no thumbnail anywhere (reads null bitmaps and side-file ids only)."""
+        have = np.concatenate([f.ids for f in self._thumb_files]) if self._thumb_files else np.zeros(0, np.int64)
+        out = []
+        for seg in self.segments:
+            if seg.hash_only:  # a shared hash has no picture
+                continue
+            ids = seg.ids[seg.column("thumbnail").is_null().to_numpy(zero_copy_only=False)]
+            ids = ids[~np.isin(ids, have)]
+            out.extend(int(i) for i in ids if int(i) not in self.deltas.removed)
+        return out
 
     def vector(self, kind: str, item_id: int) -> np.ndarray:
         seg, r = self._need(item_id)
@@ -1096,6 +1162,28 @@ class BankWriter:
         else:
             self._commit(manifest, gen)
 
+    def add_thumbnails(self, thumbs: dict[int, bytes]) -> None:
+        """Store thumbnails made after their items were added: one new side file, one commit. The newest
+        side files are folded into it while none is larger than what it holds (a binary counter: O(log n)
+        files, each thumbnail rewritten O(log n) times); removed items are dropped as they are folded."""
+        assert self.bank is not None
+        if not thumbs:
+            return
+        for i in thumbs:
+            self.bank._need(i)  # raises UsageError naming an unknown id
+        manifest = dict(self.bank.manifest)
+        gen = manifest["generation"] + 1
+        files, held = list(manifest.get("thumbnails", [])), list(self.bank._thumb_files)
+        thumbs = dict(thumbs)
+        while held and len(held[-1].ids) <= len(thumbs):
+            older = held.pop().items()
+            files.pop()
+            thumbs = {i: t for i, t in older.items() if i not in self.bank.deltas.removed} | thumbs  # newer win
+        name = f"thumbs-{gen:06d}.arrow"
+        _write_arrow(self.path / name, thumbs_table(thumbs))
+        manifest["thumbnails"] = files + [name]
+        self._commit(manifest, gen)
+
     def set_manifest_entry(self, key: str, value: dict) -> None:
         """Store a settings record (e.g. the near-duplicate thresholds, "dedup") in the manifest, one commit."""
         assert self.bank is not None
@@ -1136,6 +1224,7 @@ class BankWriter:
                 progress(sum(s.rows for s in group))
         manifest["segments"] = entries
         manifest["deltas"] = self._fold_deltas(keep, gen) if keep.campaigns else []
+        manifest["thumbnails"] = []  # every live row's side thumbnail was folded into its merged segment
         self._commit(manifest, gen, segments=segments, deltas=keep)
         return {"segments_before": before[0], "segments_after": len(entries), "delta_files_before": before[1],
                 "delta_files_after": len(manifest["deltas"]), "items": len(self.bank)}
@@ -1189,6 +1278,11 @@ class BankWriter:
                     for r, v in hit:
                         values[r] = v
                     table = table.set_column(table.schema.get_field_index(op), op, pa.array(values, pa.string()))
+        if self.bank._thumb_files and "thumbnail" in table.schema.names:  # side thumbnails move into the merged segment's column
+            thumbs = table.column("thumbnail").to_pylist()
+            ids = table.column("id").to_pylist()
+            thumbs = [t if t is not None else self.bank._side_thumbnail(i) for i, t in zip(ids, thumbs)]
+            table = table.set_column(table.schema.get_field_index("thumbnail"), "thumbnail", pa.array(thumbs, pa.binary()))
         return self._write_segment(table, gen, n)
 
     # -- commit machinery ------------------------------------------------------------------------
@@ -1346,7 +1440,7 @@ class BankWriter:
         live = set()
         for s in m["segments"]:
             live |= {s.get("file"), s.get("sha"), *s.get("shards", {}).values()}
-        live |= set(m.get("deltas", []))
+        live |= set(m.get("deltas", [])) | set(m.get("thumbnails", []))
         live |= {(m.get("campaigns") or {}).get("file"), (m.get("local_quantizer") or {}).get("file")}
         if m["format_version"] == 1:
             return  # a format-1 bank read as is: its files are named differently
@@ -1413,6 +1507,7 @@ def _items_table(items: Sequence[NewItem], ids: Sequence[int], now: datetime, di
         "pdq_trim": pa.array([it.pdq_trim for it in items], pa.binary(PDQ_BYTES)),
         "pdq_trim_quality": pa.array([it.pdq_trim_quality for it in items], pa.int16()),
         "local": pa.array([it.local for it in items], pa.binary()),
+        "thumbnail": pa.array([it.thumbnail for it in items], pa.binary()),
         "media": pa.array([it.media for it in items], pa.string()),
         "tags": pa.array([it.tags for it in items], pa.string()),
         "external_id": pa.array([it.external_id for it in items], pa.string()),
@@ -1437,6 +1532,14 @@ def _write_whole(path: Path, write) -> None:
     write(tmp)
     _fsync(tmp)
     os.replace(tmp, path)
+
+
+def _write_arrow(path: Path, table: pa.Table) -> None:
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+            out.write_table(table, max_chunksize=max(1, len(table)))
+
+    _write_whole(path, write)
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:

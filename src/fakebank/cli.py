@@ -368,6 +368,29 @@ def sync(
 
 
 @_command
+def thumbnails(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
+    """Store a thumbnail for every item that has none (banks from before thumbnails), from its original file.
+
+    Items whose file moved or changed since `add` are listed as errors (exit 1); rerun after restoring them.
+    """
+    fb = _fb(bank)
+    counts = {"added": 0, "error": 0}
+
+    def human(r: dict) -> None:
+        if r["status"] == "error":
+            err.print(f"error #{r['id']}: {r['error']}", markup=False, highlight=False)
+
+    for r in fb.make_thumbnails():
+        counts[r["status"]] += 1
+        _emit(r, as_json, human)
+    err.print(f"{counts['added']} thumbnails stored, {counts['error']} items without a readable original"
+              + ("" if counts["added"] + counts["error"] else " (every item already has one)"),
+              markup=False, highlight=False)
+    if counts["error"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@_command
 def calibrate(
     folder: Annotated[Path, typer.Argument(help="Folder with fake/ and real/ sub-folders of labelled images.")],
     k: Annotated[int, typer.Option("-k", min=1)] = DEFAULT_K,

@@ -36,6 +36,7 @@ from fakebank.embed import Decoded, Embedding, Extractor, Source
 from fakebank.errors import BankError, FakebankError, InputError, TooLargeError, UsageError
 from fakebank.hma import HmaError, hma_error_response, hma_router
 from fakebank.pdq import PDQ_MATCH_THRESHOLD
+from fakebank.ui import ui_router
 
 log = logging.getLogger("fakebank.service")
 API_KEY_ENV = "FAKEBANK_API_KEY"
@@ -258,11 +259,13 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
 
     async def embed_uploads(uploads: list[tuple[str, bytes]], *, mirror: bool = True) -> list[Embedding | FakebankError]:
         """Decode in threads, then embed through the shared batcher; per-file errors are kept in place.
-        `mirror=False` (uploads to the bank) skips the mirror image's keypoints, which only queries use."""
+        `mirror=False` (uploads to the bank) skips the mirror image's keypoints, which only queries use, and
+        makes the bank's thumbnail."""
         async def one(name: str, data: bytes) -> Embedding | FakebankError:
             batcher.decoding += 1  # only touched on the event loop thread
             try:
-                decoded = await run_in_threadpool(extractor.decode, Source(name, data), mirror=mirror)
+                decoded = await run_in_threadpool(extractor.decode, Source(name, data), mirror=mirror,
+                                                  thumbnail=not mirror)
                 fut = batcher.submit(decoded)  # queued before it stops counting as "on the way"
             except InputError as e:
                 return e
@@ -392,6 +395,17 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         ]
         return metrics.render(extra)
 
+    async def query_uploads(uploads: list[tuple[str, bytes]], k: int, explain: bool, provenance: bool) -> list[dict]:
+        """POST /v1/query's path for the web UI: one snapshot, the shared batcher, the same records."""
+        bank = await run_in_threadpool(fb.snapshot)
+        check_model(bank.manifest, fb.model_info, fb.bank_path)
+        results = await embed_uploads(uploads)
+        return [fb.query_error_record(name, str(r)) if isinstance(r, FakebankError)
+                else await run_in_threadpool(query_one, bank, r, k, data, explain, provenance)
+                for (name, data), r in zip(uploads, results)]
+
+    app.include_router(ui_router(fb, api_key=config.api_key, max_upload_bytes=config.max_upload_bytes,
+                                 query=query_uploads))  # the web UI at /ui (fakebank.ui)
     return app
 
 
