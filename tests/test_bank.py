@@ -76,12 +76,16 @@ def test_large_segments_write_mapped_shards_and_search_them(tmp_path, monkeypatc
     and give the same answers as exact search."""
     monkeypatch.setattr("fakebank.index.ANN_MIN_ROWS", 8)
     monkeypatch.setattr("fakebank.index.MIH_MIN_ROWS", 8)
+    from dataclasses import replace
     items = [make_item(i) for i in range(40)]
+    items = [replace(it, pdq_trim=it.pdq[::-1], pdq_trim_quality=90) if i % 2 == 0 else it for i, it in enumerate(items)]
     with writer(tmp_path) as w:
         w.add(items[:30])
         w.add(items[30:33])  # small: searched exactly, PDQ by a flat scan
     m = read_manifest(tmp_path)
     assert set(m["segments"][0]["shards"]) == {"cls", "pdq", "pdq_trim", "local", "pdq_mih", "pdq_trim_mih"}
+    trims = np.stack([np.frombuffer(it.pdq[::-1], np.uint8) for it in items[:30:2]])
+    assert Bank.open(tmp_path).binary_within("pdq_trim", trims, 0) == [[(i, 0)] for i in range(1, 31, 2)]
     assert set(m["segments"][1]["shards"]) == {"pdq", "pdq_trim", "local"}
     bank = Bank.open(tmp_path)
     queries = np.stack([it.cls for it in items[:33]])
@@ -377,7 +381,12 @@ def test_format_1_bank_answers_as_before_read_as_is_and_after_migration(tmp_path
         got = _answers(bank, expected)
         assert got["cls_ids"] == expected["cls_ids"]
         np.testing.assert_allclose(got["cls_sims"], expected["cls_sims"], atol=1e-6)
-        assert got["pdq"] == expected["pdq"] and got["items"] == expected["items"]
+        assert got["pdq"] == expected["pdq"]
+        # the items as format 1 recorded them; columns added since read as nulls
+        for i, rec in got["items"].items():
+            assert {k: rec[k] for k in expected["items"][i]} == expected["items"][i]
+            assert all(rec[k] is None for k in set(rec) - set(expected["items"][i]))
+        assert set(got["items"]) == set(expected["items"])
         assert got["local_dist"] == expected["local_dist"] and got["local_ids"] == expected["local_ids"]
 
     old = Bank.open(path)

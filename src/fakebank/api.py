@@ -19,13 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from fakebank.bank import (
-    MANIFEST, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path, read_manifest,
+    HASH_ONLY_COUNT, LABELS, MANIFEST, VIDEO, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path,
+    read_manifest,
 )
 from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
 from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
 from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
+from fakebank.pdq import PDQ_MATCH_THRESHOLD
 from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.errors import BankError, FakebankError, InputError, UsageError
 from fakebank import video as vid
@@ -34,6 +36,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 COMMIT_EVERY_ITEMS = 64  # a crash during `add` loses at most this many embedded images …
 COMMIT_EVERY_S = 15.0  # … or this many seconds of work; a rerun skips what was committed
 DEFAULT_K = 10
+THUMBS_COMMIT_EVERY = 1024  # `make_thumbnails`: ≈ 6 MB of thumbnails per side file
 
 
 def expand_inputs(paths: Sequence[str | os.PathLike], recursive: bool = False) -> list[str]:
@@ -189,7 +192,7 @@ class Fakebank:
                 last_commit = time.monotonic()
 
             for result in self.extractor.extract(inputs, skip=lambda sha: w.bank.id_of_sha256(sha) is not None or sha in seen,
-                                                 mirror=False):
+                                                 mirror=False, thumbnail=True):
                 if isinstance(result, FailedInput):
                     yield self._add_record(result.path, None, None, "error", None, None, result.error)
                     continue
@@ -294,13 +297,14 @@ class Fakebank:
         candidates = {int(i) for i in ids[0][:k] if i >= 0} | set(matches)
         out = []
         for item_id in candidates:
-            sim = float(bank.vector("cls", item_id) @ emb.cls)
+            hash_only = bank.is_hash_only(item_id)
+            sim = 0.0 if hash_only else float(bank.vector("cls", item_id) @ emb.cls)
             m = matches.get(item_id)
             out.append(Neighbor(
                 id=item_id, path=bank.value(item_id, "path"), label=bank.label_of(item_id),
                 campaign=bank.value(item_id, "campaign"), similarity=round(sim, 6),
                 pdq_distance=m.pdq_distance if m else pdq_distance(bank, probe, item_id),
-                signal=m.signal if m else None, judged=True,
+                signal=m.signal if m else None, judged=True, hash_only=hash_only,
             ))
         out.sort(key=lambda n: -n.similarity)
         return out
@@ -405,9 +409,14 @@ class Fakebank:
 
     @staticmethod
     def dupes_record(bank: Bank, path: str, matches: list) -> dict:
-        return {"path": path, "duplicates": [
-            {"id": m.id, "path": bank.value(m.id, "path"), "similarity": m.similarity,
-             "pdq_distance": m.pdq_distance, "signal": m.signal} for m in matches]}
+        def record(m) -> dict:
+            rec = {"id": m.id, "path": bank.value(m.id, "path"), "similarity": m.similarity,
+                   "pdq_distance": m.pdq_distance, "signal": m.signal}
+            if bank.is_hash_only(m.id):
+                rec.update(similarity=None, media="hash", judged_on=["pdq"])
+            return rec
+
+        return {"path": path, "duplicates": [record(m) for m in matches]}
 
     def dupe_groups(self, *, params: DedupParams | None = None, progress=None) -> Iterator[dict]:
         """Groups of near-duplicates inside the bank, largest first: `{"group": [ids], "paths": [...]}`.
@@ -453,7 +462,8 @@ class Fakebank:
                 return self._add_record(src.name, existing, sha, "duplicate", None, w.bank.item(existing)["label"]) \
                     | {"media": "video"}
             vemb = vid.embed_video(self.extractor, src.name, src.data, sha256=sha, rate=self.video_rate,
-                                   max_frames=self.max_frames, strategy=self.video_strategy, mirror=False)
+                                   max_frames=self.max_frames, strategy=self.video_strategy, mirror=False,
+                                   thumbnail=True)
         except FakebankError as e:
             return self._add_record(src.name, None, None, "error", None, None, str(e)) | {"media": "video"}
         item = video_item(vemb, label, source, campaign, note, w.bank.dim)
@@ -535,6 +545,89 @@ class Fakebank:
             return [vid.VpdqFeature(f.number, (h := pdq_hash(f.image, max_side=None)).quality, h.hex,
                                     round(f.timestamp, vid.VPDQ_TIMESTAMP_PRECISION)) for f in reader]
 
+    # -- hash lists (hashlists.py; issue 12) --------------------------------------------------------
+
+    def _list_writer(self) -> BankWriter:
+        """A writer of the bank, created with the model's identity when it does not exist yet (a bank of
+        hashes only still records the model its images will be embedded with)."""
+        if (self.bank_path / MANIFEST).is_file():
+            return self.writer(with_model=False)
+        return self.writer()
+
+    def import_list(self, path: str | os.PathLike, *, fmt: str | None = None, signal_type: str | None = None,
+                    label: str = "fake", source: str | None = None) -> dict:
+        """`fakebank import`: one commit of the list's good signals (new → hash-only items, known → labels,
+        tags and notes updated); the bad lines are reported by number and skipped."""
+        from fakebank.hashlists import plan_import, read_list
+
+        hl = read_list(path, fmt, signal_type=signal_type, label=label, source=source)
+        with self._write_lock, self._list_writer() as w:
+            identity = (w.bank.manifest.get("model") or {}).get("identity_hash")
+            plan = plan_import(w.bank, hl, model_identity=identity)
+            ids = w.apply(plan.items, plan.changes)
+            self._publish(w.bank)
+        return {"path": os.fspath(path), "format": hl.format, "signals": len(hl.signals), "added": len(ids),
+                "updated": plan.updated, "unchanged": plan.unchanged, "repeated_in_list": plan.duplicates,
+                "hash_only": plan.hash_only or hl.rows is None,
+                "note": ("the list was embedded by another model (identity "
+                         f"{(hl.model_identity or '?')[:12]}): only its hashes were imported") if plan.hash_only else None,
+                "errors": [{"line": n, "error": e} for n, e in hl.errors], "error_count": hl.error_count}
+
+    def export_list(self, path: str | os.PathLike, *, fmt: str, labels: Sequence[str] = ("fake",),
+                    source: str | None = None, campaign: str | None = None, min_quality: int = 50) -> dict:
+        """`fakebank export`: the bank's items (by default its fakes) as a hash list a partner can read."""
+        from fakebank.hashlists import ExportFilter, write_list
+
+        for label in labels:
+            check_label(label)
+        bank = self.open_bank()
+        flt = ExportFilter(labels=tuple(labels), source=source, campaign=campaign, min_quality=min_quality)
+        return write_list(bank, path, fmt, flt, model=bank.manifest.get("model"))
+
+    def sync(self, config: str | os.PathLike) -> Iterator[dict]:
+        """`fakebank sync`: per collaboration of the config, fetch from its stored checkpoint (outside the
+        lock: exchanges are slow), then one commit of its new/updated/deleted signals and new checkpoint."""
+        from fakebank.hashlists import plan_import
+        from fakebank import sync as exchanges
+
+        for collab in exchanges.read_config(config):
+            try:
+                stored = (read_manifest(self.bank_path).get(exchanges.MANIFEST_KEY) or {}).get(collab.name)
+            except BankError:
+                stored = None
+            fetched = exchanges.fetch(collab, stored)
+            with self._write_lock, self._list_writer() as w:
+                state = dict(w.bank.manifest.get(exchanges.MANIFEST_KEY) or {})
+                plan = plan_import(w.bank, fetched.signals, model_identity=None)
+                gone = set(exchanges.removals(w.bank, fetched))
+                changes = [c for c in plan.changes if c[0] not in gone] + [(i, "remove", None) for i in sorted(gone)]
+                state[collab.name] = exchanges.sync_state(fetched, state.get(collab.name))
+                ids = w.apply(plan.items, changes, settings={exchanges.MANIFEST_KEY: state})
+                self._publish(w.bank)
+            yield {"collaboration": collab.name, "api": collab.api, "signals": len(fetched.signals.signals),
+                   "added": len(ids), "updated": len({c[0] for c in changes if c[1] != "remove"}),
+                   "removed": len(gone), "unchanged": plan.unchanged, "snapshot": fetched.snapshot,
+                   "errors": [{"line": n, "error": e} for n, e in fetched.signals.errors],
+                   "error_count": fetched.signals.error_count}
+
+    def lookup(self, hashes: Sequence[str], *, max_distance: int = PDQ_MATCH_THRESHOLD,
+               bank: Bank | None = None) -> list[dict]:
+        """Per PDQ hash (hex), the bank's items within `max_distance` bits, closest first. No model needed."""
+        from fakebank.hashlists import parse_hashes
+
+        if not 0 <= max_distance <= 64:
+            raise UsageError(f"max distance {max_distance} is outside 0..64 bits")
+        codes = parse_hashes(hashes)
+        bank = bank or self.snapshot()
+        hits = bank.pdq_within(codes, max_distance) if len(codes) else []
+        out = []
+        for code, found in zip(codes, hits):
+            matches = [{"id": i, "distance": d, "label": bank.label_of(i), "source": bank.value(i, "source"),
+                        "campaign": bank.value(i, "campaign"), "media": bank.value(i, "media") or "image",
+                        "path": bank.value(i, "path")} for i, d in sorted(found, key=lambda h: (h[1], h[0]))]
+            out.append({"pdq": code.tobytes().hex(), "matches": matches})
+        return out
+
     # -- maintenance -----------------------------------------------------------------------------
 
     def info(self) -> dict:
@@ -547,7 +640,8 @@ class Fakebank:
             "bank": str(self.bank_path),
             "format_version": m["format_version"],
             "items": m["counts"]["items"],
-            "labels": {k: v for k, v in m["counts"].items() if k != "items"},
+            "labels": {k: v for k, v in m["counts"].items() if k in LABELS},
+            "hash_only": m["counts"].get(HASH_ONLY_COUNT, 0),
             "model": {k: model.get(k) for k in ("name", "revision", "trained", "arch", "spec", "identity_hash")},
             "embedding_dim": m["embedding_dim"],
             "indexes": {k: v["factory"] for k, v in m.get("indexes", {}).items()} if m["format_version"] == 1 else {
@@ -574,6 +668,55 @@ class Fakebank:
         with self.writer(with_model=False) as w:
             w.remove(ids)
             return [{"id": int(i), "status": "removed"} for i in ids]
+
+    # -- thumbnails ---------------------------------------------------------------------------------
+
+    def item_thumbnail(self, bank: Bank, item_id: int) -> bytes | None:
+        """The item's stored WebP thumbnail, else one made now from its original file when that is still
+        there unchanged (not stored: `make_thumbnails` stores them); None when neither exists."""
+        from fakebank.thumbnails import thumbnail_of_file
+
+        thumb = bank.thumbnail(item_id)
+        if thumb is None:
+            try:
+                thumb = thumbnail_of_file(bank.value(item_id, "path"), bank.value(item_id, "sha256"))
+            except InputError:
+                return None
+        return thumb
+
+    def make_thumbnails(self) -> Iterator[dict]:
+        """`fakebank thumbnails`: make and store the thumbnail of every item that has none, from its original
+        file where that is still there unchanged. One record per such item, yielded once committed:
+        `{"id", "path", "status": "added"|"error", "error"}`. Commits every THUMBS_COMMIT_EVERY, so a
+        crash loses little and a rerun resumes. Needs no model."""
+        from fakebank.thumbnails import thumbnail_of_file
+
+        bank = self.open_bank()
+        made: dict[int, bytes] = {}
+
+        def flush() -> Iterator[dict]:
+            with self._write_lock, self.writer(with_model=False) as w:
+                live = {i: t for i, t in made.items() if w.bank.has(i)}  # removed meanwhile: skip
+                w.add_thumbnails(live)
+            for i in made:
+                yield self._thumb_record(bank, i, "added" if i in live else "error",
+                                         None if i in live else "removed while its thumbnail was made")
+            made.clear()
+
+        for item_id in bank.missing_thumbnails():
+            try:
+                made[item_id] = thumbnail_of_file(bank.value(item_id, "path"), bank.value(item_id, "sha256"))
+            except InputError as e:
+                yield self._thumb_record(bank, item_id, "error", str(e))
+                continue
+            if len(made) >= THUMBS_COMMIT_EVERY:
+                yield from flush()
+        if made:
+            yield from flush()
+
+    @staticmethod
+    def _thumb_record(bank: Bank, item_id: int, status: str, error: str | None = None) -> dict:
+        return {"id": item_id, "path": bank.value(item_id, "path"), "status": status, "error": error}
 
     def compact(self, progress=None) -> dict:
         """Merge every segment and fold the delta files in (explicit: costs the bank's size)."""
@@ -706,6 +849,7 @@ def new_item(emb, label: str, source: str | None, campaign: str | None, note: st
         pdq_trim=sig.pdq_trim.hash if sig is not None and sig.pdq_trim is not None else None,
         pdq_trim_quality=sig.pdq_trim.quality if sig is not None and sig.pdq_trim is not None else None,
         local=sig.local.strongest(LOCAL_BANK_FEATURES).to_bytes() if sig is not None and len(sig.local) else None,
+        thumbnail=getattr(emb, "thumbnail", None),
     )
 
 
@@ -732,7 +876,7 @@ def video_item(vemb: vid.VideoEmbedding, label: str, source: str | None, campaig
     records = vemb.records()
     i = vid.driving_index([e.p_fake for e in vemb.embeddings])
     base = new_item(vemb.embeddings[i], label, source, campaign, note)
-    return replace(base, sha256=vemb.sha256, path=vemb.path, width=vemb.width, height=vemb.height, media="video",
+    return replace(base, sha256=vemb.sha256, path=vemb.path, width=vemb.width, height=vemb.height, media=VIDEO,
                    duration_s=vemb.duration_s, fps=vemb.info.fps, frames=vid.pack_frames(records, dim),
                    frame_pdq=vid.index_codes(records) or None)
 

@@ -48,7 +48,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -82,7 +82,7 @@ LOCAL_INDEX_FEATURES_LARGE = 32
 SHARD_KINDS = ("cls", "pdq", "pdq_trim", "local", "pdq_mih", "pdq_trim_mih", "frame_pdq", "frame_pdq_mih")
 MIH_KINDS = ("pdq_mih", "pdq_trim_mih", "frame_pdq_mih")
 _OWNED_FILE = re.compile(
-    r"^(seg-\d+(-\d+)?\.(parquet|arrow|sha\.npy|(pdq|pdq_trim|frame_pdq)_mih\.npy|(cls|pdq|pdq_trim|local|frame_pdq)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet"
+    r"^(seg-\d+(-\d+)?\.(parquet|arrow|sha\.npy|(pdq|pdq_trim|frame_pdq)_mih\.npy|(cls|pdq|pdq_trim|local|frame_pdq)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet|thumbs-\d+\.arrow"
     r"|localq-\d+\.npy|(cls|patch|pdq|pdq_trim|local)-\d+\.faiss|.*\.tmp)$")
 # Near-duplicate signals (dedup.py) beyond `pdq`: the PDQ hashes of de-bordered images and the ORB
 # descriptors of every item. A local descriptor's id is item_id << LOCAL_ID_BITS | its rank within the item.
@@ -96,6 +96,11 @@ CAMPAIGNS_SCHEMA = pa.schema([("id", pa.int64()), ("campaign", pa.string()), ("o
 # One change per row: op "label" (value: the label), "remove", "campaign" (value: computed campaign, null
 # clears it). Later rows win.
 DELTA_SCHEMA = pa.schema([("id", pa.int64()), ("op", pa.string()), ("value", pa.string())])
+EDIT_OPS = ("note", "tags")  # delta ops that overwrite a metadata column (label, remove, campaign: their own)
+# Thumbnails made after their items were added (`fakebank thumbnails`): segments are immutable, so they
+# live in id-sorted side files (Arrow IPC, memory-mapped like segments) that the manifest lists under
+# "thumbnails", newest last; a merge folds them into the merged segment's column, `compact` drops them.
+THUMBS_SCHEMA = pa.schema([("id", pa.int64()), ("thumbnail", pa.binary())])
 
 
 def default_bank_path() -> Path:
@@ -127,9 +132,15 @@ def items_schema(dim: int) -> pa.Schema:
             ("pdq_trim", pa.binary(PDQ_BYTES)),
             ("pdq_trim_quality", pa.int16()),
             ("local", pa.binary()),
-            # videos (video.py): one row per video, its other columns those of the frame that drove its
-            # verdict; null for images
-            ("media", pa.string()),  # "video"; null: an image
+            # hash-sharing (hashlists.py): "hash" for an item known only by its PDQ hash (null: an image)
+            ("media", pa.string()),
+            ("tags", pa.string()),  # space-separated, as the exchanges' CSV writes them
+            ("external_id", pa.string()),  # the exchange's own id of the signal
+            # WebP, longest side 256 (thumbnails.py); null for rows added before thumbnails existed: those
+            # get theirs from `fakebank thumbnails`, in side files (THUMBS_SCHEMA)
+            ("thumbnail", pa.binary()),
+            # videos (video.py): one row per video (media "video"), its other columns those of the frame
+            # that drove its verdict; null for images and hashes
             ("duration_s", pa.float32()),
             ("fps", pa.float32()),
             ("frames", pa.binary()),  # video.pack_frames: every sampled frame's number, time, PDQ, logit, cls
@@ -138,10 +149,27 @@ def items_schema(dim: int) -> pa.Schema:
     )
 
 
-def conform(table: pa.Table, dim: int) -> pa.Table:
+HASH_ONLY = "hash"
+VIDEO = "video"  # media of a video item: one row, many frames (video.py)
+_BOOKKEEPING = ("format_version", "segments", "deltas", "counts", "generation", "next_id", "model")
+HASH_ONLY_COUNT = "hash_only"
+SHARED_HASH_QUALITY = 50  # PDQ's own usability bar (pdq.PDQ_MIN_QUALITY), for a shared hash of unknown quality  # manifest["counts"] key: hash-only items among `items`
+# A segment of hash-only items stores none of the columns that come from pixels (nulls of a fixed-width
+# column still take their width: the embeddings alone would cost 3 KB an item); it has no `cls` shard,
+# reads its vectors as zeros and those columns as nulls.
+_PIXEL_COLUMNS = ("cls", "patch", "pdq_dihedral", "pdq_trim", "pdq_trim_quality", "local", "thumbnail",
+                  "duration_s", "fps", "frames", "frame_pdq")
+
+
+def hash_only_schema(dim: int) -> pa.Schema:
+    schema = items_schema(dim)
+    return pa.schema([f for f in schema if f.name not in _PIXEL_COLUMNS])
+
+
+def conform(table: pa.Table, dim: int, hash_only: bool = False) -> pa.Table:
     """`table` with every column of today's items schema, in its order: a segment written before a column
     existed reads it as nulls (columns are only ever added, never changed), so no migration is needed."""
-    schema = items_schema(dim)
+    schema = hash_only_schema(dim) if hash_only else items_schema(dim)
     if table.schema.names == schema.names:
         return table
     columns = [table.column(f.name) if f.name in table.schema.names else pa.nulls(len(table), f.type)
@@ -151,17 +179,20 @@ def conform(table: pa.Table, dim: int) -> pa.Table:
 
 @dataclass(frozen=True)
 class NewItem:
+    """One row to add. A hash-only item (`media="hash"`) has a PDQ hash and metadata but no pixels: its
+    `cls`/`patch` are None, and `sha256` is `signal_key`'s digest of the signal, not of a file."""
+
     sha256: str
-    path: str
+    path: str | None
     label: str
-    p_fake: float
-    logit: float
+    p_fake: float | None
+    logit: float | None
     pdq: bytes
     pdq_quality: int
-    cls: np.ndarray
-    patch: np.ndarray
-    width: int
-    height: int
+    cls: np.ndarray | None
+    patch: np.ndarray | None
+    width: int | None
+    height: int | None
     source: str | None = None
     campaign: str | None = None
     note: str | None = None
@@ -169,11 +200,24 @@ class NewItem:
     pdq_trim: bytes | None = None  # PDQ of the de-bordered image, when it differs from the whole
     pdq_trim_quality: int | None = None
     local: bytes | None = None  # LocalFeatures.to_bytes()
-    media: str | None = None  # "video"; None: an image
-    duration_s: float | None = None
+    thumbnail: bytes | None = None  # thumbnails.make_thumbnail() of the decoded image
+    media: str | None = None  # None: an image; HASH_ONLY: a hash without pixels; VIDEO: a video
+    tags: str | None = None
+    external_id: str | None = None
+    duration_s: float | None = None  # videos (video.py)
     fps: float | None = None
     frames: bytes | None = None  # video.pack_frames(...)
     frame_pdq: bytes | None = None  # concatenated 32-byte frame hashes to index (video.index_codes)
+
+    @property
+    def hash_only(self) -> bool:
+        return self.media == HASH_ONLY
+
+
+def signal_key(signal_type: str, signal: str, source: str | None) -> str:
+    """The identity of a shared signal in a bank (the `sha256` of its hash-only item): the same hash from
+    the same source is one item, so importing a list twice updates instead of duplicating."""
+    return hashlib.sha256(f"fakebank-signal\0{signal_type}\0{source or ''}\0{signal.lower()}".encode()).hexdigest()
 
 
 def check_label(label: str) -> str:
@@ -194,6 +238,7 @@ class Segment:
         self.folder, self.entry, self.dim = folder, entry, dim
         self.rows = int(entry["rows"])
         self.min_id, self.max_id = int(entry["min_id"]), int(entry["max_id"])
+        self.hash_only = bool(entry.get("hash_only", False))
         if table is not None:  # in memory: a bank of format 1 read as is
             self.__dict__["table"] = table.combine_chunks()
         self._shards: dict[str, object] = {}
@@ -210,7 +255,7 @@ class Segment:
         table = reader.read_all()
         if len(table) != self.rows:
             raise BankError(f"{path}: holds {len(table)} rows, the manifest says {self.rows}; restore the bank")
-        return conform(table, self.dim)
+        return conform(table, self.dim, self.hash_only)
 
     def map_files(self) -> None:
         """Hold the segment's files now (its table mapped: a footer read; its shards by an open descriptor,
@@ -231,6 +276,8 @@ class Segment:
             os.close(fd)
 
     def column(self, name: str) -> pa.Array:
+        if self.hash_only and name in _PIXEL_COLUMNS:
+            return pa.nulls(self.rows, items_schema(self.dim).field(name).type)
         col = self.table.column(name)
         return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
@@ -239,7 +286,9 @@ class Segment:
         return self.column("id").to_numpy(zero_copy_only=False)
 
     def vectors(self, kind: str) -> np.ndarray:
-        """[rows, dim] float32, a view of the mapped file (no copy)."""
+        """[rows, dim] float32, a view of the mapped file (no copy); zeros for hash-only items."""
+        if self.hash_only:
+            return np.zeros((self.rows, self.dim), np.float32)
         col = self.column(kind)
         if self.rows == 0:
             return np.zeros((0, self.dim), np.float32)
@@ -260,7 +309,9 @@ class Segment:
 
     @cached_property
     def pdq_quality(self) -> np.ndarray:
-        return self.column("pdq_quality").to_numpy(zero_copy_only=False)
+        # A hash shared without its quality (most lists carry none) is taken as usable: exchanges share
+        # hashes that passed their sender's quality gate, and pytx/HMA match them all.
+        return self.column("pdq_quality").fill_null(SHARED_HASH_QUALITY).to_numpy(zero_copy_only=False)
 
     def row_of(self, item_id: int) -> int:
         """The row of an id in this segment, or -1."""
@@ -270,6 +321,8 @@ class Segment:
         return r if r < self.rows and self.ids[r] == item_id else -1
 
     def value(self, row: int, name: str):
+        if self.hash_only and name in _PIXEL_COLUMNS:
+            return None
         return self.table.column(name)[row].as_py()
 
     @cached_property
@@ -311,6 +364,8 @@ class Segment:
     @cached_property
     def trim_rows(self) -> np.ndarray:
         """Rows that have a de-bordered hash (the positions of the pdq_trim shard)."""
+        if self.hash_only:
+            return np.zeros(0, np.int64)
         valid = self.column("pdq_trim").is_valid().to_numpy(zero_copy_only=False)
         return np.flatnonzero(valid).astype(np.int64)
 
@@ -334,6 +389,8 @@ class Segment:
 
 def build_shard(seg: Segment, kind: str, centroids: np.ndarray | None = None):
     if kind == "cls":
+        if seg.hash_only:
+            return None
         return faiss_index.build_ann(seg.vectors("cls")) if seg.rows >= faiss_index.ANN_MIN_ROWS else None
     if kind == "pdq":
         return faiss_index.build_binary_flat(seg.pdq_codes)
@@ -352,6 +409,8 @@ def build_shard(seg: Segment, kind: str, centroids: np.ndarray | None = None):
             return None
         if kind == "pdq_mih":
             return faiss_index.build_mih(seg.pdq_codes, np.arange(seg.rows))
+        if not len(seg.trim_rows):
+            return None  # the flat pdq_trim shard (empty) answers
         return faiss_index.build_mih(seg.fixed_bytes("pdq_trim", PDQ_BYTES)[seg.trim_rows], seg.trim_rows)
     if kind == "local":
         codes, ids = local_rows(seg.column("local"), LOCAL_INDEX_FEATURES_LARGE if seg.local_reduced else None)
@@ -400,15 +459,21 @@ def _sha_key(sha256: str) -> int:
 
 @dataclass
 class Deltas:
-    """Changes merged at read: the latest label per relabelled id, removed ids, campaign edits."""
+    """Changes merged at read: the latest label per relabelled id, removed ids, campaign edits, and edits
+    of the metadata a hash list updates (`note`, `tags`: EDIT_OPS)."""
 
     labels: dict[int, str]
     removed: set[int]
     campaigns: dict[int, str | None]
+    edits: dict[int, dict[str, str | None]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Deltas:
         return cls({}, set(), {})
+
+    def copy(self) -> Deltas:
+        return Deltas(dict(self.labels), set(self.removed), dict(self.campaigns),
+                      {i: dict(e) for i, e in self.edits.items()})
 
     @classmethod
     def read(cls, path: Path, files: Sequence[str]) -> Deltas:
@@ -429,13 +494,17 @@ class Deltas:
                 self.removed.add(i)
                 self.labels.pop(i, None)
                 self.campaigns.pop(i, None)
+                self.edits.pop(i, None)
             elif op == "campaign":
                 self.campaigns[i] = v
+            elif op in EDIT_OPS:
+                self.edits.setdefault(i, {})[op] = v
 
     def changes(self) -> list[tuple[int, str, str | None]]:
         """The folded form: one (id, op, value) per id and op."""
         return ([(i, "label", v) for i, v in self.labels.items()] + [(i, "remove", None) for i in sorted(self.removed)]
-                + [(i, "campaign", v) for i, v in self.campaigns.items()])
+                + [(i, "campaign", v) for i, v in self.campaigns.items()]
+                + [(i, op, v) for i, e in self.edits.items() for op, v in e.items()])
 
 
 def delta_table(changes: Sequence[tuple[int, str, str | None]]) -> pa.Table:
@@ -444,11 +513,37 @@ def delta_table(changes: Sequence[tuple[int, str, str | None]]) -> pa.Table:
                      "value": pa.array([c[2] for c in changes], pa.string())}, schema=DELTA_SCHEMA)
 
 
+class ThumbFile:
+    """One side file of thumbnails (THUMBS_SCHEMA, id-sorted), memory-mapped: a look-up reads one row."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all().combine_chunks()
+        except FileNotFoundError:
+            raise BankError(f"{path.parent}: thumbnail file {path.name} named by the manifest is missing; "
+                            "retry (a writer may have just folded it), else run `fakebank thumbnails`") from None
+        self.ids = table.column("id").to_numpy()
+        self._thumbs = table.column("thumbnail")
+
+    def get(self, item_id: int) -> bytes | None:
+        r = int(np.searchsorted(self.ids, item_id))
+        return self._thumbs[r].as_py() if r < len(self.ids) and self.ids[r] == item_id else None
+
+    def items(self) -> dict[int, bytes]:
+        return dict(zip(self.ids.tolist(), self._thumbs.to_pylist()))
+
+
+def thumbs_table(thumbs: dict[int, bytes]) -> pa.Table:
+    ids = sorted(thumbs)
+    return pa.table({"id": pa.array(ids, pa.int64()), "thumbnail": pa.array([thumbs[i] for i in ids], pa.binary())},
+                    schema=THUMBS_SCHEMA)
+
+
 # -- the reader ----------------------------------------------------------------------------------------------
 
-_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral", "frames", "frame_pdq")  # kept out of the whole-bank `table`
+_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral", "thumbnail", "frames", "frame_pdq")  # kept out of the whole-bank `table`
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
-                 "logit", "pdq", "pdq_quality", "width", "height")
+                 "logit", "pdq", "pdq_quality", "width", "height", "media", "tags", "external_id")
 
 
 class Bank:
@@ -483,6 +578,7 @@ class Bank:
                 deltas = Deltas.read(path, manifest.get("deltas", []))
                 bank = cls(path, manifest, segments, deltas)
                 bank._check_counts()
+                bank._thumb_files  # held now, like the segments, so that a writer's sweep cannot pull them
                 return bank
             except (BankError, FileNotFoundError):
                 # A writer compacted and swept files between our manifest read and now: reread.
@@ -506,7 +602,10 @@ class Bank:
 
     def with_segment(self, manifest: dict, segment: Segment) -> Bank:
         """This snapshot plus one appended segment (shards already mapped are shared: segments are immutable)."""
-        return Bank(self.path, manifest, [*self.segments, segment], self.deltas)
+        bank = Bank(self.path, manifest, [*self.segments, segment], self.deltas)
+        if "_thumb_files" in self.__dict__ and manifest.get("thumbnails") == self.manifest.get("thumbnails"):
+            bank.__dict__["_thumb_files"] = self._thumb_files
+        return bank
 
     # -- per-id look-ups ----------------------------------------------------------------------------
 
@@ -542,12 +641,57 @@ class Bank:
                     return item_id
         return None
 
+    def ids_of_sha256(self, shas: Sequence[str]) -> np.ndarray:
+        """`id_of_sha256` for many at once (-1: not in the bank)."""
+        return self.locate_sha256(shas)[0]
+
+    def locate_sha256(self, shas: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, segment indexes, rows) of many sha256s at once (-1 where not in the bank): a vectorised
+        search of each segment's key table and one bulk read of the candidates' sha256 to confirm them."""
+        n = len(shas)
+        ids, segs, rows = np.full(n, -1, np.int64), np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+        if not n:
+            return ids, segs, rows
+        keys = sha_keys(shas)  # sorted (key, position)
+        removed = self._removed_ids
+        for k in range(len(self.segments) - 1, -1, -1):  # newest first, as id_of_sha256
+            seg = self.segments[k]
+            table = seg._sha_keys
+            if not len(table):
+                continue
+            lo = np.searchsorted(table[:, 0], keys[:, 0])
+            lo_c = np.minimum(lo, len(table) - 1)
+            hit = np.flatnonzero((lo < len(table)) & (table[lo_c, 0] == keys[:, 0]))
+            pos = keys[hit, 1]
+            hit, pos = hit[ids[pos] < 0], pos[ids[pos] < 0]
+            if not len(hit):
+                continue
+            cand = table[lo_c[hit], 1]
+            stored = seg.column("sha256").take(pa.array(cand)).to_pylist()
+            for p, r, st in zip(pos.tolist(), cand.tolist(), stored):
+                if st != shas[p]:  # a 64-bit key collision: look among its equals
+                    r = seg.row_of_sha256(shas[p])
+                    if r < 0:
+                        continue
+                item_id = int(seg.ids[r])
+                if len(removed) and removed[min(np.searchsorted(removed, item_id), len(removed) - 1)] == item_id:
+                    continue
+                ids[p], segs[p], rows[p] = item_id, k, r
+        return ids, segs, rows
+
     def value(self, item_id: int, name: str):
         """One column's value for one item (its label with the analyst's override)."""
         if name == "label":
             return self.label_of(item_id)
         seg, r = self._need(item_id)
+        edits = self.deltas.edits.get(int(item_id))
+        if edits and name in edits:
+            return edits[name]
         return seg.value(r, name)
+
+    def is_hash_only(self, item_id: int) -> bool:
+        seg, _ = self._need(item_id)
+        return seg.hash_only
 
     def label_of(self, item_id: int) -> str:
         item_id = int(item_id)
@@ -559,9 +703,38 @@ class Bank:
         seg, r = self._need(item_id)
         rec = {c: seg.value(r, c) for c in _META_COLUMNS}
         rec["label"] = self.deltas.labels.get(int(item_id), rec["label"])
+        rec.update(self.deltas.edits.get(int(item_id), {}))
         rec["added_at"] = rec["added_at"].isoformat() if rec["added_at"] else None
         rec["pdq"] = rec["pdq"].hex() if rec["pdq"] else None
         return rec
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        """The item's WebP thumbnail: stored at `add`, else made since by `fakebank thumbnails`; None: neither."""
+        seg, r = self._need(item_id)
+        return seg.value(r, "thumbnail") or self._side_thumbnail(int(item_id))
+
+    def _side_thumbnail(self, item_id: int) -> bytes | None:
+        for f in reversed(self._thumb_files):  # newest first
+            thumb = f.get(item_id)
+            if thumb is not None:
+                return thumb
+        return None
+
+    @cached_property
+    def _thumb_files(self) -> list[ThumbFile]:
+        return [ThumbFile(self.path / name) for name in self.manifest.get("thumbnails", [])]
+
+    def missing_thumbnails(self) -> list[int]:
+        """Ids of the live items that have no thumbnail anywhere (reads null bitmaps and side-file ids only)."""
+        have = np.concatenate([f.ids for f in self._thumb_files]) if self._thumb_files else np.zeros(0, np.int64)
+        out = []
+        for seg in self.segments:
+            if seg.hash_only:  # a shared hash has no picture
+                continue
+            ids = seg.ids[seg.column("thumbnail").is_null().to_numpy(zero_copy_only=False)]
+            ids = ids[~np.isin(ids, have)]
+            out.extend(int(i) for i in ids if int(i) not in self.deltas.removed)
+        return out
 
     def vector(self, kind: str, item_id: int) -> np.ndarray:
         seg, r = self._need(item_id)
@@ -588,7 +761,7 @@ class Bank:
         k = max(1, k)
         all_s, all_i = [np.full((q, k), -np.inf, np.float32)], [np.full((q, k), -1, np.int64)]
         for seg in self.segments:
-            if seg.rows == 0:
+            if seg.rows == 0 or seg.hash_only:
                 continue
             extra = self._removed_in(seg)
             kk = min(seg.rows, k + extra)
@@ -755,7 +928,8 @@ class Bank:
     def table(self) -> pa.Table:
         """Every live item's metadata columns (vectors: `vectors`; local features and dihedral hashes: by id)."""
         names = [f.name for f in items_schema(self.dim) if f.name not in _BULK_COLUMNS]
-        parts = [s.table.select(names).filter(pa.array(m)) for s, m in zip(self.segments, self._live)]
+        parts = [pa.Table.from_arrays([s.column(n) for n in names], names=names).filter(pa.array(m))
+                 for s, m in zip(self.segments, self._live)]
         table = pa.concat_tables(parts) if parts else items_schema(self.dim).empty_table().select(names)
         if self.deltas.labels:
             labels = np.asarray(table.column("label").to_pylist(), dtype=object)
@@ -903,62 +1077,89 @@ class BankWriter:
     # -- operations (each one commit) ------------------------------------------------------------
 
     def add(self, items: Sequence[NewItem]) -> list[int]:
-        """Append items (callers skip known sha256s) as one new segment; returns their new ids."""
+        """Append items (callers skip known sha256s) as one commit; returns their new ids. Images and
+        hash-only items go to separate segments (a hash-only segment stores no embedding columns)."""
+        return self.apply(items)
+
+    def apply(self, items: Sequence[NewItem], changes: Sequence[tuple[int, str, str | None]] = (),
+              settings: dict | None = None) -> list[int]:
+        """Add `items`, apply delta `changes` (label, remove, EDIT_OPS) to existing ones and store manifest
+        `settings`, all in one commit: a hash list's import or sync lands whole or not at all."""
         assert self.bank is not None
-        if not items:
+        if not items and not changes and not settings:
             return []
         manifest = dict(self.bank.manifest)
-        first = int(manifest["next_id"])
-        ids = list(range(first, first + len(items)))
-        now = datetime.now(timezone.utc)
+        counts = dict(manifest["counts"])
+        for i, op, v in changes:
+            if op == "label":
+                check_label(v)
+                old = self.bank.label_of(i)
+                counts[old] -= 1
+                counts[v] += 1
+            elif op == "remove":
+                counts[self.bank.label_of(i)] -= 1
+                counts["items"] -= 1
+                if self.bank.is_hash_only(i):
+                    counts[HASH_ONLY_COUNT] -= 1
+            elif op in EDIT_OPS:
+                self.bank._need(i)
+            else:
+                raise BankError(f"unknown change {op!r}")
+        for key in settings or {}:
+            if key in _BOOKKEEPING:
+                raise BankError(f"{key!r} is bank bookkeeping, not a setting")
+        manifest.update(settings or {})
         dim = self.bank.dim
         for it in items:
             check_label(it.label)
-            if it.cls.shape != (dim,) or it.patch.shape != (dim,):
-                raise BankError(f"{self.path}: embeddings of width {it.cls.shape} do not fit this bank's {dim}")
-        table = pa.table(
-            {
-                "id": pa.array(ids, pa.int64()),
-                "sha256": [it.sha256 for it in items],
-                "path": [it.path for it in items],
-                "label": [it.label for it in items],
-                "source": [it.source for it in items],
-                "campaign": [it.campaign for it in items],
-                "note": [it.note for it in items],
-                "added_at": pa.array([now] * len(items), pa.timestamp("us", tz="UTC")),
-                "p_fake": pa.array([it.p_fake for it in items], pa.float32()),
-                "logit": pa.array([it.logit for it in items], pa.float32()),
-                "pdq": pa.array([it.pdq for it in items], pa.binary(PDQ_BYTES)),
-                "pdq_quality": pa.array([it.pdq_quality for it in items], pa.int16()),
-                "cls": _vector_array([it.cls for it in items], dim),
-                "patch": _vector_array([it.patch for it in items], dim),
-                "width": pa.array([it.width for it in items], pa.int32()),
-                "height": pa.array([it.height for it in items], pa.int32()),
-                "pdq_dihedral": pa.array([it.pdq_dihedral for it in items], pa.binary(PDQ_DIHEDRAL_BYTES)),
-                "pdq_trim": pa.array([it.pdq_trim for it in items], pa.binary(PDQ_BYTES)),
-                "pdq_trim_quality": pa.array([it.pdq_trim_quality for it in items], pa.int16()),
-                "local": pa.array([it.local for it in items], pa.binary()),
-                "media": pa.array([it.media for it in items], pa.string()),
-                "duration_s": pa.array([it.duration_s for it in items], pa.float32()),
-                "fps": pa.array([it.fps for it in items], pa.float32()),
-                "frames": pa.array([it.frames for it in items], pa.binary()),
-                "frame_pdq": pa.array([it.frame_pdq for it in items], pa.binary()),
-            },
-            schema=items_schema(dim),
-        )
+            if it.hash_only:
+                if it.pdq is None or len(it.pdq) != PDQ_BYTES:
+                    raise BankError("a hash-only item needs a 256-bit PDQ hash")
+            elif it.cls is None or it.cls.shape != (dim,) or it.patch.shape != (dim,):
+                raise BankError(f"{self.path}: embeddings of width {None if it.cls is None else it.cls.shape} "
+                                f"do not fit this bank's {dim}")
+        # ids follow the input order; a run of one kind is one segment (id ranges stay disjoint and sorted)
+        runs: list[list[NewItem]] = []
+        for it in items:
+            if runs and runs[-1][0].hash_only == it.hash_only:
+                runs[-1].append(it)
+            else:
+                runs.append([it])
+        first = next_id = int(manifest["next_id"])
         gen = manifest["generation"] + 1
-        entry, seg = self._write_segment(table, gen)
-        manifest["segments"] = manifest["segments"] + [entry]
-        manifest["next_id"] = first + len(items)
-        counts = dict(manifest["counts"])
+        if not items:
+            manifest["counts"] = counts
+            self._commit_delta(list(changes), counts, manifest)
+            return []
+        now = datetime.now(timezone.utc)
+        entries, segments = [], []
+        for n, run in enumerate(runs):
+            table = _items_table(run, range(next_id, next_id + len(run)), now, dim)
+            entry, seg = self._write_segment(table, gen, n)
+            entries.append(entry)
+            segments.append(seg)
+            next_id += len(run)
+        manifest["segments"] = manifest["segments"] + entries
+        manifest["next_id"] = next_id
         counts["items"] += len(items)
         for it in items:
             counts[it.label] += 1
+        hashes = sum(it.hash_only for it in items)
+        if hashes:
+            counts[HASH_ONLY_COUNT] = counts.get(HASH_ONLY_COUNT, 0) + hashes
         manifest["counts"] = counts
-        self._commit(manifest, gen, appended=seg)
+        if changes:
+            deltas = self.bank.deltas.copy()
+            deltas.apply(*zip(*changes))
+            manifest["deltas"] = self._delta_files(manifest, list(changes), deltas, gen)
+            self._commit(manifest, gen, segments=[*self.bank.segments, *segments], deltas=deltas)
+        elif len(segments) == 1:
+            self._commit(manifest, gen, appended=segments[0])
+        else:
+            self._commit(manifest, gen, segments=[*self.bank.segments, *segments])
         if self.auto_merge:
             self._merge_tiers()
-        return ids
+        return list(range(first, next_id))
 
     def set_label(self, ids: Iterable[int], label: str) -> None:
         check_label(label)
@@ -978,6 +1179,8 @@ class BankWriter:
         for i in ids:
             counts[self.bank.label_of(i)] -= 1
             counts["items"] -= 1
+            if self.bank.is_hash_only(i):
+                counts[HASH_ONLY_COUNT] -= 1
         self._commit_delta([(i, "remove", None) for i in ids], counts)
 
     def set_campaigns(self, assignments: dict[int, str | None]) -> None:
@@ -1004,16 +1207,39 @@ class BankWriter:
         manifest["campaigns"] = {**info, "file": name, "assigned": len(assignments)}
         deltas = self.bank.deltas
         if deltas.campaigns:
-            folded = Deltas(dict(deltas.labels), set(deltas.removed), {})
+            folded = deltas.copy()
+            folded.campaigns = {}
             manifest["deltas"] = self._fold_deltas(folded, gen)
             self._commit(manifest, gen, deltas=folded)
         else:
             self._commit(manifest, gen)
 
+    def add_thumbnails(self, thumbs: dict[int, bytes]) -> None:
+        """Store thumbnails made after their items were added: one new side file, one commit. The newest
+        side files are folded into it while none is larger than what it holds (a binary counter: O(log n)
+        files, each thumbnail rewritten O(log n) times); removed items are dropped as they are folded."""
+        assert self.bank is not None
+        if not thumbs:
+            return
+        for i in thumbs:
+            self.bank._need(i)  # raises UsageError naming an unknown id
+        manifest = dict(self.bank.manifest)
+        gen = manifest["generation"] + 1
+        files, held = list(manifest.get("thumbnails", [])), list(self.bank._thumb_files)
+        thumbs = dict(thumbs)
+        while held and len(held[-1].ids) <= len(thumbs):
+            older = held.pop().items()
+            files.pop()
+            thumbs = {i: t for i, t in older.items() if i not in self.bank.deltas.removed} | thumbs  # newer win
+        name = f"thumbs-{gen:06d}.arrow"
+        _write_arrow(self.path / name, thumbs_table(thumbs))
+        manifest["thumbnails"] = files + [name]
+        self._commit(manifest, gen)
+
     def set_manifest_entry(self, key: str, value: dict) -> None:
         """Store a settings record (e.g. the near-duplicate thresholds, "dedup") in the manifest, one commit."""
         assert self.bank is not None
-        if key in ("format_version", "segments", "deltas", "counts", "generation", "next_id", "model"):
+        if key in _BOOKKEEPING:
             raise BankError(f"{key!r} is bank bookkeeping, not a setting")
         manifest = dict(self.bank.manifest)
         manifest[key] = value
@@ -1029,7 +1255,7 @@ class BankWriter:
         before = len(self.bank.segments), len(self.bank.manifest.get("deltas", []))
         groups, current, size = [], [], 0
         for seg in self.bank.segments:
-            if current and size + seg.rows > MAX_SEGMENT_ROWS:
+            if current and (size + seg.rows > MAX_SEGMENT_ROWS or seg.hash_only != current[0].hash_only):
                 groups.append(current)
                 current, size = [], 0
             current.append(seg)
@@ -1050,6 +1276,7 @@ class BankWriter:
                 progress(sum(s.rows for s in group))
         manifest["segments"] = entries
         manifest["deltas"] = self._fold_deltas(keep, gen) if keep.campaigns else []
+        manifest["thumbnails"] = []  # every live row's side thumbnail was folded into its merged segment
         self._commit(manifest, gen, segments=segments, deltas=keep)
         return {"segments_before": before[0], "segments_after": len(entries), "delta_files_before": before[1],
                 "delta_files_after": len(manifest["deltas"]), "items": len(self.bank)}
@@ -1065,7 +1292,7 @@ class BankWriter:
             tail = segs[-MERGE_FANOUT:]
             tiers = {_tier(s.rows) for s in tail}
             total = sum(s.rows for s in tail)
-            if len(tiers) != 1 or total > AUTO_MERGE_MAX_ROWS:
+            if len(tiers) != 1 or total > AUTO_MERGE_MAX_ROWS or len({s.hash_only for s in tail}) != 1:
                 return
             manifest = dict(self.bank.manifest)
             gen = manifest["generation"] + 1
@@ -1074,8 +1301,8 @@ class BankWriter:
             self._commit(manifest, gen, segments=[*segs[:-MERGE_FANOUT], *([seg] if seg else [])])
 
     def _merge(self, group: list[Segment], gen: int, n: int, deltas: Deltas) -> tuple[dict | None, Segment | None]:
-        """One segment of the live rows of `group`, labels folded in."""
-        schema = items_schema(self.bank.dim)
+        """One segment of the live rows of `group` (all of one kind), labels and edits folded in."""
+        schema = hash_only_schema(self.bank.dim) if group[0].hash_only else items_schema(self.bank.dim)
         removed = np.fromiter(deltas.removed, np.int64, len(deltas.removed))
         parts = []
         for seg in group:
@@ -1094,6 +1321,20 @@ class BankWriter:
                 for r, label in hit:
                     labels[r] = label
                 table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.string()))
+        if deltas.edits:
+            ids = table.column("id").to_numpy()
+            for op in EDIT_OPS:
+                hit = [(r, deltas.edits[i][op]) for r, i in enumerate(ids.tolist()) if op in deltas.edits.get(i, {})]
+                if hit:
+                    values = table.column(op).to_pylist()
+                    for r, v in hit:
+                        values[r] = v
+                    table = table.set_column(table.schema.get_field_index(op), op, pa.array(values, pa.string()))
+        if self.bank._thumb_files and "thumbnail" in table.schema.names:  # side thumbnails move into the merged segment's column
+            thumbs = table.column("thumbnail").to_pylist()
+            ids = table.column("id").to_pylist()
+            thumbs = [t if t is not None else self.bank._side_thumbnail(i) for i, t in zip(ids, thumbs)]
+            table = table.set_column(table.schema.get_field_index("thumbnail"), "thumbnail", pa.array(thumbs, pa.binary()))
         return self._write_segment(table, gen, n)
 
     # -- commit machinery ------------------------------------------------------------------------
@@ -1130,6 +1371,8 @@ class BankWriter:
         _write_whole(self.path / f"{name}.arrow", write_arrow)
         entry = {"file": f"{name}.arrow", "rows": len(table), "min_id": int(ids[0]), "max_id": int(ids[-1]),
                  "shards": {}}
+        if "cls" not in table.schema.names:
+            entry["hash_only"] = True
         _write_npy(self.path / f"{name}.sha.npy", sha_keys(table.column("sha256").to_pylist()))
         entry["sha"] = f"{name}.sha.npy"
         seg = Segment(self.path, entry, self.bank.dim)
@@ -1175,22 +1418,26 @@ class BankWriter:
     def _write_parquet(self, table: pa.Table, name: str) -> None:
         _write_whole(self.path / name, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
-    def _commit_delta(self, changes: list[tuple[int, str, str | None]], counts: dict) -> None:
+    def _commit_delta(self, changes: list[tuple[int, str, str | None]], counts: dict,
+                      manifest: dict | None = None) -> None:
         assert self.bank is not None
-        manifest = dict(self.bank.manifest)
+        manifest = dict(manifest or self.bank.manifest)
         gen = manifest["generation"] + 1
-        deltas = Deltas(dict(self.bank.deltas.labels), set(self.bank.deltas.removed), dict(self.bank.deltas.campaigns))
-        deltas.apply(*zip(*changes))
-        files = list(manifest.get("deltas", []))
-        if len(files) + 1 > MAX_DELTA_FILES:
-            files = self._fold_deltas(deltas, gen)
-        else:
-            name = f"delta-{gen:06d}.parquet"
-            self._write_parquet(delta_table(changes), name)
-            files.append(name)
-        manifest["deltas"] = files
+        deltas = self.bank.deltas.copy()
+        if changes:
+            deltas.apply(*zip(*changes))
+            manifest["deltas"] = self._delta_files(manifest, changes, deltas, gen)
         manifest["counts"] = counts
         self._commit(manifest, gen, deltas=deltas)
+
+    def _delta_files(self, manifest: dict, changes: list, deltas: Deltas, gen: int) -> list[str]:
+        """The manifest's delta files with `changes` written as one more (or all folded into one)."""
+        files = list(manifest.get("deltas", []))
+        if len(files) + 1 > MAX_DELTA_FILES:
+            return self._fold_deltas(deltas, gen)
+        name = f"delta-{gen:06d}.parquet"
+        self._write_parquet(delta_table(changes), name)
+        return [*files, name]
 
     def _fold_deltas(self, deltas: Deltas, gen: int) -> list[str]:
         name = f"delta-{gen:06d}.parquet"
@@ -1245,7 +1492,7 @@ class BankWriter:
         live = set()
         for s in m["segments"]:
             live |= {s.get("file"), s.get("sha"), *s.get("shards", {}).values()}
-        live |= set(m.get("deltas", []))
+        live |= set(m.get("deltas", [])) | set(m.get("thumbnails", []))
         live |= {(m.get("campaigns") or {}).get("file"), (m.get("local_quantizer") or {}).get("file")}
         if m["format_version"] == 1:
             return  # a format-1 bank read as is: its files are named differently
@@ -1290,6 +1537,46 @@ def _tier(rows: int) -> int:
     return tier
 
 
+def _items_table(items: Sequence[NewItem], ids: Sequence[int], now: datetime, dim: int) -> pa.Table:
+    """The rows of one run of items, all images or all hash-only (then without embedding columns)."""
+    hash_only = items[0].hash_only
+    columns = {
+        "id": pa.array(list(ids), pa.int64()),
+        "sha256": pa.array([it.sha256 for it in items], pa.string()),
+        "path": pa.array([it.path for it in items], pa.string()),
+        "label": pa.array([it.label for it in items], pa.string()),
+        "source": pa.array([it.source for it in items], pa.string()),
+        "campaign": pa.array([it.campaign for it in items], pa.string()),
+        "note": pa.array([it.note for it in items], pa.string()),
+        "added_at": pa.array([now] * len(items), pa.timestamp("us", tz="UTC")),
+        "p_fake": pa.array([it.p_fake for it in items], pa.float32()),
+        "logit": pa.array([it.logit for it in items], pa.float32()),
+        "pdq": pa.array([it.pdq for it in items], pa.binary(PDQ_BYTES)),
+        "pdq_quality": pa.array([it.pdq_quality for it in items], pa.int16()),
+        "width": pa.array([it.width for it in items], pa.int32()),
+        "height": pa.array([it.height for it in items], pa.int32()),
+        "pdq_dihedral": pa.array([it.pdq_dihedral for it in items], pa.binary(PDQ_DIHEDRAL_BYTES)),
+        "pdq_trim": pa.array([it.pdq_trim for it in items], pa.binary(PDQ_BYTES)),
+        "pdq_trim_quality": pa.array([it.pdq_trim_quality for it in items], pa.int16()),
+        "local": pa.array([it.local for it in items], pa.binary()),
+        "thumbnail": pa.array([it.thumbnail for it in items], pa.binary()),
+        "media": pa.array([it.media for it in items], pa.string()),
+        "tags": pa.array([it.tags for it in items], pa.string()),
+        "external_id": pa.array([it.external_id for it in items], pa.string()),
+        "duration_s": pa.array([it.duration_s for it in items], pa.float32()),
+        "fps": pa.array([it.fps for it in items], pa.float32()),
+        "frames": pa.array([it.frames for it in items], pa.binary()),
+        "frame_pdq": pa.array([it.frame_pdq for it in items], pa.binary()),
+    }
+    if not hash_only:
+        columns["cls"] = _vector_array([it.cls for it in items], dim)
+        columns["patch"] = _vector_array([it.patch for it in items], dim)
+    elif any(getattr(it, c) is not None for it in items for c in _PIXEL_COLUMNS):
+        raise BankError("a hash-only item carries only its hash and metadata, no pixel signals")
+    schema = hash_only_schema(dim) if hash_only else items_schema(dim)
+    return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
+
+
 def _vector_array(vectors: list[np.ndarray], dim: int) -> pa.FixedSizeListArray:
     flat = pa.array(np.stack(vectors).astype(np.float32).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(flat, dim)
@@ -1301,6 +1588,14 @@ def _write_whole(path: Path, write) -> None:
     write(tmp)
     _fsync(tmp)
     os.replace(tmp, path)
+
+
+def _write_arrow(path: Path, table: pa.Table) -> None:
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+            out.write_table(table, max_chunksize=max(1, len(table)))
+
+    _write_whole(path, write)
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import re
 import time
@@ -682,8 +681,8 @@ def _iso(us: int) -> str:
 
 # -- HTML report ------------------------------------------------------------------------------------------
 
-THUMB_PX = 160
-EXEMPLAR_PX = 320
+THUMB_PX = 160  # displayed size; the stored thumbnails are 256 px (thumbnails.THUMB_MAX_SIDE)
+EXEMPLAR_PX = 256
 REPORT_MAX_CAMPAIGNS = 200
 REPORT_MAX_THUMBS = 48
 
@@ -693,8 +692,8 @@ def write_report(path: str | Path, bank, records: list[dict], events: list[dict]
                  params: CampaignParams | None = None) -> Path:
     """One self-contained HTML page: a section per campaign with its exemplar and member thumbnails.
 
-    Thumbnails are decoded from the items' stored paths and embedded as data: URIs; an unreadable path
-    gets a placeholder. Nothing in the page refers to the network or to another file.
+    Thumbnails are the bank's stored ones (else made from the item's original file, when still there
+    unchanged), embedded as data: URIs; an item with neither gets a placeholder. Nothing in the page refers to the network or to another file.
     """
     path = Path(path)
     cols = _Columns(bank)
@@ -729,7 +728,7 @@ def write_report(path: str | Path, bank, records: list[dict], events: list[dict]
         rows = cols.rows(r["members"])
         ex_row = bank.row(r["exemplar"])
         parts.append(f"<section id='{_anchor(r['campaign'])}'><h2>{e(r['campaign'])}</h2><div class='head'>")
-        parts.append(f"<figure class='exemplar'>{_img(cols.path[ex_row], EXEMPLAR_PX, {})}"
+        parts.append(f"<figure class='exemplar'>{_img(bank, r['exemplar'], cols.path[ex_row], EXEMPLAR_PX, thumbs)}"
                      f"<figcaption>exemplar #{r['exemplar']}</figcaption></figure>")
         parts.append("<table class='facts'>"
                      f"<tr><th>members</th><td>{r['size']}</td></tr>"
@@ -739,7 +738,7 @@ def write_report(path: str | Path, bank, records: list[dict], events: list[dict]
                      f"<tr><th>mean p_fake</th><td>{r['mean_p_fake']:.3f}</td></tr></table></div><div class='grid'>")
         for item_id, row in list(zip(r["members"], rows.tolist()))[:max_thumbs]:
             src = cols.source[row]
-            parts.append(f"<figure>{_img(cols.path[row], THUMB_PX, thumbs, item_id)}<figcaption>#{item_id} · "
+            parts.append(f"<figure>{_img(bank, item_id, cols.path[row], THUMB_PX, thumbs)}<figcaption>#{item_id} · "
                          f"{cols.p_fake[row]:.2f}{' · ' + e(src) if src else ''}<br><span class='when'>"
                          f"{_iso(cols.added[row])[:10]}</span></figcaption></figure>")
         parts.append("</div>")
@@ -755,12 +754,10 @@ def write_report(path: str | Path, bank, records: list[dict], events: list[dict]
     return path
 
 
-def _img(item_path: str | None, px: int, cache: dict, key: int | None = None) -> str:
-    uri = cache.get(key) if key is not None else None
-    if uri is None:
-        uri = thumbnail_uri(item_path, px)
-        if key is not None:
-            cache[key] = uri
+def _img(bank, item_id: int, item_path: str | None, px: int, cache: dict) -> str:
+    if item_id not in cache:
+        cache[item_id] = thumbnail_uri(bank, item_id)
+    uri = cache[item_id]
     alt = html.escape(Path(item_path).name if item_path else "")
     if uri is None:
         return (f"<div class='missing' style='width:{px}px;height:{px}px' title='{html.escape(str(item_path))}'>"
@@ -768,21 +765,19 @@ def _img(item_path: str | None, px: int, cache: dict, key: int | None = None) ->
     return f"<img src='{uri}' alt='{alt}' title='{html.escape(str(item_path))}' style='max-width:{px}px;max-height:{px}px'>"
 
 
-def thumbnail_uri(item_path: str | None, px: int) -> str | None:
-    """A JPEG data: URI of the image at `item_path`, at most px × px; None when it cannot be read."""
+def thumbnail_uri(bank, item_id: int) -> str | None:
+    """A WebP data: URI of the item's stored thumbnail, else of one made from its original file when that is
+    still there unchanged; None when neither."""
     from fakebank.errors import FakebankError
-    from fakebank.preprocess import load_rgb
+    from fakebank.thumbnails import THUMB_MIME, thumbnail_of_file
 
-    if not item_path:
-        return None
-    try:
-        img = load_rgb(item_path)
-    except (FakebankError, OSError, ValueError):
-        return None
-    img.thumbnail((px, px))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    thumb = bank.thumbnail(item_id)
+    if thumb is None:
+        try:
+            thumb = thumbnail_of_file(bank.value(item_id, "path"), bank.value(item_id, "sha256"))
+        except FakebankError:
+            return None
+    return f"data:{THUMB_MIME};base64," + base64.b64encode(thumb).decode("ascii")
 
 
 def _anchor(name: str) -> str:

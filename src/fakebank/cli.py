@@ -259,7 +259,8 @@ def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
         return
     m = r["model"]
     out.print(f"bank        {r['bank']}  (format {r['format_version']}, {r['bytes_on_disk'] / 1e6:.1f} MB)")
-    out.print(f"items       {r['items']}  " + "  ".join(f"{k}={v}" for k, v in r["labels"].items()))
+    out.print(f"items       {r['items']}  " + "  ".join(f"{k}={v}" for k, v in r["labels"].items())
+              + (f"  (hash-only: {r['hash_only']})" if r.get("hash_only") else ""))
     out.print(f"model       {m['name']} rev={m['revision']} arch={m['arch']} trained={m['trained']} "
               f"identity={str(m['identity_hash'])[:12]}")
     out.print("indexes     " + ", ".join(f"{k}: {v}" for k, v in r["indexes"].items()))
@@ -300,6 +301,119 @@ def compact(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
     _emit(r, as_json, lambda r: out.print(
         f"{r['bank']}: {r['segments_before']} → {r['segments_after']} segments, "
         f"{r['delta_files_before']} → {r['delta_files_after']} delta files, {r['items']} items"))
+
+
+FormatOpt = Annotated[Optional[str], typer.Option(
+    "--format", help="local_file | csv | fakebank (import: detected from the file when not given).")]
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="A hash list: pytx local_file lines, pytx dataset CSV, or a "
+                                               "fakebank Parquet export.")],
+    fmt: FormatOpt = None,
+    signal_type: Annotated[Optional[str], typer.Option(
+        "--signal-type", help="The type of every line of a local_file list of bare hashes (pdq).")] = None,
+    label: Annotated[str, typer.Option("--label", help="Label of signals whose list carries none.")] = "fake",
+    source: Annotated[Optional[str], typer.Option(
+        "--source", help="Source of signals whose list names none (a CSV's collab column wins).")] = None,
+    bank: BankOpt = None, weights: WeightsOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Import a shared hash list as hash-only items (one commit; re-importing updates, never duplicates)."""
+    try:
+        r = _fb(bank, weights).import_list(file, fmt=fmt, signal_type=signal_type, label=label, source=source)
+    except FakebankError as e:
+        err.print("error: " + str(e), highlight=False, markup=False)
+        raise typer.Exit(e.exit_code) from None
+    if as_json:
+        _emit(r, True, None)
+    else:
+        for e in r["errors"]:
+            err.print(f"{r['path']}:{e['line']}: {e['error']}", markup=False, highlight=False)
+        if r["error_count"] > len(r["errors"]):
+            err.print(f"… and {r['error_count'] - len(r['errors'])} more bad lines", markup=False)
+        if r["note"]:
+            err.print("[yellow]note:[/] " + r["note"])
+        out.print(f"{r['path']} ({r['format']}): {r['signals']} signals → {r['added']} added, {r['updated']} updated, "
+                  f"{r['unchanged']} unchanged, {r['error_count']} bad lines skipped")
+    if r["error_count"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@_command
+def export(
+    file: Annotated[Path, typer.Argument(help="Where to write the list.")],
+    fmt: Annotated[str, typer.Option("--format", help="local_file | csv | fakebank")] = "local_file",
+    labels: Annotated[list[str], typer.Option("--label", help="Labels to export (repeat) [default: fake].")] = ["fake"],
+    source: Annotated[Optional[str], typer.Option("--source", help="Only items from this source.")] = None,
+    campaign: Annotated[Optional[str], typer.Option("--campaign", help="Only items of this campaign.")] = None,
+    min_quality: Annotated[int, typer.Option("--min-quality", min=0, max=100,
+                                             help="Leave out PDQ hashes below this quality.")] = 50,
+    bank: BankOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Write the bank's items (its fakes by default) as a hash list a partner can import."""
+    r = _fb(bank).export_list(file, fmt=fmt, labels=labels, source=source, campaign=campaign, min_quality=min_quality)
+    _emit(r, as_json, lambda r: out.print(f"{r['signals']} signals → {r['path']} ({r['format']})"))
+
+
+@_command
+def lookup(
+    pdq: Annotated[list[str], typer.Option("--pdq", help="A PDQ hash, 64 hex digits (repeat for several).")],
+    max_distance: Annotated[int, typer.Option("--max-distance", min=0, max=64,
+                                              help="Largest Hamming distance that matches.")] = 31,
+    bank: BankOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Is this hash known? The bank's items within --max-distance bits of each PDQ hash (no model needed)."""
+
+    def human(r: dict) -> None:
+        if not r["matches"]:
+            out.print(f"{r['pdq']}  no match")
+        for m in r["matches"]:
+            out.print(f"{r['pdq'][:16]}…  #{m['id']}  distance={m['distance']}  {m['label']}  "
+                      f"source={m['source']}  campaign={m['campaign']}  ({m['media']})")
+
+    for r in _fb(bank).lookup(pdq, max_distance=max_distance):
+        _emit(r, as_json, human)
+
+
+@_command
+def sync(
+    config: Annotated[Path, typer.Argument(help='JSON: {"collaborations": [{"name", "api", "label"?, …}]} '
+                                                 "(see the README's 'Sharing hash lists').")],
+    bank: BankOpt = None, weights: WeightsOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Pull signals from hash-sharing exchanges (python-threatexchange's exchanges), resuming from the last run."""
+    failed = 0
+    for r in _fb(bank, weights).sync(config):
+        failed += r["error_count"]
+        _emit(r, as_json, lambda r: out.print(
+            f"{r['collaboration']} ({r['api']}): {r['signals']} signals → {r['added']} added, {r['updated']} updated, "
+            f"{r['removed']} removed, {r['unchanged']} unchanged, {r['error_count']} unusable"))
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@_command
+def thumbnails(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
+    """Store a thumbnail for every item that has none (banks from before thumbnails), from its original file.
+
+    Items whose file moved or changed since `add` are listed as errors (exit 1); rerun after restoring them.
+    """
+    fb = _fb(bank)
+    counts = {"added": 0, "error": 0}
+
+    def human(r: dict) -> None:
+        if r["status"] == "error":
+            err.print(f"error #{r['id']}: {r['error']}", markup=False, highlight=False)
+
+    for r in fb.make_thumbnails():
+        counts[r["status"]] += 1
+        _emit(r, as_json, human)
+    err.print(f"{counts['added']} thumbnails stored, {counts['error']} items without a readable original"
+              + ("" if counts["added"] + counts["error"] else " (every item already has one)"),
+              markup=False, highlight=False)
+    if counts["error"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 @_command

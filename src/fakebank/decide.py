@@ -75,10 +75,16 @@ class Neighbor:
     # (built by hand) fall back to the PDQ/similarity thresholds of FusionParams.
     signal: str | None = None
     judged: bool = False
+    # A hash-only item (a shared PDQ hash, no pixels) can be judged on `pdq` alone: it has no similarity
+    # (0.0 here, so it never votes) and its record says so.
+    hash_only: bool = False
 
     def to_dict(self) -> dict:
         """The JSON contract of a neighbour (DESIGN §2): how it was judged is not part of it."""
-        return {k: getattr(self, k) for k in ("id", "path", "label", "campaign", "similarity", "pdq_distance")}
+        rec = {k: getattr(self, k) for k in ("id", "path", "label", "campaign", "similarity", "pdq_distance")}
+        if self.hash_only:
+            rec.update(similarity=None, media="hash", judged_on=["pdq"])
+        return rec
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from fakebank.model import LoadedModel
 from fakebank.pdq import PdqHash, pdq_hash
 from fakebank.preprocess import DEFAULT_MAX_PIXELS, load_rgb, to_array
 from fakebank.signals import ImageSignals, image_signals
+from fakebank.thumbnails import make_thumbnail
 
 DEFAULT_BATCH_SIZE = 8  # DESIGN §5: batch 8-16 is the CPU sweet spot; 32 is slower per image
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -52,6 +53,7 @@ class Embedding:
     cls: np.ndarray  # [D] float32, L2-normalised
     patch: np.ndarray  # [D] float32, L2-normalised
     signals: ImageSignals | None = None  # de-bordered PDQ and local features (dedup); None: not computed
+    thumbnail: bytes | None = None  # WebP for the bank (thumbnails.py); None: not asked for
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class Decoded:
     pdq: PdqHash
     pixels: np.ndarray
     signals: ImageSignals | None = None
+    thumbnail: bytes | None = None
 
 
 def cpu_has_native_bf16() -> bool:
@@ -166,11 +169,12 @@ class Extractor:
     # -- decode side ----------------------------------------------------------------------------
 
     def decode(self, source: Source, skip: Callable[[str], bool] | None = None, *,
-               mirror: bool = True) -> Decoded | Skipped:
+               mirror: bool = True, thumbnail: bool = False) -> Decoded | Skipped:
         """Read, hash and preprocess one input; raises InputError naming it.
 
         `mirror=False` skips the mirror image's keypoints, which only a query uses (≈ 9 ms of ORB per
-        1024-px image saved on every `add`)."""
+        1024-px image saved on every `add`). `thumbnail=True` also makes the bank's WebP thumbnail from
+        the image already decoded (images going into the bank)."""
         data = source.data
         if data is None:
             try:
@@ -189,6 +193,7 @@ class Extractor:
             pdq=pdq_hash(img),
             pixels=to_array(img, self.model.preprocessing),
             signals=image_signals(img, mirror=mirror),
+            thumbnail=make_thumbnail(img) if thumbnail else None,
         )
 
     def extract(
@@ -197,10 +202,11 @@ class Extractor:
         skip: Callable[[str], bool] | None = None,
         *,
         mirror: bool = True,
+        thumbnail: bool = False,
     ) -> Iterator[Embedding | Skipped | FailedInput]:
         """Yield one result per source, in input order; decoding runs ahead of the model in threads.
 
-        `skip(sha256)` → True short-cuts an input before decoding (resuming an `add`).
+        `skip(sha256)` → True short-cuts an input before decoding (resuming an `add`); `thumbnail`: see decode.
         """
         window = self.batch_size * 2
         pending: deque[Future] = deque()
@@ -217,7 +223,7 @@ class Extractor:
                         break
                     if not isinstance(src, Source):
                         src = Source(os.fspath(src))
-                    pending.append(pool.submit(self._decode_or_fail, src, skip, mirror))
+                    pending.append(pool.submit(self._decode_or_fail, src, skip, mirror, thumbnail))
                 if not pending:
                     break
                 result = pending.popleft().result()
@@ -231,9 +237,10 @@ class Extractor:
                     batch = []
             yield from self._run_batch(batch)
 
-    def _decode_or_fail(self, source: Source, skip, mirror: bool = True) -> Decoded | Skipped | FailedInput:
+    def _decode_or_fail(self, source: Source, skip, mirror: bool = True,
+                        thumbnail: bool = False) -> Decoded | Skipped | FailedInput:
         try:
-            return self.decode(source, skip, mirror=mirror)
+            return self.decode(source, skip, mirror=mirror, thumbnail=thumbnail)
         except InputError as e:
             return FailedInput(source.name, str(e))
 
@@ -257,5 +264,6 @@ class Extractor:
                 cls=cls[i],
                 patch=patch[i],
                 signals=d.signals,
+                thumbnail=d.thumbnail,
             ))
         return out

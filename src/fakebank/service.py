@@ -34,6 +34,9 @@ from fakebank.api import DEFAULT_K, Fakebank
 from fakebank.bank import MANIFEST, check_label, check_model
 from fakebank.embed import Decoded, Embedding, Extractor, Source
 from fakebank.errors import BankError, FakebankError, InputError, TooLargeError, UsageError
+from fakebank.hma import HmaError, hma_error_response, hma_router
+from fakebank.pdq import PDQ_MATCH_THRESHOLD
+from fakebank.ui import ui_router
 from fakebank.video import SNIFF_BYTES, is_video
 
 log = logging.getLogger("fakebank.service")
@@ -42,6 +45,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file
 DEFAULT_MAX_VIDEO_UPLOAD_BYTES = 200 * 1024 * 1024  # per video file (`--max-upload-mb-video`)
 DEFAULT_MAX_PIXELS = 50_000_000  # decoded pixels per image
 MAX_FILES_PER_REQUEST = 32
+MAX_LOOKUP_HASHES = 10_000
 MAX_WAIT_S = 0.005  # how long the first request of a batch waits for company
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -160,6 +164,11 @@ class Metrics:
         return "\n".join(lines + extra) + "\n"
 
 
+class LookupBody(BaseModel):
+    pdq: list[str]
+    max_distance: int = PDQ_MATCH_THRESHOLD
+
+
 class LabelPatch(BaseModel):
     label: str
 
@@ -215,6 +224,8 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         status = 413 if isinstance(e, TooLargeError) else 422 if isinstance(e, InputError) else (
             404 if "no item with id" in str(e) else 400 if isinstance(e, UsageError) else 409)
         return JSONResponse({"error": str(e)}, status_code=status)
+
+    app.add_exception_handler(HmaError, hma_error_response)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
@@ -285,11 +296,13 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
 
     async def embed_uploads(uploads: list[tuple[str, bytes]], *, mirror: bool = True) -> list[Embedding | FakebankError]:
         """Decode in threads, then embed through the shared batcher; per-file errors are kept in place.
-        `mirror=False` (uploads to the bank) skips the mirror image's keypoints, which only queries use."""
+        `mirror=False` (uploads to the bank) skips the mirror image's keypoints, which only queries use, and
+        makes the bank's thumbnail."""
         async def one(name: str, data: bytes) -> Embedding | FakebankError:
             batcher.decoding += 1  # only touched on the event loop thread
             try:
-                decoded = await run_in_threadpool(extractor.decode, Source(name, data), mirror=mirror)
+                decoded = await run_in_threadpool(extractor.decode, Source(name, data), mirror=mirror,
+                                                  thumbnail=not mirror)
                 fut = batcher.submit(decoded)  # queued before it stops counting as "on the way"
             except InputError as e:
                 return e
@@ -399,6 +412,15 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         with fb._write_lock:
             return fb.remove([item_id])[0]
 
+    @app.post("/v1/lookup", dependencies=[Auth])
+    def lookup(body: LookupBody) -> dict:
+        """Per PDQ hash, the bank's items within max_distance bits (hash-only items included)."""
+        if len(body.pdq) > MAX_LOOKUP_HASHES:
+            raise HTTPException(413, f"{len(body.pdq)} hashes in one request; the limit is {MAX_LOOKUP_HASHES}")
+        return {"results": fb.lookup(body.pdq, max_distance=body.max_distance)}
+
+    app.include_router(hma_router(fb, require_key, config.max_upload_bytes))
+
     @app.get("/v1/info", dependencies=[Auth])
     def info() -> dict:
         return fb.info()
@@ -424,6 +446,17 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         ]
         return metrics.render(extra)
 
+    async def query_uploads(uploads: list[tuple[str, bytes]], k: int, explain: bool, provenance: bool) -> list[dict]:
+        """POST /v1/query's path for the web UI: one snapshot, the shared batcher, the same records."""
+        bank = await run_in_threadpool(fb.snapshot)
+        check_model(bank.manifest, fb.model_info, fb.bank_path)
+        results = await embed_uploads(uploads)
+        return [fb.query_error_record(name, str(r)) if isinstance(r, FakebankError)
+                else await run_in_threadpool(query_one, bank, r, k, data, explain, provenance)
+                for (name, data), r in zip(uploads, results)]
+
+    app.include_router(ui_router(fb, api_key=config.api_key, max_upload_bytes=config.max_upload_bytes,
+                                 query=query_uploads))  # the web UI at /ui (fakebank.ui)
     return app
 
 

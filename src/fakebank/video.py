@@ -765,17 +765,20 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def embed_video(extractor, name: str, data: bytes | None = None, *, sha256: str | None = None,
                 rate: float = DEFAULT_RATE, max_frames: int = DEFAULT_MAX_FRAMES, strategy: str = "auto",
-                mirror: bool = True, embed: Callable[[list], list] | None = None) -> VideoEmbedding:
+                mirror: bool = True, thumbnail: bool = False,
+                embed: Callable[[list], list] | None = None) -> VideoEmbedding:
     """Sample a video (file `name`, or uploaded `data`) and run its frames through the extractor as images:
     PDQ, content box and ORB features in the extractor's decode threads, one forward pass per batch
     (`embed`: a batch of embed.Decoded → their Embeddings; default the extractor's own `embed_decoded`,
-    the HTTP service passes its micro-batcher). Raises InputError/TooLargeError naming the video."""
+    the HTTP service passes its micro-batcher). `thumbnail`: each frame's bank thumbnail too (for `add`:
+    the item keeps its driving frame's). Raises InputError/TooLargeError naming the video."""
     import hashlib
 
     from fakebank.embed import Decoded
     from fakebank.pdq import pdq_hash
     from fakebank.preprocess import to_array
     from fakebank.signals import image_signals
+    from fakebank.thumbnails import make_thumbnail
 
     if sha256 is None:
         sha256 = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(name)
@@ -785,7 +788,8 @@ def embed_video(extractor, name: str, data: bytes | None = None, *, sha256: str 
     def prepare(frame: SampledFrame) -> tuple[Decoded, Image.Image]:
         img = frame.image
         decoded = Decoded(path=f"{name}#t={frame.timestamp:.3f}", sha256=sha256, width=img.width, height=img.height,
-                          pdq=pdq_hash(img), pixels=to_array(img, prep), signals=image_signals(img, mirror=mirror))
+                          pdq=pdq_hash(img), pixels=to_array(img, prep), signals=image_signals(img, mirror=mirror),
+                          thumbnail=make_thumbnail(img) if thumbnail else None)
         return decoded, _luma_thumb(img)
 
     sampled: list[tuple[int, float, Image.Image]] = []  # (number, timestamp, luma thumbnail)

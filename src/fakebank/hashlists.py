@@ -1,0 +1,412 @@
+"""Hash lists shared between platforms (issue 12): read and write the exchanges' formats, and turn a list
+into one commit of hash-only items (DESIGN §1.4: items with a PDQ hash and metadata but no pixels).
+
+Sits beside the bank (bank → **hashlists** → api); knows nothing of the model. Formats:
+
+- ``local_file``: python-threatexchange's file exchange, one signal a line, ``<signal_type> <signal>``,
+  or the bare signal when the signal type is given (``--signal-type pdq``);
+- ``csv``: ``threatexchange dataset --csv``'s columns ``signal_type,signal_str,collab,category,tags``
+  (tags space-separated; the category is pytx's ``SignalOpinionCategory`` name);
+- ``fakebank``: the bank's own full export, Parquet with every column (embeddings included) and the model
+  identity in the file's metadata; imported into a bank of the same identity with full matching, into any
+  other bank as hash-only items.
+
+Labels and pytx's opinion categories map one to one: ``fake`` ↔ ``POSITIVE_CLASS``, ``real`` ↔
+``NEGATIVE_CLASS``, ``unknown`` ↔ ``INVESTIGATION_SEED``. A signal is one item per (signal type, hash,
+source): importing the same list again updates labels, tags and notes in place (`bank.signal_key`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fakebank.bank import (
+    HASH_ONLY,
+    PDQ_BYTES,
+    Bank,
+    NewItem,
+    check_label,
+    items_schema,
+    signal_key,
+)
+from fakebank.errors import InputError, UsageError
+
+FORMATS = ("local_file", "csv", "fakebank")
+SIGNAL_TYPE = "pdq"  # the one hash fakebank matches; others are reported per line, not imported
+CSV_COLUMNS = ("signal_type", "signal_str", "collab", "category", "tags")
+CATEGORY_OF_LABEL = {"fake": "POSITIVE_CLASS", "real": "NEGATIVE_CLASS", "unknown": "INVESTIGATION_SEED"}
+LABEL_OF_CATEGORY = {v: k for k, v in CATEGORY_OF_LABEL.items()}
+PARQUET_META_KEY = b"fakebank"
+MAX_REPORTED_ERRORS = 100  # per import; the count of the rest is still given
+_PDQ_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SNIFF_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One shared hash and what its list says about it."""
+
+    hash: str  # 64 lowercase hex digits
+    label: str = "fake"
+    source: str | None = None
+    tags: tuple[str, ...] = ()
+    note: str | None = None
+    external_id: str | None = None
+    quality: int | None = None
+
+
+@dataclass
+class HashList:
+    """A parsed list: its signals (in file order), the lines that could not be used, and, for fakebank's
+    own export, the full rows and the model identity they were embedded with."""
+
+    path: str
+    format: str
+    signals: list[Signal] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (line number, what is wrong)
+    error_count: int = 0
+    rows: pa.Table | None = None
+    model_identity: str | None = None
+
+    def error(self, line: int, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append((line, message))
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+
+def detect_format(path: Path) -> str:
+    """`fakebank` for Parquet, `csv` when the first line is the pytx CSV header, else `local_file`."""
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if head.startswith(b"PAR1"):
+        return "fakebank"
+    if b"\0" in head:
+        raise InputError(f"{path}: binary data, not a hash list (formats: {', '.join(FORMATS)})")
+    first = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
+    if first.startswith("signal_type,") or first.split(",")[0] == "signal_type":
+        return "csv"
+    return "local_file"
+
+
+def read_list(path: str | Path, fmt: str | None = None, *, signal_type: str | None = None,
+              label: str = "fake", source: str | None = None) -> HashList:
+    """Parse a hash list; every bad line is reported with its number, the good ones are kept.
+
+    `label`/`source`: for formats that carry none (local_file; csv rows with an empty collab)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    check_label(label)
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "fakebank":
+        return _read_parquet(path, source)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file, no signals to import")
+    with open(path, "rb") as f:
+        if b"\0" in f.read(_SNIFF_BYTES):
+            raise InputError(f"{path}: binary data, not a {fmt} hash list")
+    out = HashList(str(path), fmt)
+    with open(path, encoding="utf-8", errors="strict", newline="") as f:
+        try:
+            if fmt == "local_file":
+                _read_lines(f, out, signal_type, label, source)
+            else:
+                _read_csv(f, out, label, source)
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it a hash list?") from None
+    if not out.signals and not out.error_count:
+        raise InputError(f"{path}: no signals in the file")
+    return out
+
+
+def _check_signal(out: HashList, n: int, stype: str, signal: str) -> str | None:
+    if stype != SIGNAL_TYPE:
+        out.error(n, f"signal type {stype!r} is not supported (fakebank matches {SIGNAL_TYPE})")
+        return None
+    signal = signal.strip().lower()
+    if not _PDQ_HEX.match(signal):
+        out.error(n, f"malformed PDQ hash {signal[:80]!r}: expected 64 hex digits")
+        return None
+    return signal
+
+
+def _read_lines(f: io.TextIOBase, out: HashList, signal_type: str | None, label: str, source: str | None) -> None:
+    for n, raw in enumerate(f, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if signal_type is not None:
+            stype, signal = signal_type, line
+        else:
+            stype, _, signal = line.partition(" ")
+            if not signal:
+                out.error(n, "no signal type before the hash; write '<signal_type> <hash>' or pass "
+                             "--signal-type pdq for a file of bare hashes")
+                continue
+        h = _check_signal(out, n, stype, signal)
+        if h is not None:
+            out.signals.append(Signal(h, label=label, source=source))
+
+
+def _read_csv(f: io.TextIOBase, out: HashList, label: str, source: str | None) -> None:
+    reader = csv.DictReader(f)
+    missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(f"{out.path}: CSV without the column(s) {', '.join(missing)}; threatexchange's "
+                         f"`dataset --csv` writes {','.join(CSV_COLUMNS)}")
+    for row in reader:
+        n = reader.line_num
+        if None in row or any(row[c] is None for c in CSV_COLUMNS):
+            out.error(n, f"expected {len(CSV_COLUMNS)} columns")
+            continue
+        h = _check_signal(out, n, row["signal_type"].strip(), row["signal_str"])
+        if h is None:
+            continue
+        category = row["category"].strip()
+        if category and category not in LABEL_OF_CATEGORY:
+            out.error(n, f"unknown category {category!r} (one of {', '.join(LABEL_OF_CATEGORY)})")
+            continue
+        out.signals.append(Signal(h, label=LABEL_OF_CATEGORY.get(category, label),
+                                  source=row["collab"].strip() or source, tags=tuple(row["tags"].split())))
+
+
+def _read_parquet(path: Path, source: str | None) -> HashList:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: unreadable Parquet ({e})") from None
+    meta = (pf.schema_arrow.metadata or {}).get(PARQUET_META_KEY)
+    if meta is None:
+        raise InputError(f"{path}: a Parquet file without fakebank's metadata; only `fakebank export "
+                         "--format fakebank` files can be imported as Parquet")
+    info = json.loads(meta)
+    table = pf.read()
+    out = HashList(str(path), "fakebank", rows=table, model_identity=(info.get("model") or {}).get("identity_hash"))
+    cols = {c: table.column(c).to_pylist() for c in ("pdq", "label", "source", "tags", "note", "pdq_quality",
+                                                     "external_id", "id")}
+    for n in range(len(table)):
+        h = cols["pdq"][n]
+        if h is None or len(h) != PDQ_BYTES:
+            out.error(n + 1, "row without a PDQ hash")
+            continue
+        out.signals.append(Signal(
+            h.hex(), label=cols["label"][n], source=cols["source"][n] or source,
+            tags=tuple((cols["tags"][n] or "").split()), note=cols["note"][n],
+            external_id=cols["external_id"][n] or f"fakebank:{info.get('bank_id', '')}:{cols['id'][n]}",
+            quality=cols["pdq_quality"][n]))
+    return out
+
+
+# -- planning an import ---------------------------------------------------------------------------------------
+
+@dataclass
+class ImportPlan:
+    """What one import does to a bank: new items, and changes (label, tags, note) to known ones."""
+
+    items: list[NewItem]
+    changes: list[tuple[int, str, str | None]]
+    unchanged: int
+    duplicates: int  # signals repeated within the list (the last one counts)
+    hash_only: bool  # a fakebank export of another model identity lands as hashes only
+
+    @property
+    def updated(self) -> int:
+        return len({i for i, _, _ in self.changes})
+
+
+def plan_import(bank: Bank, hl: HashList, *, model_identity: str | None) -> ImportPlan:
+    """Match the list's signals to the bank's items by signal identity (type, hash, source)."""
+    full = hl.rows is not None and hl.model_identity is not None and hl.model_identity == model_identity
+    latest: dict[str, int] = {}
+    for n, s in enumerate(hl.signals):
+        latest[_key_of(s, hl, n, full)] = n
+    duplicates = len(hl.signals) - len(latest)
+    keys = list(latest)
+    known, seg_of, row_of = bank.locate_sha256(keys)
+    current = _current_values(bank, seg_of, row_of, known)
+    items, changes, unchanged = [], [], 0
+    for p, (key, item_id) in enumerate(zip(keys, known.tolist())):
+        n = latest[key]
+        s = hl.signals[n]
+        if item_id < 0:
+            items.append(_full_item(hl.rows, n, s) if full else _hash_item(key, s))
+            continue
+        label, tags_now, note_now = current[p]
+        before = len(changes)
+        if label != s.label:
+            changes.append((item_id, "label", s.label))
+        tags = " ".join(s.tags) or None
+        if tags_now != tags:
+            changes.append((item_id, "tags", tags))
+        if s.note is not None and note_now != s.note:
+            changes.append((item_id, "note", s.note))
+        unchanged += len(changes) == before
+    return ImportPlan(items, changes, unchanged, duplicates, hash_only=hl.rows is not None and not full)
+
+
+def _current_values(bank: Bank, seg_of: np.ndarray, row_of: np.ndarray, ids: np.ndarray) -> dict[int, tuple]:
+    """position → (label, tags, note) of the known items as the bank reads them now, read in bulk per segment."""
+    out: dict[int, tuple] = {}
+    for k in np.unique(seg_of[seg_of >= 0]).tolist():
+        pos = np.flatnonzero(seg_of == k)
+        seg = bank.segments[k]
+        take = pa.array(row_of[pos])
+        cols = [seg.column(c).take(take).to_pylist() for c in ("label", "tags", "note")]
+        for p, i, label, tags, note in zip(pos.tolist(), ids[pos].tolist(), *cols):
+            edits = bank.deltas.edits.get(i, {})
+            out[p] = (bank.deltas.labels.get(i, label), edits.get("tags", tags), edits.get("note", note))
+    return out
+
+
+def _key_of(s: Signal, hl: HashList, n: int, full: bool) -> str:
+    if full:  # an image item keeps its file's sha256: adding the same image later is then a no-op
+        return hl.rows.column("sha256")[n].as_py()
+    return signal_key(SIGNAL_TYPE, s.hash, s.source)
+
+
+def _hash_item(key: str, s: Signal) -> NewItem:
+    return NewItem(sha256=key, path=None, label=check_label(s.label), p_fake=None, logit=None,
+                   pdq=bytes.fromhex(s.hash), pdq_quality=s.quality, cls=None, patch=None, width=None,
+                   height=None, source=s.source, note=s.note, media=HASH_ONLY, tags=" ".join(s.tags) or None,
+                   external_id=s.external_id)
+
+
+def _full_item(rows: pa.Table, n: int, s: Signal) -> NewItem:
+    """An exported row with its embeddings and signals, as the partner's bank held it."""
+    r = {c: rows.column(c)[n].as_py() for c in rows.schema.names}
+    if r.get("media") == HASH_ONLY or r.get("cls") is None:
+        return _hash_item(r["sha256"], s)
+    return NewItem(
+        sha256=r["sha256"], path=r["path"], label=check_label(s.label), p_fake=r["p_fake"], logit=r["logit"],
+        pdq=r["pdq"], pdq_quality=r["pdq_quality"], cls=np.asarray(r["cls"], np.float32),
+        patch=np.asarray(r["patch"], np.float32), width=r["width"], height=r["height"], source=s.source,
+        campaign=r["campaign"], note=r["note"], pdq_dihedral=r["pdq_dihedral"], pdq_trim=r["pdq_trim"],
+        pdq_trim_quality=r["pdq_trim_quality"], local=r["local"], media=r.get("media"), tags=r.get("tags"),
+        external_id=s.external_id)
+
+
+# -- writing ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExportFilter:
+    labels: tuple[str, ...] = ("fake",)
+    source: str | None = None
+    campaign: str | None = None
+    min_quality: int = 50  # a hash below PDQ's quality bar matches noise at a partner
+
+    def rows(self, bank: Bank, seg) -> np.ndarray:
+        """The segment's rows (live, with the analyst's labels) that pass the filter."""
+        ids = seg.ids
+        keep = np.ones(seg.rows, bool)
+        if bank.deltas.removed:
+            keep &= ~np.isin(ids, np.fromiter(bank.deltas.removed, np.int64))
+        labels = np.asarray(seg.column("label").to_pylist(), dtype=object)
+        for i, label in bank.deltas.labels.items():
+            r = seg.row_of(i)
+            if r >= 0:
+                labels[r] = label
+        keep &= np.isin(labels, list(self.labels))
+        keep &= seg.pdq_quality >= self.min_quality
+        if self.source is not None:
+            keep &= np.asarray(seg.column("source").to_pylist(), dtype=object) == self.source
+        if self.campaign is not None:
+            stored = bank.campaign_assignments()
+            computed = set()
+            if stored is not None:
+                t = stored.filter(pa.compute.equal(stored.column("campaign"), self.campaign))
+                computed = set(t.column("id").to_pylist())
+            analyst = np.asarray(seg.column("campaign").to_pylist(), dtype=object) == self.campaign
+            keep &= analyst | np.isin(ids, np.fromiter(computed, np.int64, len(computed)))
+        return np.flatnonzero(keep)
+
+
+def export_rows(bank: Bank, flt: ExportFilter) -> Iterator[tuple[object, np.ndarray]]:
+    for seg in bank.segments:
+        rows = flt.rows(bank, seg)
+        if len(rows):
+            yield seg, rows
+
+
+def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, model: dict | None,
+               collab: str = "fakebank") -> dict:
+    """Write the bank's items that pass `flt` as a hash list; returns counts. One line per distinct
+    (hash, source) in the text formats, every item in fakebank's own."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    written = 0
+    if fmt == "fakebank":
+        schema = items_schema(bank.dim).with_metadata({PARQUET_META_KEY: json.dumps(
+            {"format": 1, "model": model, "embedding_dim": bank.dim, "bank_id": str(bank.path.resolve())}).encode()})
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+            for seg, rows in export_rows(bank, flt):
+                t = seg.table.take(pa.array(rows))
+                t = _with_edits(bank, t)
+                for f in schema:
+                    if f.name not in t.schema.names:  # a hash-only segment's pixel columns
+                        t = t.append_column(f, pa.nulls(len(t), f.type))
+                w.write_table(t.select(schema.names).cast(schema))
+                written += len(t)
+    else:
+        seen: set[tuple[str, str | None]] = set()
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f) if fmt == "csv" else None
+            if writer is not None:
+                writer.writerow(CSV_COLUMNS)
+            for seg, rows in export_rows(bank, flt):
+                take = pa.array(rows)
+                ids = seg.ids[rows].tolist()
+                hashes = [c.tobytes().hex() for c in seg.pdq_codes[rows]]
+                sources = seg.column("source").take(take).to_pylist()
+                labels = seg.column("label").take(take).to_pylist()
+                tags = seg.column("tags").take(take).to_pylist()
+                for i, h, src, label, tag in zip(ids, hashes, sources, labels, tags):
+                    if (h, src) in seen:
+                        continue
+                    seen.add((h, src))
+                    if writer is None:
+                        f.write(f"{SIGNAL_TYPE} {h}\n")
+                    else:
+                        tag = bank.deltas.edits.get(i, {}).get("tags", tag)
+                        writer.writerow([SIGNAL_TYPE, h, src or collab,
+                                         CATEGORY_OF_LABEL[bank.deltas.labels.get(i, label)], tag or ""])
+                    written += 1
+    tmp.replace(path)
+    return {"path": str(path), "format": fmt, "signals": written}
+
+
+def _with_edits(bank: Bank, t: pa.Table) -> pa.Table:
+    """Rows as the bank reads them now: the analyst's labels and the lists' tag/note edits applied."""
+    ids = t.column("id").to_pylist()
+    for name in ("label", "tags", "note"):
+        values = [bank.value(i, name) for i in ids]
+        t = t.set_column(t.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    return t
+
+
+# -- look-up by hash ----------------------------------------------------------------------------------------
+
+def parse_hashes(hashes: Iterable[str]) -> np.ndarray:
+    """[n, 32] uint8 codes of PDQ hex strings; a malformed one is a usage error naming it."""
+    codes = []
+    for h in hashes:
+        s = str(h).strip().lower()
+        if not _PDQ_HEX.match(s):
+            raise UsageError(f"malformed PDQ hash {s[:80]!r}: expected 64 hex digits")
+        codes.append(np.frombuffer(bytes.fromhex(s), np.uint8))
+    return np.stack(codes) if codes else np.zeros((0, PDQ_BYTES), np.uint8)

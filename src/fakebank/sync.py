@@ -1,0 +1,176 @@
+"""`fakebank sync CONFIG`: pull signals from hash-sharing exchanges through python-threatexchange's own
+exchange framework (`SignalExchangeAPI.fetch_iter`), rather than fetchers of our own (issue 12).
+
+The config is JSON: ``{"collaborations": [{"name": …, "api": …, "label": …, <the exchange's fields>}]}``.
+``api`` is a pytx exchange name (``local_file``, ``sample``, ``fb_threatexchange``, …) or
+``package.module:Class`` for an exchange class of your own (as pytx extensions add them); the remaining
+keys are the fields of that exchange's collaboration config (``filename`` and ``signal_type`` for
+``local_file``). ``label`` (optional) overrides the label its opinions map to (``POSITIVE_CLASS`` →
+fake, ``NEGATIVE_CLASS`` → real, anything else → unknown).
+
+Each collaboration's signals become hash-only items of source = its name. The exchange's checkpoint is
+stored in the bank's manifest (``sync``) in the same commit as the items, so a rerun resumes from it and a
+crash never leaves items without their checkpoint. Deletions the exchange reports remove the items; an
+exchange whose checkpoint says the whole state must be fetched again (pytx's ``is_stale``, e.g. ``sample``)
+is treated as a snapshot: its items not fetched again are removed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fakebank.bank import Bank, check_label, signal_key
+from fakebank.errors import UsageError
+from fakebank.hashlists import LABEL_OF_CATEGORY, SIGNAL_TYPE, HashList, Signal
+
+MANIFEST_KEY = "sync"
+_BUILTIN = {
+    "local_file": "threatexchange.exchanges.impl.file_api:LocalFileSignalExchangeAPI",
+    "sample": "threatexchange.exchanges.impl.static_sample:StaticSampleSignalExchangeAPI",
+    "fb_threatexchange": "threatexchange.exchanges.impl.fb_threatexchange_api:FBThreatExchangeSignalExchangeAPI",
+    "ncmec": "threatexchange.exchanges.impl.ncmec_api:NCMECSignalExchangeAPI",
+    "stop_ncii": "threatexchange.exchanges.impl.stop_ncii_api:StopNCIISignalExchangeAPI",
+}
+
+
+@dataclass(frozen=True)
+class Collab:
+    name: str
+    api: str
+    label: str | None = None
+    fields: dict = field(default_factory=dict)
+
+
+@dataclass
+class Fetched:
+    """One collaboration's fetch: signals to hold, signals the exchange deleted, and the new checkpoint."""
+
+    collab: Collab
+    signals: HashList
+    deleted: set[str]
+    snapshot: bool  # the whole state was fetched: what is not in it is gone
+    checkpoint: dict
+
+
+def read_config(path: str | Path) -> list[Collab]:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such sync config") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not JSON ({e})") from None
+    collabs = doc.get("collaborations") if isinstance(doc, dict) else None
+    if not isinstance(collabs, list) or not collabs:
+        raise UsageError(f'{path}: expected {{"collaborations": [{{"name": …, "api": …}}, …]}}')
+    out = []
+    for n, c in enumerate(collabs):
+        if not isinstance(c, dict) or not c.get("name") or not c.get("api"):
+            raise UsageError(f"{path}: collaboration #{n + 1} needs a name and an api")
+        rest = {k: v for k, v in c.items() if k not in ("name", "api", "label", "enabled")}
+        label = c.get("label")
+        if label is not None:
+            check_label(label)
+        out.append(Collab(c["name"], c["api"], label, rest))
+    if len({c.name for c in out}) != len(out):
+        raise UsageError(f"{path}: collaboration names must be distinct (each is the source of its items)")
+    return out
+
+
+def exchange_class(api: str):
+    target = _BUILTIN.get(api, api)
+    module, _, name = target.partition(":")
+    if not name:
+        raise UsageError(f"unknown exchange api {api!r}: use one of {', '.join(_BUILTIN)} or package.module:Class")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("threatexchange"):
+            raise UsageError("sync needs python-threatexchange: pip install 'fakebank[exchange]'") from None
+        raise UsageError(f"exchange api {api!r}: cannot import {module} ({e})") from None
+    except AttributeError:
+        raise UsageError(f"exchange api {api!r}: {module} has no {name}") from None
+
+
+def fetch(collab: Collab, stored: dict | None) -> Fetched:
+    """Fetch one collaboration from its stored checkpoint (None: from the start)."""
+    from threatexchange.exchanges.signal_exchange_api import SignalExchangeAPIWithSimpleUpdates
+    from threatexchange.signal_type.pdq.signal import PdqSignal
+    from threatexchange.utils import dataclass_json
+
+    cls = exchange_class(collab.api)
+    if not issubclass(cls, SignalExchangeAPIWithSimpleUpdates):
+        raise UsageError(f"{collab.name}: exchange {collab.api!r} keys its updates by its own ids; fakebank "
+                         "syncs exchanges whose updates are keyed by (signal type, signal)")
+    config_cls = cls.get_config_cls()
+    try:
+        config = config_cls(name=collab.name, api=cls.get_name(), enabled=True, **collab.fields)
+    except TypeError as e:
+        raise UsageError(f"{collab.name}: bad fields for exchange {collab.api!r} ({e})") from None
+    checkpoint = None
+    if stored and stored.get("api") == collab.api and stored.get("checkpoint") is not None:
+        checkpoint = dataclass_json.dataclass_load_dict(stored["checkpoint"], cls.get_checkpoint_cls())
+        if checkpoint.is_stale():
+            checkpoint = None
+    api = cls.for_collab(config)
+    merged: dict = {}
+    deleted: set[str] = set()
+    last = checkpoint
+    try:
+        for delta in api.fetch_iter([PdqSignal], checkpoint):
+            for key, value in delta.updates.items():
+                if value is None:
+                    merged.pop(key, None)
+                    if key[0] == SIGNAL_TYPE:
+                        deleted.add(key[1].lower())
+                else:
+                    merged[key] = value
+                    deleted.discard(key[1].lower())
+            last = delta.checkpoint
+    except (AssertionError, OSError) as e:
+        raise UsageError(f"{collab.name}: the exchange failed ({e})") from None
+    out = HashList(f"sync:{collab.name}", "sync")
+    for n, ((stype, signal), meta) in enumerate(merged.items(), 1):
+        signal = signal.strip().lower()
+        if stype != SIGNAL_TYPE:
+            out.error(n, f"signal type {stype!r} is not supported (fakebank matches {SIGNAL_TYPE})")
+            continue
+        try:
+            PdqSignal.validate_signal_str(signal)
+        except ValueError:
+            out.error(n, f"malformed PDQ hash {signal[:80]!r}")
+            continue
+        agg = meta.get_as_aggregate_opinion()
+        label = collab.label or LABEL_OF_CATEGORY.get(agg.category.name, "unknown")
+        out.signals.append(Signal(signal, label=label, source=collab.name, tags=tuple(sorted(agg.tags))))
+    snapshot = last is None or last.is_stale()
+    ck = dataclass_json.dataclass_dump_dict(last) if last is not None else None
+    return Fetched(collab, out, deleted, snapshot, ck)
+
+
+def removals(bank: Bank, fetched: Fetched) -> list[int]:
+    """Ids of the collaboration's items that the exchange deleted, or (snapshots) no longer holds."""
+    source = fetched.collab.name
+    gone = set(fetched.deleted)
+    if fetched.snapshot:
+        held = {s.hash for s in fetched.signals.signals}
+        t = bank.table
+        mask = [src == source and media == "hash" for src, media in
+                zip(t.column("source").to_pylist(), t.column("media").to_pylist())]
+        ids = t.column("id").to_numpy()[mask] if len(t) else []
+        current = {i: bank.value(int(i), "pdq").hex() for i in ids}
+        gone |= {h for h in current.values() if h not in held}
+    if not gone:
+        return []
+    found = bank.ids_of_sha256([signal_key(SIGNAL_TYPE, h, source) for h in sorted(gone)])
+    return [int(i) for i in found if i >= 0]
+
+
+def sync_state(fetched: Fetched, stored: dict | None) -> dict:
+    return {"api": fetched.collab.api, "checkpoint": fetched.checkpoint,
+            "fetched_at": datetime.now(timezone.utc).isoformat(), "signals": len(fetched.signals.signals),
+            "runs": int((stored or {}).get("runs", 0)) + 1}

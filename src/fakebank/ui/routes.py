@@ -1,0 +1,313 @@
+"""The analyst's workbench: server-rendered pages at /ui over the api facade, plus the thumbnail endpoint.
+
+Mounted by the service (api → service → **ui**, which imports api, bank and thumbnails, never cli or service:
+the service hands in its query path so that uploads share its micro-batched forward pass). Pages are Jinja2
+templates and one small script from this package; nothing comes from a CDN and nothing needs building.
+Writes (label, delete, recompute) go through the same api calls as the HTTP API and take effect on the
+next query.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from fakebank.api import DEFAULT_K, Fakebank
+from fakebank.bank import LABELS, Bank
+from fakebank.errors import FakebankError, InputError, UsageError
+from fakebank.preprocess import load_rgb
+from fakebank.thumbnails import THUMB_MIME, make_thumbnail
+from fakebank.ui import session
+
+# (uploads as (name, bytes), k, explain, provenance) → one `query` record per upload (the service's path)
+QueryFn = Callable[[list[tuple[str, bytes]], int, bool, bool], Awaitable[list[dict]]]
+
+MAX_FILES = 32  # per query form, as the API
+RECENT_ITEMS = 24
+SEARCH_LIMIT = 100
+CAMPAIGN_CARD_MEMBERS = 12  # member thumbnails per campaign on the campaigns page
+CAMPAIGN_PAGE_MEMBERS = 1000
+STATIC = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
+# Pages load only this server's scripts, styles and images (thumbnails and heat maps as data: URIs).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                               "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make the browser send Origin: null on forms
+}
+PLACEHOLDER_SVG = (
+    "<svg xmlns='http://www.w3.org/2000/svg' width='256' height='192' viewBox='0 0 256 192'>"
+    "<rect width='256' height='192' fill='#8882'/><text x='128' y='100' text-anchor='middle' "
+    "font-family='sans-serif' font-size='14' fill='#888'>no thumbnail</text></svg>")
+
+_HERE = resources.files("fakebank.ui")
+
+
+def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query: QueryFn) -> APIRouter:
+    """The /ui pages and GET /v1/items/{id}/thumbnail, for one Fakebank and the service's key."""
+    templates = Jinja2Templates(directory=str(_HERE / "templates"))
+    templates.env.filters["when"] = _when
+    router = APIRouter(include_in_schema=False)
+    page_auth = [Depends(session.require(api_key))]
+
+    def render(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
+        response = templates.TemplateResponse(request, name, {
+            "signed_in_with_key": bool(api_key), "model": fb.model_info, "labels": LABELS, **context}, status_code=status)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def error_page(request: Request, e: Exception, status: int | None = None) -> HTMLResponse:
+        if status is None:
+            status = 404 if "no item with id" in str(e) else 422 if isinstance(e, InputError) else 400 \
+                if isinstance(e, UsageError) else 409
+        return render(request, "error.html", status, message=str(e))
+
+    # -- session ---------------------------------------------------------------------------------
+
+    @router.get("/ui")
+    def home() -> RedirectResponse:
+        return RedirectResponse("/ui/query", 303)
+
+    @router.get("/ui/signin")
+    def signin_form(request: Request):
+        if not api_key:
+            return RedirectResponse("/ui/query", 303)
+        return render(request, "signin.html")
+
+    @router.post("/ui/signin")
+    def signin(request: Request, key: Annotated[str, Form()] = ""):
+        session.check_same_origin(request)
+        if not api_key:
+            return RedirectResponse("/ui/query", 303)
+        if not session.key_matches(key, api_key):
+            return render(request, "signin.html", 401, refused=True)
+        response = RedirectResponse("/ui/query", 303)
+        session.start_session(response, api_key, secure=request.url.scheme == "https")
+        return response
+
+    @router.post("/ui/signout")
+    def signout(request: Request) -> RedirectResponse:
+        session.check_same_origin(request)
+        response = RedirectResponse(session.SIGN_IN if api_key else "/ui/query", 303)
+        session.end_session(response)
+        return response
+
+    @router.get("/ui/static/{name}")
+    def static(name: str) -> Response:
+        if name not in STATIC:
+            raise HTTPException(404, f"no static file {name}")
+        return Response((_HERE / "static" / name).read_bytes(), media_type=STATIC[name],
+                        headers={"Cache-Control": "no-cache"})
+
+    # -- query -------------------------------------------------------------------------------------
+
+    @router.get("/ui/query", dependencies=page_auth)
+    def query_form(request: Request):
+        return render(request, "query.html", k=DEFAULT_K)
+
+    @router.post("/ui/query", dependencies=page_auth)
+    async def query_files(request: Request,
+                          file: Annotated[list[UploadFile] | None, File()] = None,
+                          k: Annotated[int, Form(ge=1, le=100)] = DEFAULT_K,
+                          heatmap: Annotated[bool, Form()] = False):
+        files = [f for f in file or [] if f.filename]
+        if not files:
+            return render(request, "query.html", 422, k=k, heatmap=heatmap,
+                          message="no image chosen: drop one or more image files on the box, or pick them")
+        if len(files) > MAX_FILES:
+            return render(request, "query.html", 413, k=k, heatmap=heatmap,
+                          message=f"{len(files)} files at once; the limit is {MAX_FILES}")
+        uploads = []
+        for f in files:
+            data = await f.read(max_upload_bytes + 1)
+            name = os.path.basename(f.filename or "upload")
+            if len(data) > max_upload_bytes:
+                return render(request, "query.html", 413, k=k, heatmap=heatmap,
+                              message=f"{name}: over the upload limit of {max_upload_bytes:,} bytes")
+            uploads.append((name, data))
+        try:
+            records = await query(uploads, k, heatmap, True)
+        except FakebankError as e:
+            return render(request, "query.html", 422, k=k, heatmap=heatmap, message=str(e))
+        results = [{**r, "query_uri": None if r.get("error") else await run_in_threadpool(_upload_uri, name, data),
+                    "heat_uri": "data:image/png;base64," + r["heatmap"]["png_base64"]
+                    if r.get("heatmap", {}).get("png_base64") else None}
+                   for (name, data), r in zip(uploads, records)]
+        return render(request, "query.html", k=k, heatmap=heatmap, results=results)
+
+    # -- items -------------------------------------------------------------------------------------
+
+    @router.get("/ui/items/{item_id}", dependencies=page_auth)
+    def item_page(request: Request, item_id: int, done: str | None = None):
+        bank = fb.snapshot()
+        if not bank.has(item_id):
+            return error_page(request, UsageError(f"no item with id {item_id} (removed, or never added)"), 404)
+        return render(request, "item.html", item=bank.item(item_id), computed=_computed_campaign(bank, item_id),
+                      done=done)
+
+    @router.post("/ui/items/{item_id}/label", dependencies=page_auth)
+    def relabel(request: Request, item_id: int, label: Annotated[str, Form()]):
+        try:
+            with fb._write_lock:
+                fb.label([item_id], label)
+        except FakebankError as e:
+            return error_page(request, e)
+        return RedirectResponse(f"/ui/items/{item_id}?done=label", 303)
+
+    @router.get("/ui/items/{item_id}/delete", dependencies=page_auth)
+    def delete_confirm(request: Request, item_id: int):
+        bank = fb.snapshot()
+        if not bank.has(item_id):
+            return error_page(request, UsageError(f"no item with id {item_id} (removed, or never added)"), 404)
+        return render(request, "delete.html", item=bank.item(item_id))
+
+    @router.post("/ui/items/{item_id}/delete", dependencies=page_auth)
+    def delete(request: Request, item_id: int):
+        try:
+            with fb._write_lock:
+                fb.remove([item_id])
+        except FakebankError as e:
+            return error_page(request, e)
+        return RedirectResponse(f"/ui/bank?removed={item_id}", 303)
+
+    @router.get("/ui/thumbs/{item_id}", dependencies=page_auth)
+    def ui_thumbnail(item_id: int) -> Response:
+        """The item's thumbnail for pages: a placeholder when it has none (so that a grid keeps its shape)."""
+        bank = fb.snapshot()
+        thumb = fb.item_thumbnail(bank, item_id) if bank.has(item_id) else None
+        if thumb is None:
+            return Response(PLACEHOLDER_SVG, media_type="image/svg+xml", headers={"Cache-Control": "no-cache"})
+        return Response(thumb, media_type=THUMB_MIME, headers={"Cache-Control": "private, max-age=3600"})
+
+    @router.get("/v1/items/{item_id}/thumbnail")
+    def api_thumbnail(request: Request, item_id: int) -> Response:
+        """The item's WebP thumbnail (stored at add, or made from its original file when still there)."""
+        if not session.bearer_ok(request, api_key):
+            raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        bank = fb.snapshot()
+        if not bank.has(item_id):
+            raise HTTPException(404, f"no item with id {item_id}")
+        thumb = fb.item_thumbnail(bank, item_id)
+        if thumb is None:
+            raise HTTPException(404, f"item {item_id} has no stored thumbnail and its original "
+                                f"{bank.value(item_id, 'path')} is gone or changed; restore it and run `fakebank thumbnails`")
+        return Response(thumb, media_type=THUMB_MIME, headers={"Cache-Control": "private, max-age=3600"})
+
+    # -- campaigns ---------------------------------------------------------------------------------
+
+    @router.get("/ui/campaigns", dependencies=page_auth)
+    def campaigns_page(request: Request):
+        try:
+            records = fb.campaigns(min_size=2, recompute=False, save=False)
+        except FakebankError as e:
+            return error_page(request, e)
+        return render(request, "campaigns.html", campaigns=_with_timeline(records), events=None)
+
+    @router.post("/ui/campaigns/recompute", dependencies=page_auth)
+    async def recompute(request: Request):
+        try:
+            bank, result = await run_in_threadpool(fb.campaign_run, recompute=True, save=True)
+            records = fb.campaign_records(bank, result)
+        except FakebankError as e:
+            return error_page(request, e)
+        from fakebank.campaigns import event_text
+
+        return render(request, "campaigns.html", campaigns=_with_timeline(records),
+                      events=[event_text(ev) for ev in result.events], recomputed=True)
+
+    @router.get("/ui/campaigns/{name:path}", dependencies=page_auth)  # analyst names may hold "/"
+    def campaign_page(request: Request, name: str):
+        records = fb.campaigns(min_size=1, recompute=False, save=False)
+        found = next((r for r in records if r["campaign"] == name), None)
+        if found is None:
+            return error_page(request, UsageError(f"no campaign {name}; recompute campaigns or pick one from the list"),
+                              404)
+        bank = fb.snapshot()
+        members = [bank.item(i) for i in found["members"][:CAMPAIGN_PAGE_MEMBERS] if bank.has(i)]
+        return render(request, "campaign.html", c=found, members=members, more=max(0, found["size"] - len(members)))
+
+    # -- bank --------------------------------------------------------------------------------------
+
+    @router.get("/ui/bank", dependencies=page_auth)
+    def bank_page(request: Request, q: str = "", removed: int | None = None):
+        bank = fb.snapshot()
+        found = _search(bank, q) if q.strip() else None
+        return render(request, "bank.html", info=fb.info(), recent=_recent(bank, RECENT_ITEMS), q=q, found=found,
+                      removed=removed, search_limit=SEARCH_LIMIT)
+
+    return router
+
+
+# -- helpers (pure: a bank snapshot in, plain values out) ------------------------------------------------
+
+def _upload_uri(name: str, data: bytes) -> str | None:
+    """The uploaded image as a thumbnail data: URI for the result card; None when it does not decode."""
+    try:
+        return f"data:{THUMB_MIME};base64," + base64.b64encode(make_thumbnail(load_rgb(data, name=name))).decode()
+    except InputError:
+        return None
+
+
+def _computed_campaign(bank: Bank, item_id: int) -> str | None:
+    table = bank.campaign_assignments()
+    if table is None:
+        return None
+    ids = table.column("id").to_pylist()
+    return table.column("campaign")[ids.index(item_id)].as_py() if item_id in ids else None
+
+
+def _recent(bank: Bank, n: int) -> list[dict]:
+    """The n newest live items (ids grow with time), reading only the newest segments' id columns."""
+    out: list[dict] = []
+    for seg in reversed(bank.segments):
+        for item_id in reversed(seg.ids.tolist()):
+            if bank.has(item_id):
+                out.append(bank.item(item_id))
+                if len(out) == n:
+                    return out
+    return out
+
+
+def _search(bank: Bank, q: str) -> list[dict]:
+    """Items by sha256 (64 hex digits); else the item of that id (#12 or 12) followed by the items whose path
+    or source holds `q` (case-insensitive: this scans the whole bank's metadata, a few ms per 10k items)."""
+    q = q.strip()
+    if len(q) == 64 and all(c in "0123456789abcdef" for c in q.lower()):
+        item_id = bank.id_of_sha256(q.lower())
+        return [bank.item(item_id)] if item_id is not None else []
+    hits = [int(q.lstrip("#"))] if q.lstrip("#").isdigit() and bank.has(int(q.lstrip("#"))) else []
+    if len(bank) and not q.startswith("#"):
+        table, needle = bank.table, q.lower()
+        hits += [i for i, p, s in zip(bank.ids.tolist(), table.column("path").to_pylist(),
+                                      table.column("source").to_pylist())
+                 if (needle in (p or "").lower() or needle in (s or "").lower()) and i not in hits]
+    return [bank.item(i) for i in hits[:SEARCH_LIMIT]]
+
+
+def _with_timeline(records: list[dict]) -> list[dict]:
+    """Each campaign with its first…last seen span as left/width percentages of the whole span shown."""
+    if not records:
+        return []
+    times = [(datetime.fromisoformat(r["first_seen"]).timestamp(), datetime.fromisoformat(r["last_seen"]).timestamp())
+             for r in records]
+    lo, hi = min(t[0] for t in times), max(t[1] for t in times)
+    span = max(hi - lo, 1.0)
+    return [{**r, "left": round(100 * (a - lo) / span, 2), "width": max(0.8, round(100 * (b - a) / span, 2))}
+            for r, (a, b) in zip(records, times)]
+
+
+def _when(value: str | None) -> str:
+    """An ISO timestamp as 'YYYY-MM-DD HH:MM:SS UTC' for pages."""
+    if not value:
+        return "—"
+    return value[:19].replace("T", " ") + " UTC"
