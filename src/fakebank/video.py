@@ -494,11 +494,13 @@ class VpdqMatch:
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamming distances [len(a), len(b)] between rows of 32-byte codes."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)), np.int32)
-    return _POPCOUNT[a[:, None, :] ^ b[None, :, :]].sum(axis=2, dtype=np.int32)
+def _distances(a: np.ndarray, b: np.ndarray, block: int = 128) -> np.ndarray:
+    """Hamming distances [len(a), len(b)] between rows of 32-byte codes (in blocks of `a`'s rows, so that
+    two 600-frame videos with all their alternative hashes need a few MB of temporaries, not hundreds)."""
+    out = np.zeros((len(a), len(b)), np.int32)
+    for i in range(0, len(a) if len(b) else 0, block):
+        out[i:i + block] = _POPCOUNT[a[i:i + block, None, :] ^ b[None, :, :]].sum(axis=2, dtype=np.int32)
+    return out
 
 
 def vpdq_compare(query: Sequence[VpdqFeature], compared: Sequence[VpdqFeature], *,
