@@ -344,6 +344,11 @@ def test_cli_video_add_query_and_vpdq(tmp_path, videos):
     assert vid.vpdq_compare(vid.read_vpdq(coded), orig).query_match_percent == 0.0  # as vpdq: turned frames
     res = runner.invoke(app, ["vpdq", str(tmp_path / "missing.mp4")])
     assert res.exit_code == 1 and "no such file" in " ".join(res.stderr.split())
+    # the banked video's stored frames, exported as vPDQ: Meta's rule matches them to the file's own hash
+    res = runner.invoke(app, ["export", str(tmp_path / "vpdq-out"), "--format", "vpdq", "--bank", str(bank), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["signals"] == 1
+    [exported] = list((tmp_path / "vpdq-out").glob("*.txt"))
+    assert vid.vpdq_compare(vid.read_vpdq(exported), orig).query_match_percent >= 80.0
 
 
 def test_service_accepts_video_uploads(tmp_path, videos):

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -582,6 +583,8 @@ class Fakebank:
             check_label(label)
         bank = self.open_bank()
         flt = ExportFilter(labels=tuple(labels), source=source, campaign=campaign, min_quality=min_quality)
+        if fmt == "vpdq":
+            return _export_vpdq(bank, Path(path), replace(flt, min_quality=0))
         return write_list(bank, path, fmt, flt, model=bank.manifest.get("model"))
 
     def sync(self, config: str | os.PathLike) -> Iterator[dict]:
@@ -826,6 +829,25 @@ class Fakebank:
             "before": _metrics(before, y, base.threshold), "after": _metrics(after, y, fitted.threshold),
             "fusion": fitted.to_dict(),
         }
+
+
+def _export_vpdq(bank: Bank, folder: Path, flt) -> dict:
+    """`export --format vpdq`: one `<id>.txt` of vPDQ lines (frame_number,quality,pdq_hex,timestamp) per
+    banked video that passes the filter, as Meta's vpdq-hash-video writes them (images have none)."""
+    from fakebank.hashlists import export_rows
+    from fakebank.video import item_vpdq, write_vpdq
+
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder}: --format vpdq writes one file per video; name a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for seg, rows in export_rows(bank, flt):
+        for item_id in seg.ids[rows].tolist():
+            features = item_vpdq(bank, item_id)
+            if features:
+                write_vpdq(features, folder / f"{item_id}.txt")
+                written += 1
+    return {"path": str(folder), "format": "vpdq", "signals": written}
 
 
 def _write_overlay(folder: Path, path: str, sha256: str, blob: bytes) -> Path:

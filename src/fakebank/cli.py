@@ -343,7 +343,8 @@ def import_(
 @_command
 def export(
     file: Annotated[Path, typer.Argument(help="Where to write the list.")],
-    fmt: Annotated[str, typer.Option("--format", help="local_file | csv | fakebank")] = "local_file",
+    fmt: Annotated[str, typer.Option("--format", help="local_file | csv | fakebank | vpdq (a folder: one "
+                                     "vPDQ file per banked video)")] = "local_file",
     labels: Annotated[list[str], typer.Option("--label", help="Labels to export (repeat) [default: fake].")] = ["fake"],
     source: Annotated[Optional[str], typer.Option("--source", help="Only items from this source.")] = None,
     campaign: Annotated[Optional[str], typer.Option("--campaign", help="Only items of this campaign.")] = None,
