@@ -677,15 +677,9 @@ class Fakebank:
     def item_thumbnail(self, bank: Bank, item_id: int) -> bytes | None:
         """The item's stored WebP thumbnail, else one made now from its original file when that is still
         there unchanged (not stored: `make_thumbnails` stores them); None when neither exists."""
-        from fakebank.thumbnails import thumbnail_of_file
+        from fakebank.thumbnails import stored_or_fresh
 
-        thumb = bank.thumbnail(item_id)
-        if thumb is None:
-            try:
-                thumb = thumbnail_of_file(bank.value(item_id, "path"), bank.value(item_id, "sha256"))
-            except InputError:
-                return None
-        return thumb
+        return stored_or_fresh(bank, item_id)
 
     def make_thumbnails(self) -> Iterator[dict]:
         """`fakebank thumbnails`: make and store the thumbnail of every item that has none, from its original

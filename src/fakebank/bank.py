@@ -1538,43 +1538,23 @@ def _tier(rows: int) -> int:
 
 
 def _items_table(items: Sequence[NewItem], ids: Sequence[int], now: datetime, dim: int) -> pa.Table:
-    """The rows of one run of items, all images or all hash-only (then without embedding columns)."""
+    """The rows of one run of items, all images or all hash-only (then without the pixel columns). Every
+    column but `id`, `added_at` and the vectors is the NewItem field of the same name."""
     hash_only = items[0].hash_only
-    columns = {
-        "id": pa.array(list(ids), pa.int64()),
-        "sha256": pa.array([it.sha256 for it in items], pa.string()),
-        "path": pa.array([it.path for it in items], pa.string()),
-        "label": pa.array([it.label for it in items], pa.string()),
-        "source": pa.array([it.source for it in items], pa.string()),
-        "campaign": pa.array([it.campaign for it in items], pa.string()),
-        "note": pa.array([it.note for it in items], pa.string()),
-        "added_at": pa.array([now] * len(items), pa.timestamp("us", tz="UTC")),
-        "p_fake": pa.array([it.p_fake for it in items], pa.float32()),
-        "logit": pa.array([it.logit for it in items], pa.float32()),
-        "pdq": pa.array([it.pdq for it in items], pa.binary(PDQ_BYTES)),
-        "pdq_quality": pa.array([it.pdq_quality for it in items], pa.int16()),
-        "width": pa.array([it.width for it in items], pa.int32()),
-        "height": pa.array([it.height for it in items], pa.int32()),
-        "pdq_dihedral": pa.array([it.pdq_dihedral for it in items], pa.binary(PDQ_DIHEDRAL_BYTES)),
-        "pdq_trim": pa.array([it.pdq_trim for it in items], pa.binary(PDQ_BYTES)),
-        "pdq_trim_quality": pa.array([it.pdq_trim_quality for it in items], pa.int16()),
-        "local": pa.array([it.local for it in items], pa.binary()),
-        "thumbnail": pa.array([it.thumbnail for it in items], pa.binary()),
-        "media": pa.array([it.media for it in items], pa.string()),
-        "tags": pa.array([it.tags for it in items], pa.string()),
-        "external_id": pa.array([it.external_id for it in items], pa.string()),
-        "duration_s": pa.array([it.duration_s for it in items], pa.float32()),
-        "fps": pa.array([it.fps for it in items], pa.float32()),
-        "frames": pa.array([it.frames for it in items], pa.binary()),
-        "frame_pdq": pa.array([it.frame_pdq for it in items], pa.binary()),
-    }
-    if not hash_only:
-        columns["cls"] = _vector_array([it.cls for it in items], dim)
-        columns["patch"] = _vector_array([it.patch for it in items], dim)
-    elif any(getattr(it, c) is not None for it in items for c in _PIXEL_COLUMNS):
+    if hash_only and any(getattr(it, c) is not None for it in items for c in _PIXEL_COLUMNS):
         raise BankError("a hash-only item carries only its hash and metadata, no pixel signals")
     schema = hash_only_schema(dim) if hash_only else items_schema(dim)
-    return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
+    columns = []
+    for f in schema:
+        if f.name == "id":
+            columns.append(pa.array(list(ids), pa.int64()))
+        elif f.name == "added_at":
+            columns.append(pa.array([now] * len(items), f.type))
+        elif f.name in VECTOR_KINDS:
+            columns.append(_vector_array([getattr(it, f.name) for it in items], dim))
+        else:
+            columns.append(pa.array([getattr(it, f.name) for it in items], f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _vector_array(vectors: list[np.ndarray], dim: int) -> pa.FixedSizeListArray:

@@ -768,16 +768,10 @@ def _img(bank, item_id: int, item_path: str | None, px: int, cache: dict) -> str
 def thumbnail_uri(bank, item_id: int) -> str | None:
     """A WebP data: URI of the item's stored thumbnail, else of one made from its original file when that is
     still there unchanged; None when neither."""
-    from fakebank.errors import FakebankError
-    from fakebank.thumbnails import THUMB_MIME, thumbnail_of_file
+    from fakebank.thumbnails import THUMB_MIME, stored_or_fresh
 
-    thumb = bank.thumbnail(item_id)
-    if thumb is None:
-        try:
-            thumb = thumbnail_of_file(bank.value(item_id, "path"), bank.value(item_id, "sha256"))
-        except FakebankError:
-            return None
-    return f"data:{THUMB_MIME};base64," + base64.b64encode(thumb).decode("ascii")
+    thumb = stored_or_fresh(bank, item_id)
+    return None if thumb is None else f"data:{THUMB_MIME};base64," + base64.b64encode(thumb).decode("ascii")
 
 
 def _anchor(name: str) -> str:

@@ -12,7 +12,7 @@ import io
 
 from PIL import Image
 
-from fakebank.errors import InputError
+from fakebank.errors import FakebankError, InputError
 from fakebank.preprocess import load_rgb
 
 THUMB_MAX_SIDE = 256  # px, longest side: a card in the UI, a cell of the campaign report
@@ -53,3 +53,15 @@ def thumbnail_of_file(path: str | None, sha256: str | None = None) -> bytes:
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         raise InputError(f"{path}: the file changed since it was added (sha256 differs); not the item's image")
     return make_thumbnail(load_rgb(data, name=path))
+
+
+def stored_or_fresh(bank, item_id: int) -> bytes | None:
+    """The item's stored thumbnail, else one made now from its original file while that is still there
+    unchanged (not stored: `fakebank thumbnails` stores them); None when neither exists."""
+    thumb = bank.thumbnail(item_id)
+    if thumb is not None:
+        return thumb
+    try:
+        return thumbnail_of_file(bank.value(item_id, "path"), bank.value(item_id, "sha256"))
+    except FakebankError:  # gone, changed, or no longer decodable
+        return None
