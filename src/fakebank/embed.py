@@ -21,7 +21,7 @@ import torch
 
 from fakebank.errors import InputError, UsageError
 from fakebank.model import LoadedModel
-from fakebank.pdq import PdqHash, pdq_hash
+from fakebank.pdq import PdqHash, pdq_hash, pdq_view
 from fakebank.preprocess import DEFAULT_MAX_PIXELS, load_rgb, to_array
 from fakebank.signals import ImageSignals, image_signals
 
@@ -181,14 +181,15 @@ class Extractor:
         if skip is not None and skip(sha256):
             return Skipped(source.name, sha256)
         img = load_rgb(data, name=source.name, max_pixels=self.max_pixels)
+        view = pdq_view(img)  # decoded once, shrunk once: both PDQ hashes and the content box share it
         return Decoded(
             path=source.name,
             sha256=sha256,
             width=img.width,
             height=img.height,
-            pdq=pdq_hash(img),
+            pdq=pdq_hash(view),
             pixels=to_array(img, self.model.preprocessing),
-            signals=image_signals(img, mirror=mirror),
+            signals=image_signals(img, mirror=mirror, view=view),
         )
 
     def extract(
