@@ -39,7 +39,7 @@ WeightsOpt = Annotated[Optional[str], typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA and on CPUs with native bf16, else fp32).")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per forward pass [default 8].")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per forward pass [default 8 on CPU, from free GPU memory on CUDA].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout (a stable contract).")]
 PositiveOpt = Annotated[Optional[str], typer.Option(
     "--positive-label", help="Which checkpoint label is the fake/positive class, when it cannot be told.")]

@@ -145,8 +145,16 @@ def load_rgb(
     *,
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_side: int | None = None,
+    draft_min_side: int = 0,
 ) -> Image.Image:
     """Decode an image file (a path, or the raw bytes of an upload) to an upright 8-bit RGB image.
+
+    ``draft_side``: for a JPEG whose longer side is at least ``draft_min_side`` (and twice
+    ``draft_side``), let libjpeg scale it by 1/2, 1/4 or 1/8 while decoding (DCT scaling, several times
+    cheaper) keeping the longer side ≥ ``draft_side``; the image's ``info["fakebank_draft"]`` then holds
+    the upright full-resolution (width, height). Those pixels are not the reference decode: for hashes
+    and signals, never for the model's input.
 
     ``name`` labels the file in error messages (default: the path, or ``"<bytes>"``). Images with more
     than ``max_pixels`` pixels are refused from their header, before decoding; so is anything Pillow
@@ -178,9 +186,13 @@ def load_rgb(
     try:
         with Image.open(fp) as im:
             _check_pixels(im, label, max_pixels)
+            full = _draft(im, draft_side, draft_min_side) if draft_side else None
             im.load()  # the first frame only; Pillow opens animations at frame 0
             _upright(im)
-            return _to_rgb(im, label)
+            rgb = _to_rgb(im, label)
+            if full is not None:
+                rgb.info["fakebank_draft"] = full
+            return rgb
     except InputError:
         raise
     except Image.DecompressionBombError as e:
@@ -204,6 +216,22 @@ def load_rgb(
         raise InputError(
             f"{label}: is truncated or corrupt ({type(e).__name__}: {e}); re-download or re-export it"
         ) from e
+
+
+def _draft(im: Image.Image, side: int, min_side: int) -> tuple[int, int] | None:
+    """Ask the JPEG decoder for a DCT-scaled decode; the stored (width, height) when it will scale."""
+    w, h = im.size
+    k = max(w, h) // side
+    if im.format != "JPEG" or max(w, h) < min_side or k < 2 or im.mode not in ("RGB", "L"):
+        return None
+    try:
+        turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap width and height
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, IndexError):  # damaged EXIF: as _upright
+        turned = False
+    im.draft(im.mode, (-(-w // k), -(-h // k)))
+    if im.size == (w, h):
+        return None
+    return (h, w) if turned else (w, h)
 
 
 def _check_pixels(im: Image.Image, label: str, max_pixels: int) -> None:
