@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fakebank.backends import Forward, openvino_forward, resolve_backend
 from fakebank.device_input import batch_size_for, decode_jpegs, model_input
 from fakebank.errors import InputError, UsageError
 from fakebank.model import LoadedModel
@@ -154,6 +155,7 @@ class Extractor:
         decode_threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         decode_pool: str = "thread",
+        backend: str = "auto",
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"--batch-size must be ≥ 1, not {batch_size}")
@@ -163,6 +165,8 @@ class Extractor:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.on_device = self.device.type == "cuda"  # the model input is made on the GPU
+        self.backend = resolve_backend(backend, self.device, self.precision)
+        self._compiled: Forward | None = None  # the OpenVINO forward, built on first use
         if batch_size is None:
             batch_size = (batch_size_for(self.device, model.preprocessing.input_size) if self.on_device
                           else DEFAULT_BATCH_SIZE)
@@ -191,8 +195,13 @@ class Extractor:
         return self._forward(x.to(self.device, non_blocking=True))
 
     def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        with torch.inference_mode(), self._autocast():
-            logit, cls, patch = self.model.forward(x)
+        if self.backend == "openvino":
+            if self._compiled is None:
+                self._compiled = openvino_forward(self.model, self.precision)
+            logit, cls, patch = self._compiled(x)
+        else:
+            with torch.inference_mode(), self._autocast():
+                logit, cls, patch = self.model.forward(x)
         logit = logit.float()
         cls = torch.nn.functional.normalize(cls.float(), dim=1)
         patch = torch.nn.functional.normalize(patch.float(), dim=1)
