@@ -17,6 +17,7 @@ would from the same pixels. The batch size then comes from free GPU memory; copi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 from collections import deque
@@ -226,7 +227,9 @@ class Extractor:
             img = on_gpu.get(i)
             if img is None:  # an 8-bit image from the CPU (or a JPEG nvJPEG refused, decoded here instead)
                 rgb = d.rgb if d.rgb is not None else np.asarray(load_rgb(d.jpeg, name=d.path, max_pixels=self.max_pixels))
-                img = torch.from_numpy(rgb).pin_memory().to(self.device, non_blocking=True).permute(2, 0, 1)
+                staged = torch.empty(rgb.shape, dtype=torch.uint8).pin_memory()  # page-locked: async copy
+                staged.numpy()[...] = rgb
+                img = staged.to(self.device, non_blocking=True).permute(2, 0, 1)
             rows.append(model_input([img], pre, self.device)[0])
             sizes.append((int(img.shape[2]), int(img.shape[1])) if d.pixels is None else (d.width, d.height))
         return torch.stack(rows), sizes
@@ -352,8 +355,13 @@ def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max
         if img.info.get("fakebank_draft"):  # decoded at 1/2 … 1/8 here; the GPU decodes it in full
             view = pdq_view(img)
             width, height = img.info["fakebank_draft"]
+            signals = image_signals(img, mirror=mirror, view=view)
+            sx, sy = width / img.width, height / img.height  # the content box in full-resolution pixels
+            box = signals.box
+            signals = dataclasses.replace(signals, box=(
+                round(box[0] * sx), round(box[1] * sy), min(width, round(box[2] * sx)), min(height, round(box[3] * sy))))
             return Decoded(path=name, sha256=sha256, width=width, height=height, pdq=pdq_hash(view),
-                           pixels=None, signals=image_signals(img, mirror=mirror, view=view), jpeg=data)
+                           pixels=None, signals=signals, jpeg=data)
     else:
         img = load_rgb(data, name=name, max_pixels=max_pixels)
     view = pdq_view(img)  # decoded once, shrunk once: both PDQ hashes and the content box share it
