@@ -33,8 +33,8 @@ from fakebank.backends import openvino_available
 from fakebank.embed import Extractor, cpu_has_native_bf16
 from fakebank.model import load_model
 from fakebank.pdq import pdq_hash, pdq_view
-from fakebank.preprocess import load_rgb, to_array
-from fakebank.signals import image_signals
+from fakebank.preprocess import content_box, load_rgb, model_view, to_array
+from fakebank.signals import LOCAL_QUERY_FEATURES, LOCAL_SIDE, image_signals, orb_features
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,28 +84,66 @@ def end_to_end(weights: str, files: list[Path], precision: str, batch: int | Non
     return len(files) / elapsed, cpu / len(files) * 1000
 
 
-def stage_costs(datas: list[bytes], model, rounds: int) -> dict[str, float]:
+def _before_model_input(img, pre):
+    """The previous to_array (de200f8); unchanged since, kept so that the ratio is measured in one run."""
+    chw = np.asarray(model_view(img, pre)).transpose(2, 0, 1).astype(np.float32, order="C")
+    chw /= np.float32(255.0)
+    chw -= np.asarray(pre.mean, dtype=np.float32)[:, None, None]
+    chw /= np.asarray(pre.std, dtype=np.float32)[:, None, None]
+    return chw
+
+
+def _before_signals(img):
+    """The previous image_signals (de200f8) without the mirror: content box on the full image, RGB
+    shrunk then converted for ORB, de-bordered PDQ from a bilinear 512-px copy."""
+    box = content_box(img)
+    whole = box == (0, 0, img.width, img.height)
+    content = img if whole else img.crop(box)
+    scale = LOCAL_SIDE / max(content.size)
+    small = content.resize((round(content.width * scale), round(content.height * scale)),
+                           Image.Resampling.BOX) if scale < 1 else content
+    orb_features(np.asarray(small.convert("L")), LOCAL_QUERY_FEATURES)
+    if not whole:
+        k = 512 / max(content.size)
+        trim = content.resize((max(1, round(content.width * k)), max(1, round(content.height * k))),
+                              Image.Resampling.BILINEAR) if k < 1 else content
+        pdq_hash(trim, max_side=None)
+
+
+def stage_costs(datas: list[bytes], model, rounds: int) -> dict[str, tuple[float, float]]:
     """Median over rounds of the mean thread-CPU ms per image of each decode-side stage, as `add` runs
-    them (decode once, share the view; no mirror keypoints)."""
-    per: dict[str, list[float]] = {k: [] for k in ("decode", "model input", "PDQ", "signals")}
+    them now (decode once, share the view; no mirror keypoints) and as it ran them before this change
+    (de200f8: full-resolution PDQ, signals from the full image), interleaved image by image."""
+    stages = ("decode", "model input", "PDQ", "signals")
+    now: dict[str, list[float]] = {k: [] for k in stages}
+    before: dict[str, list[float]] = {k: [] for k in stages}
+    pre = model.preprocessing
     for _ in range(rounds):
-        sums = dict.fromkeys(per, 0.0)
+        s_now, s_before = dict.fromkeys(stages, 0.0), dict.fromkeys(stages, 0.0)
         for data in datas:
             t0 = time.thread_time()
             img = load_rgb(data)
             t1 = time.thread_time()
-            to_array(img, model.preprocessing)
+            to_array(img, pre)
             t2 = time.thread_time()
             view = pdq_view(img)
             pdq_hash(view)
             t3 = time.thread_time()
             image_signals(img, mirror=False, view=view)
             t4 = time.thread_time()
-            for k, dt in zip(per, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                sums[k] += dt
-        for k in per:
-            per[k].append(sums[k] / len(datas) * 1000)
-    return {k: statistics.median(v) for k, v in per.items()}
+            _before_model_input(img, pre)
+            t5 = time.thread_time()
+            pdq_hash(img, max_side=None)  # the old default (bilinear to 1536 px) left 1024-px images as they are
+            t6 = time.thread_time()
+            _before_signals(img)
+            t7 = time.thread_time()
+            for k, a, b in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), (t1 - t0, t5 - t4, t6 - t5, t7 - t6)):
+                s_now[k] += a
+                s_before[k] += b
+        for k in stages:
+            now[k].append(s_now[k] / len(datas) * 1000)
+            before[k].append(s_before[k] / len(datas) * 1000)
+    return {k: (statistics.median(now[k]), statistics.median(before[k])) for k in stages}
 
 
 def forward_cost(ex: Extractor, pixels: np.ndarray, batch: int, rounds: int) -> float:
@@ -140,6 +178,7 @@ def main() -> None:
     ap.add_argument("--precisions", default=None, help="comma list; default fp32 (+bf16 where native)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per CPU-time figure (median)")
     ap.add_argument("--no-add", action="store_true", help="per-stage and forward figures only")
+    ap.add_argument("--stages-only", action="store_true", help="the per-stage table only")
     args = ap.parse_args()
     precisions = args.precisions.split(",") if args.precisions else (
         ["fp32", "bf16"] if cpu_has_native_bf16() or torch.cuda.is_available() else ["fp32"])
@@ -158,12 +197,19 @@ def main() -> None:
         pixels = np.stack([to_array(load_rgb(d), model.preprocessing) for d in datas])
         stages = stage_costs(datas, model, args.rounds)
         print(f"\n{args.n} JPEGs (1024×1024 / 1024×768), weights {args.weights}, batch {args.batch_size}")
-        print("per-stage CPU cost per image, as `add` runs them (core-ms):")
-        for k, v in stages.items():
-            print(f"  {k:12} {v:7.2f}")
-        print(f"  {'non-model':12} {sum(stages.values()):7.2f}   (issue target ≤ 15; was ≈ 60)")
-        print(f"  CPU-side ceiling: {1000 / sum(stages.values()):.1f} images/s per core "
+        print(f"per-stage CPU cost per image, as `add` runs them (core-ms, median of {args.rounds} rounds; "
+              "'before' = de200f8's stages, interleaved in the same run):")
+        print(f"  {'stage':12} {'now':>7} {'before':>7} {'ratio':>6}")
+        for k, (a, b) in stages.items():
+            print(f"  {k:12} {a:7.2f} {b:7.2f} {a / b:6.2f}")
+        total_now, total_before = (sum(v[i] for v in stages.values()) for i in (0, 1))
+        print(f"  {'non-model':12} {total_now:7.2f} {total_before:7.2f} {total_now / total_before:6.2f}"
+              "   (issue target ≤ 15 core-ms)")
+        print(f"  CPU-side ceiling: {1000 / total_now:.1f} images/s per core "
               f"(what a GPU-path add is bound by, per decode core)")
+        stages = {k: v[0] for k, v in stages.items()}
+        if args.stages_only:
+            return
 
         backends = ["torch"] + (["openvino"] if openvino_available() else [])
         ref_cls = ref_logit = None

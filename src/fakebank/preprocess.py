@@ -306,17 +306,20 @@ def _to_rgb(im: Image.Image, label: str) -> Image.Image:
 def to_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     """RGB PIL image → float32 ``[3, H, W]`` C-contiguous array, as torchvision's
     ``Compose([Resize, CenterCrop, ToTensor, Normalize])`` computes it on the same image."""
-    hwc = np.asarray(model_view(img, pre))
-    lut = normalise_table(pre)
-    # One table look-up per channel: the same float32 value as x / 255, - mean, / std computed in
-    # torchvision's order (the table is built with exactly those operations), at a fraction of the cost.
-    return np.stack([lut[c][hwc[:, :, c]] for c in range(3)])
+    chw = np.asarray(model_view(img, pre)).transpose(2, 0, 1).astype(np.float32, order="C")
+    # ToTensor: x / 255; Normalize: (x - mean) / std, all float32, in torchvision's order. (≈ 0.3 ms at
+    # 384²: the resize is the cost; a table look-up, as the device path does, is 3× slower here.)
+    chw /= np.float32(255.0)
+    chw -= np.asarray(pre.mean, dtype=np.float32)[:, None, None]
+    chw /= np.asarray(pre.std, dtype=np.float32)[:, None, None]
+    return chw
 
 
 @functools.lru_cache(maxsize=16)
 def normalise_table(pre: Preprocessing) -> np.ndarray:
     """[3, 256] float32: ToTensor then Normalize of every 8-bit value, per channel, in torchvision's
-    float32 arithmetic (x / 255, then - mean, then / std). Read-only."""
+    float32 arithmetic (x / 255, then - mean, then / std), exactly what ``to_array`` computes per pixel.
+    The device path normalises by looking values up in it, so no device arithmetic can differ. Read-only."""
     x = np.arange(256, dtype=np.float32)[None, :].repeat(3, axis=0)
     x /= np.float32(255.0)
     x -= np.asarray(pre.mean, dtype=np.float32)[:, None]
