@@ -259,8 +259,9 @@ class Extractor:
 
         `skip(sha256)` → True short-cuts an input before decoding (resuming an `add`).
         """
-        # Bounded look-ahead: at most this many inputs decoded or in flight, whatever the input count.
-        window = max(self.batch_size * 2, self.decode_threads * 2)
+        # Bounded look-ahead: at most this many inputs decoded or in flight, whatever the input count —
+        # the batch being filled plus two per decoder, enough to decode the next batch during a forward.
+        window = self.batch_size + self.decode_threads * 2
         pending: deque[Future] = deque()
         batch: list[Decoded] = []
         with self._pool() as pool:
