@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -109,10 +110,12 @@ def openvino_forward(model: LoadedModel, precision: str, *, cache: Path | None =
         "PERFORMANCE_HINT": "LATENCY",
     })
     request = compiled.create_infer_request()
+    lock = threading.Lock()  # one request object: the service may call from its batcher and a handler at once
 
     def forward(pixels: torch.Tensor):
-        result = request.infer({0: np.ascontiguousarray(pixels.numpy(), dtype=np.float32)})
-        logit, cls, patch = (torch.from_numpy(np.array(result[compiled.output(i)])) for i in range(3))
+        with lock:
+            result = request.infer({0: np.ascontiguousarray(pixels.numpy(), dtype=np.float32)})
+            logit, cls, patch = (torch.from_numpy(np.array(result[compiled.output(i)])) for i in range(3))
         return logit, cls, patch
 
     return forward
