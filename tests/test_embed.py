@@ -100,13 +100,21 @@ def test_large_jpegs_go_to_the_gpu_as_files_and_hash_from_a_draft(model, tmp_pat
     assert d.signals.box == (0, 0, 4800, 3012) == full.signals.box
 
 
-def test_backend_choice():
+def test_backend_choice(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.delenv("FAKEBANK_BACKEND", raising=False)
     assert resolve_backend("torch", cpu, "bf16") == "torch"
-    assert resolve_backend("auto", cpu, "fp32") == "torch"  # measured faster only in bf16
-    assert resolve_backend("auto", torch.device("cuda"), "bf16") == "torch"
+    assert resolve_backend("auto", cpu, "bf16") == "torch"  # OpenVINO is opt-in: its start-up cost
     with pytest.raises(UsageError, match="backend"):
         resolve_backend("tensorrt", cpu, "bf16")
+    with pytest.raises(UsageError, match="CPU"):
+        resolve_backend("openvino", torch.device("cuda"), "bf16")
+    monkeypatch.setenv("FAKEBANK_BACKEND", "openvino")
+    if openvino_available():
+        assert resolve_backend("auto", cpu, "bf16") == "openvino"
+    else:
+        with pytest.raises(UsageError, match="not installed"):
+            resolve_backend("auto", cpu, "bf16")
 
 
 @pytest.mark.skipif(not openvino_available(), reason="openvino extra not installed")
