@@ -129,7 +129,7 @@ def stage_costs(datas: list[bytes], model, rounds: int) -> dict[str, tuple[float
             view = pdq_view(img)
             pdq_hash(view)
             t3 = time.thread_time()
-            image_signals(img, mirror=False, view=view)
+            image_signals(img, mirror=False)
             t4 = time.thread_time()
             _before_model_input(img, pre)
             t5 = time.thread_time()

@@ -356,7 +356,7 @@ def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max
         if img.info.get("fakebank_draft"):  # decoded at 1/2 … 1/8 here; the GPU decodes it in full
             view = pdq_view(img)
             width, height = img.info["fakebank_draft"]
-            signals = image_signals(img, mirror=mirror, view=view)
+            signals = image_signals(img, mirror=mirror)
             sx, sy = width / img.width, height / img.height  # the content box in full-resolution pixels
             box = signals.box
             signals = dataclasses.replace(signals, box=(
@@ -365,7 +365,7 @@ def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max
                            pixels=None, signals=signals, jpeg=data)
     else:
         img = load_rgb(data, name=name, max_pixels=max_pixels)
-    view = pdq_view(img)  # decoded once, shrunk once: both PDQ hashes and the content box share it
+    view = pdq_view(img)  # decoded once: the model input, PDQ (from this shrunk view) and the signals share it
     return Decoded(
         path=name,
         sha256=sha256,
@@ -373,7 +373,7 @@ def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max
         height=img.height,
         pdq=pdq_hash(view),
         pixels=None if on_device else to_array(img, pre),
-        signals=image_signals(img, mirror=mirror, view=view),
+        signals=image_signals(img, mirror=mirror),
         rgb=np.asarray(img) if on_device else None,
     )
 

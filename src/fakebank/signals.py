@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from fakebank.pdq import PdqHash, pdq_hash, pdq_view
+from fakebank.pdq import PdqHash, pdq_hash
 from fakebank.preprocess import content_box
 
 # Longer side of the grayscale image ORB runs on. 640 px keeps ≈ 10 ms per image (ORB, one core) and
@@ -92,44 +92,33 @@ class ImageSignals:
         return self.pdq_trim is not None
 
 
-def image_signals(img: Image.Image, *, n_features: int = LOCAL_QUERY_FEATURES, mirror: bool = True,
-                  view: Image.Image | None = None) -> ImageSignals:
+def image_signals(img: Image.Image, *, n_features: int = LOCAL_QUERY_FEATURES, mirror: bool = True) -> ImageSignals:
     """Content box, its PDQ hash and ORB features (and the mirror's) of an upright RGB image.
 
-    ``view``: the image's :func:`fakebank.pdq.pdq_view`, when the caller already has it (the extractor
-    computes it once for both PDQ hashes). The content box is found on it and the de-bordered PDQ is
-    hashed from it; only ORB looks at the full-resolution luma.
+    The box and ORB read the full image. (Finding the box on the extractor's shared PDQ view and shrinking
+    ORB's input as luma were ≈ 4 ms cheaper, but moved ORB's keypoints enough for one more false match in
+    470 distractor copies in scripts/bench_dedup.py: 2 instead of 1.)
     """
     if img.mode != "RGB":
         raise ValueError(f"image_signals needs an RGB image (use preprocess.load_rgb), got mode {img.mode!r}")
-    if view is None:
-        view = pdq_view(img)
-    vbox = content_box(view)
-    whole = vbox == (0, 0, view.width, view.height)
-    # view pixel i covers image pixels k*i … k*i + k - 1 (Pillow's reduce; the last block may be partial)
-    kx, ky = -(-img.width // view.width), -(-img.height // view.height)
-    box = (0, 0, img.width, img.height) if whole else (
-        vbox[0] * kx, vbox[1] * ky, min(img.width, vbox[2] * kx), min(img.height, vbox[3] * ky))
-    gray = _gray(img, box)
+    box = content_box(img)
+    whole = box == (0, 0, img.width, img.height)
+    content = img if whole else img.crop(box)
+    gray = _gray(content)
     local = orb_features(gray, n_features)
     local_mirror = orb_features(np.ascontiguousarray(gray[:, ::-1]), n_features) if mirror else EMPTY_LOCAL
-    # The de-bordered copy is hashed at the view's resolution (like the whole image's hash, so that a
-    # letterboxed copy's trimmed hash and its original's hash are computed alike).
-    trim = None if whole else pdq_hash(view.crop(vbox), max_side=None)
+    # The de-bordered copy is hashed like the whole image (box-averaged to at most PDQ_MAX_SIDE), so that
+    # a letterboxed copy's trimmed hash and its original's hash are computed alike.
+    trim = None if whole else pdq_hash(content)
     return ImageSignals(box=box, pdq_trim=trim, local=local, local_mirror=local_mirror)
 
 
-def _gray(img: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Luma of the box of the image, shrunk (area-averaged) so that its longer side is at most LOCAL_SIDE.
-    Luma first, then one-channel averaging: a third of the work of shrinking RGB (values within one level)."""
-    gray = img.convert("L")
-    if box != (0, 0, img.width, img.height):
-        gray = gray.crop(box)
-    scale = LOCAL_SIDE / max(gray.size)
+def _gray(img: Image.Image) -> np.ndarray:
+    """Luma of the image shrunk (area-averaged) so that its longer side is at most LOCAL_SIDE."""
+    scale = LOCAL_SIDE / max(img.size)
     if scale < 1:
-        gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))),
-                           Image.Resampling.BOX)
-    return np.asarray(gray)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
+    return np.asarray(img.convert("L"))
 
 
 def orb_features(gray: np.ndarray, n_features: int) -> LocalFeatures:
