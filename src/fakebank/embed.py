@@ -2,7 +2,8 @@
 
 Third stage of the flow (preprocess + model → **embed** → bank). Each file is decoded once; the decoded
 image feeds the model input, PDQ (through a box-averaged view of at most 768 px) and the dedup signals.
-Decoding, hashing and resizing run in a bounded pool ahead of the model — threads by default (Pillow's decode/resize and OpenCV release the GIL; pdqhash and the numpy glue hold it), or processes
+Decoding, hashing and resizing run in a bounded pool ahead of the model — threads by default (Pillow's
+decode/resize and OpenCV release the GIL; pdqhash and the numpy glue hold it), or processes
 (``decode_pool="process"``) to scale past a few cores — so the model is never waiting for JPEGs and
 memory stays flat however many files an ``add`` walks. A file that cannot be decoded becomes a
 ``FailedInput`` and the batch goes on without it.
