@@ -95,12 +95,12 @@ class Fakebank:
 
     @cached_property
     def extractor(self):
-        from fakebank.embed import DEFAULT_BATCH_SIZE, Extractor  # torch is imported only when needed
+        from fakebank.embed import Extractor  # torch is imported only when needed
         from fakebank.model import load_model
 
         model = load_model(self.weights_spec(), positive_label=self.positive_label)
-        return Extractor(model, device=self.device, precision=self.precision,
-                         batch_size=self.batch_size or DEFAULT_BATCH_SIZE)
+        # batch_size None: 8 on the CPU, sized from free memory on CUDA (the extractor decides)
+        return Extractor(model, device=self.device, precision=self.precision, batch_size=self.batch_size)
 
     @cached_property
     def model_info(self) -> dict:

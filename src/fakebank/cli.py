@@ -40,7 +40,7 @@ WeightsOpt = Annotated[Optional[str], typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA and on CPUs with native bf16, else fp32).")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per forward pass [default 8].")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per forward pass [default 8 on CPU, from free GPU memory on CUDA].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout (a stable contract).")]
 MaxFramesOpt = Annotated[int, typer.Option(
     "--max-frames", min=1, help="Videos: frames sampled at most (≈ 1 a second; a longer video is sampled "

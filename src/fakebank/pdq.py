@@ -28,19 +28,19 @@ from PIL import Image
 PDQ_MATCH_THRESHOLD = 31
 # Meta: discard hashes of quality <= 49 for matching (pdq/README.md).
 PDQ_MIN_QUALITY = 50
-# Longest side an image is shrunk to (Pillow bilinear, aspect kept) before hashing; smaller images are
-# hashed as they are. Meta's C++ pdq-photo-hasher squashes to 512×512 first, for speed. Measured against
-# Meta's correctness criterion (quality >= 80 → within 10 bits of the C++ reference; full-resolution
-# pdqhash reproduces the C++ --int64 listing of pdq/sql/README.md bit for bit, so "vs full" below is the
-# same test on more images), 512 fails: vs full, mean 7.5 / max 16 bits on 42 photos × 8 dihedral hashes
-# (42 of 336 over 10) and mean 9.4 / max 20 on 99 random crops (33 over 10). 640, 800, 1024 and 1280
-# each fail somewhere too (max 12–14 bits on 1–6% of images): any resampling moves hashes by 2–5 bits on
-# average with a tail. 1536 is the smallest tried that passes everywhere: C++ listing max 4, 42 photos
-# mean 2.4 / max 8, 99 crops max 8, 120 crops of 12-MP photos mean 3–4 / max 10. Speed (one core,
-# compute_dihedral incl. the resize): 4032×3024 ≈ 400 ms → 133 ms (512: 47 ms); 2.8k-px crops
-# ≈ 200 → 80 ms; images up to 1536 px (≈ 43 ms at 1024²) are unchanged. It also bounds pdqhash's
-# float64 luma temporaries (24 bytes per pixel: 1.2 GB for a 50-MP image at full resolution).
-PDQ_MAX_SIDE = 1536
+# Longest side an image is hashed at. A larger image is first box-averaged by the integer factor
+# k = ceil(longer side / PDQ_MAX_SIDE) (Pillow's `reduce`): each hashed pixel is the plain mean of a k × k
+# block, which is what PDQ's own box (Jarosz) filter sums anyway (at 1024 px its window is 8 pixels: a
+# 2 × 2 mean followed by a 4-pixel window is the same 8-pixel box), so the hash moves little, where a
+# bilinear resize to an arbitrary size moves it more. Measured (one-off check, 2026-12-02: 160
+# images of quality ≥ 80 over 512 px from ../shared/data plus crops and upscales, 8 dihedral hashes each,
+# distance to the full-resolution hash): this box-reduce mean 6.0 bits (max 26, 7 % over 10) vs bilinear to 512 px
+# mean 9.3 (28 % over 10; the previous default, bilinear to 1536 px: mean 2.3). Speed, one core, 1024² JPEG: 34 ms at
+# full resolution (pdqhash spends 8 ms of it building float64 luma), 5.4 ms reduced (1 ms of it the
+# reduce). Meta's criterion (quality ≥ 80 → within 10 bits of the C++ reference) holds on its images
+# (tests/test_pdq.py); scripts/bench_dedup.py: recall 0.987 → 0.988, false matches 1/470 as before. It bounds
+# pdqhash's float64 temporaries (24 bytes per pixel: 1.2 GB for a 50-MP image at full resolution).
+PDQ_MAX_SIDE = 768
 
 _HASH_BYTES = 32
 _N_DIHEDRAL = 8
@@ -84,22 +84,27 @@ class PdqHash:
         return self.quality >= PDQ_MIN_QUALITY
 
 
+def pdq_view(img: Image.Image, max_side: int | None = PDQ_MAX_SIDE) -> Image.Image:
+    """The image PDQ hashes: ``img`` box-averaged by ``ceil(longer side / max_side)`` (itself when that
+    is 1, or when ``max_side`` is None). Shared with the dedup signals, so that it is computed once."""
+    if max_side is None:
+        return img
+    if max_side < 64:
+        raise ValueError(f"max_side must be >= 64 (PDQ works on a 64×64 grid) or None, got {max_side}")
+    k = -(-max(img.size) // max_side)
+    return img.reduce(k) if k > 1 else img
+
+
 def pdq_hash(img: Image.Image, *, max_side: int | None = PDQ_MAX_SIDE) -> PdqHash:
     """PDQ hash, quality and dihedral hashes of an upright RGB image (from ``preprocess.load_rgb``).
 
-    Images whose longer side exceeds ``max_side`` are shrunk to it first (bilinear, aspect kept);
-    ``max_side=None`` hashes at full resolution, which reproduces Meta's C++ reference exactly.
+    Images whose longer side exceeds ``max_side`` are box-averaged to at most that first
+    (:func:`pdq_view`); ``max_side=None`` hashes at full resolution, which reproduces Meta's C++
+    reference exactly.
     """
     if img.mode != "RGB":
         raise ValueError(f"pdq_hash needs an RGB image (use preprocess.load_rgb), got mode {img.mode!r}")
-    if max_side is not None:
-        if max_side < 64:
-            raise ValueError(f"max_side must be >= 64 (PDQ works on a 64×64 grid) or None, got {max_side}")
-        w, h = img.size
-        if max(w, h) > max_side:
-            scale = max_side / max(w, h)
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            img = img.resize(size, Image.Resampling.BILINEAR)
+    img = pdq_view(img, max_side)
     # One call gives all 8 hashes: the dihedral variants are cheap transforms of the same 16×16 DCT.
     vectors, quality = pdqhash.compute_dihedral(np.asarray(img))
     dihedral = tuple(np.packbits(np.asarray(v, dtype=np.uint8)).tobytes() for v in vectors)

@@ -20,7 +20,9 @@ several threads at once.
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -143,8 +145,16 @@ def load_rgb(
     *,
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_side: int | None = None,
+    draft_min_side: int = 0,
 ) -> Image.Image:
     """Decode an image file (a path, or the raw bytes of an upload) to an upright 8-bit RGB image.
+
+    ``draft_side``: for a JPEG whose longer side is at least ``draft_min_side`` (and twice
+    ``draft_side``), let libjpeg scale it by 1/2, 1/4 or 1/8 while decoding (DCT scaling, several times
+    cheaper) keeping the longer side ≥ ``draft_side``; the image's ``info["fakebank_draft"]`` then holds
+    the upright full-resolution (width, height). Those pixels are not the reference decode: for hashes
+    and signals, never for the model's input.
 
     ``name`` labels the file in error messages (default: the path, or ``"<bytes>"``). Images with more
     than ``max_pixels`` pixels are refused from their header, before decoding; so is anything Pillow
@@ -176,9 +186,13 @@ def load_rgb(
     try:
         with Image.open(fp) as im:
             _check_pixels(im, label, max_pixels)
+            full = _draft(im, draft_side, draft_min_side) if draft_side else None
             im.load()  # the first frame only; Pillow opens animations at frame 0
             _upright(im)
-            return _to_rgb(im, label)
+            rgb = _to_rgb(im, label)
+            if full is not None:
+                rgb.info["fakebank_draft"] = full
+            return rgb
     except InputError:
         raise
     except Image.DecompressionBombError as e:
@@ -202,6 +216,22 @@ def load_rgb(
         raise InputError(
             f"{label}: is truncated or corrupt ({type(e).__name__}: {e}); re-download or re-export it"
         ) from e
+
+
+def _draft(im: Image.Image, side: int, min_side: int) -> tuple[int, int] | None:
+    """Ask the JPEG decoder for a DCT-scaled decode; the stored (width, height) when it will scale."""
+    w, h = im.size
+    k = max(w, h) // side
+    if im.format != "JPEG" or max(w, h) < min_side or k < 2 or im.mode not in ("RGB", "L"):
+        return None
+    try:
+        turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap width and height
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, IndexError):  # damaged EXIF: as _upright
+        turned = False
+    im.draft(im.mode, (-(-w // k), -(-h // k)))
+    if im.size == (w, h):
+        return None
+    return (h, w) if turned else (w, h)
 
 
 def _check_pixels(im: Image.Image, label: str, max_pixels: int) -> None:
@@ -277,11 +307,25 @@ def to_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     """RGB PIL image → float32 ``[3, H, W]`` C-contiguous array, as torchvision's
     ``Compose([Resize, CenterCrop, ToTensor, Normalize])`` computes it on the same image."""
     chw = np.asarray(model_view(img, pre)).transpose(2, 0, 1).astype(np.float32, order="C")
-    # ToTensor: x / 255; Normalize: (x - mean) / std, all float32, in torchvision's order.
+    # ToTensor: x / 255; Normalize: (x - mean) / std, all float32, in torchvision's order. (≈ 0.3 ms at
+    # 384²: the resize is the cost; a table look-up, as the device path does, is 3× slower here.)
     chw /= np.float32(255.0)
     chw -= np.asarray(pre.mean, dtype=np.float32)[:, None, None]
     chw /= np.asarray(pre.std, dtype=np.float32)[:, None, None]
     return chw
+
+
+@functools.lru_cache(maxsize=16)
+def normalise_table(pre: Preprocessing) -> np.ndarray:
+    """[3, 256] float32: ToTensor then Normalize of every 8-bit value, per channel, in torchvision's
+    float32 arithmetic (x / 255, then - mean, then / std), exactly what ``to_array`` computes per pixel.
+    The device path normalises by looking values up in it, so no device arithmetic can differ. Read-only."""
+    x = np.arange(256, dtype=np.float32)[None, :].repeat(3, axis=0)
+    x /= np.float32(255.0)
+    x -= np.asarray(pre.mean, dtype=np.float32)[:, None]
+    x /= np.asarray(pre.std, dtype=np.float32)[:, None]
+    x.flags.writeable = False
+    return x
 
 
 def model_view(img: Image.Image, pre: Preprocessing) -> Image.Image:
@@ -296,27 +340,152 @@ def model_view(img: Image.Image, pre: Preprocessing) -> Image.Image:
 
 
 def _resize(img: Image.Image, size: int | tuple[int, int], resample: Image.Resampling) -> Image.Image:
-    w, h = img.size
+    new = _resized_size(img.size, size)
+    if new == img.size:
+        return img
+    return img.resize(new, resample)
+
+
+def _resized_size(wh: tuple[int, int], size: int | tuple[int, int]) -> tuple[int, int]:
+    """(width, height) after ``Resize(size)``."""
+    w, h = wh
     if isinstance(size, tuple):
         new_h, new_w = size
     else:  # torchvision _compute_resized_output_size: the shorter side to `size`, the longer truncated
         short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = size, int(size * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) == (w, h):
-        return img
-    return img.resize((new_w, new_h), resample)
+    return new_w, new_h
 
 
 def _center_crop(img: Image.Image, crop: int) -> Image.Image:
     """torchvision CenterCrop: round((size - crop) / 2) offset; a side shorter than the crop is padded with
     zeros, ``(crop - size) // 2`` before it (Pillow's crop fills outside the image with zeros)."""
-    w, h = img.size
-    if (w, h) == (crop, crop):
+    if img.size == (crop, crop):
         return img
+    left, top = _crop_offsets(img.size, crop)
+    return img.crop((left, top, left + crop, top + crop))
+
+
+def _crop_offsets(wh: tuple[int, int], crop: int) -> tuple[int, int]:
+    """(left, top) of torchvision's centre crop; negative where the image is padded."""
+    w, h = wh
     left = -((crop - w) // 2) if crop > w else int(round((w - crop) / 2.0))
     top = -((crop - h) // 2) if crop > h else int(round((h - crop) / 2.0))
-    return img.crop((left, top, left + crop, top + crop))
+    return left, top
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    """How ``model_view`` turns a ``size`` image into the model's picture, as Pillow computes it, so that
+    another device (``fakebank.device_input``) can repeat it bit for bit.
+
+    ``rows``/``cols``: Pillow's fixed-point filter for each axis (:func:`resample_coeffs`), already cut
+    to the output rows/columns that the centre crop keeps (each output pixel depends only on its own
+    coefficients, so computing just those is exact). ``pad``: (top, left) zero padding when the resized
+    image is smaller than the crop, and ``out``: the (height, width) of the result. ``vertical_first``:
+    which pass Pillow runs first (it rounds to 8 bits between the passes, so the order matters).
+    """
+
+    rows: tuple[np.ndarray, np.ndarray] | None  # (first source row [n], weights [n, k] int64); None: no pass
+    cols: tuple[np.ndarray, np.ndarray] | None
+    vertical_first: bool
+    pad: tuple[int, int]
+    out: tuple[int, int]
+
+
+# Pillow's fixed-point resampling (libImaging/Resample.c): coefficients scaled by 2**22, accumulated in
+# int32 from 2**21 (rounding), shifted back and clipped to 0..255 after each pass.
+PIL_PRECISION_BITS = 22
+_FILTER_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
+
+
+def _filter(name: str, x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    if name == "bilinear":
+        return np.where(x < 1.0, 1.0 - x, 0.0)
+    a = -0.5  # Pillow's bicubic, written in the same operation order as Resample.c
+    return np.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
+                    np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+@functools.lru_cache(maxsize=256)
+def resample_coeffs(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's filter for resizing one axis of an 8-bit image from ``in_size`` to ``out_size`` pixels:
+    (first source pixel [out], integer weights [out, k] scaled by 2**PIL_PRECISION_BITS, zero past each
+    pixel's support). Reproduces ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` in the same double
+    arithmetic; tests check it against Pillow's own resize. Read-only arrays."""
+    support_1 = _FILTER_SUPPORT[interpolation]
+    scale = float(np.float32(in_size)) / out_size  # Pillow passes the box as C floats
+    filterscale = max(scale, 1.0)
+    support = support_1 * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
+    n = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
+    taps = np.arange(ksize)
+    w = _filter(interpolation, ((taps[None, :] + xmin[:, None]).astype(np.float64) - center[:, None] + 0.5)
+                * (1.0 / filterscale))
+    w = np.where(taps[None, :] < n[:, None], w, 0.0)
+    total = np.zeros(out_size)
+    for k in range(ksize):  # summed tap by tap, in Pillow's order (a pairwise sum rounds differently)
+        total = total + w[:, k]
+    w = np.where(total[:, None] != 0.0, w / np.where(total == 0.0, 1.0, total)[:, None], w)
+    fixed = w * (1 << PIL_PRECISION_BITS)
+    weights = np.where(w < 0, np.trunc(-0.5 + fixed), np.trunc(0.5 + fixed)).astype(np.int64)
+    xmin.flags.writeable = False
+    weights.flags.writeable = False
+    return xmin, weights
+
+
+def _pil_vertical_first(size: tuple[int, int], new: tuple[int, int]) -> bool:
+    """Pillow ≥ 13 runs the vertical pass first when the height shrinks by more than twice as many pixels
+    as the width (Resample.c, ImagingResampleInner); older Pillows always start with the horizontal one."""
+    if _PIL_MAJOR < 13:
+        return False
+    (w, h), (new_w, new_h) = size, new
+    return (h - new_h) > 0 and (h - new_h) > (w - new_w) * 2
+
+
+_PIL_MAJOR = int(Image.__version__.split(".")[0])
+
+
+def resize_plan(size: tuple[int, int], pre: Preprocessing) -> ResizePlan:
+    """The :class:`ResizePlan` of ``model_view`` for an image of ``size`` = (width, height)."""
+    w, h = size
+    new_w, new_h = _resized_size(size, pre.resize)
+    out_h, out_w = (pre.crop, pre.crop) if pre.crop is not None else (new_h, new_w)
+    top, left = (0, 0)
+    pad_top = pad_left = 0
+    if pre.crop is not None:
+        left, top = _crop_offsets((new_w, new_h), pre.crop)
+    # the output rows/columns inside the resized image; the rest of the crop is zero padding
+    r0, r1 = max(top, 0), min(top + out_h, new_h)
+    c0, c1 = max(left, 0), min(left + out_w, new_w)
+    pad_top, pad_left = r0 - top, c0 - left
+    rows = cols = None
+    if (new_w, new_h) != (w, h):
+        if new_h != h:
+            first, weights = resample_coeffs(h, new_h, pre.interpolation)
+            rows = (first[r0:r1], weights[r0:r1])
+        if new_w != w:
+            first, weights = resample_coeffs(w, new_w, pre.interpolation)
+            cols = (first[c0:c1], weights[c0:c1])
+    if rows is None:  # no vertical resampling: the identity on the kept rows
+        rows = (np.arange(r0, r1), np.full((r1 - r0, 1), 1 << PIL_PRECISION_BITS, np.int64))
+    if cols is None:
+        cols = (np.arange(c0, c1), np.full((c1 - c0, 1), 1 << PIL_PRECISION_BITS, np.int64))
+    return ResizePlan(rows=rows, cols=cols, vertical_first=_pil_vertical_first(size, (new_w, new_h)),
+                      pad=(pad_top, pad_left), out=(out_h, out_w))
+
+
+def reduce_to(img: Image.Image, side: int) -> Image.Image:
+    """The image box-averaged by the integer factor ``max(w, h) // side`` (Pillow's ``reduce``; itself
+    when that is 1): its longer side ends between ``side`` and ``2 * side - 1``. The cheap shared
+    downsample that PDQ and the dedup signals start from: each output pixel is the plain mean of a
+    k × k block, which is what PDQ's own box (Jarosz) filter would have summed anyway."""
+    k = max(img.size) // side
+    return img.reduce(k) if k > 1 else img
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -38,9 +38,6 @@ LOCAL_BANK_FEATURES = 128
 # Keypoints per query image (and as many again for its mirror): more than the bank keeps, so that a crop,
 # whose strongest corners are not the original's, still re-detects enough of the original's keypoints.
 LOCAL_QUERY_FEATURES = 384
-# The de-bordered image is hashed at this longer side (Meta's C++ tool hashes at 512): ≈ 4 ms instead of
-# ≈ 15 ms at PDQ_MAX_SIDE, for hashes 2–6 bits away, well inside the match threshold of 31.
-PDQ_TRIM_SIDE = 512
 _DESC_BYTES = 32
 LOCAL_DESC_BYTES = _DESC_BYTES
 LOCAL_FEATURE_BYTES = _DESC_BYTES + 4  # packed: descriptor, then two float16 coordinates
@@ -96,7 +93,12 @@ class ImageSignals:
 
 
 def image_signals(img: Image.Image, *, n_features: int = LOCAL_QUERY_FEATURES, mirror: bool = True) -> ImageSignals:
-    """Content box, its PDQ hash and ORB features (and the mirror's) of an upright RGB image."""
+    """Content box, its PDQ hash and ORB features (and the mirror's) of an upright RGB image.
+
+    The box and ORB read the full image. (Finding the box on the extractor's shared PDQ view and shrinking
+    ORB's input as luma were ≈ 4 ms cheaper, but moved ORB's keypoints enough for one more false match in
+    470 distractor copies in scripts/bench_dedup.py: 2 instead of 1.)
+    """
     if img.mode != "RGB":
         raise ValueError(f"image_signals needs an RGB image (use preprocess.load_rgb), got mode {img.mode!r}")
     box = content_box(img)
@@ -105,7 +107,9 @@ def image_signals(img: Image.Image, *, n_features: int = LOCAL_QUERY_FEATURES, m
     gray = _gray(content)
     local = orb_features(gray, n_features)
     local_mirror = orb_features(np.ascontiguousarray(gray[:, ::-1]), n_features) if mirror else EMPTY_LOCAL
-    trim = None if whole else pdq_hash(content, max_side=PDQ_TRIM_SIDE)
+    # The de-bordered copy is hashed like the whole image (box-averaged to at most PDQ_MAX_SIDE), so that
+    # a letterboxed copy's trimmed hash and its original's hash are computed alike.
+    trim = None if whole else pdq_hash(content)
     return ImageSignals(box=box, pdq_trim=trim, local=local, local_mirror=local_mirror)
 
 
