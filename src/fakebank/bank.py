@@ -127,6 +127,9 @@ def items_schema(dim: int) -> pa.Schema:
             ("pdq_trim", pa.binary(PDQ_BYTES)),
             ("pdq_trim_quality", pa.int16()),
             ("local", pa.binary()),
+            # grid.PatchGrid.to_bytes(): where the image's structure sits, to verify embedding-only copies;
+            # null for rows added before it existed (dedup then drops the embedding signal for them)
+            ("patch_grid", pa.binary()),
         ]
     )
 
@@ -162,6 +165,7 @@ class NewItem:
     pdq_trim: bytes | None = None  # PDQ of the de-bordered image, when it differs from the whole
     pdq_trim_quality: int | None = None
     local: bytes | None = None  # LocalFeatures.to_bytes()
+    patch_grid: bytes | None = None  # grid.PatchGrid.to_bytes()
 
 
 def check_label(label: str) -> str:
@@ -413,7 +417,7 @@ def delta_table(changes: Sequence[tuple[int, str, str | None]]) -> pa.Table:
 
 # -- the reader ----------------------------------------------------------------------------------------------
 
-_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral")  # kept out of the whole-bank `table`
+_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral", "patch_grid")  # kept out of the whole-bank `table`
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
                  "logit", "pdq", "pdq_quality", "width", "height")
 
@@ -886,6 +890,7 @@ class BankWriter:
                 "pdq_trim": pa.array([it.pdq_trim for it in items], pa.binary(PDQ_BYTES)),
                 "pdq_trim_quality": pa.array([it.pdq_trim_quality for it in items], pa.int16()),
                 "local": pa.array([it.local for it in items], pa.binary()),
+                "patch_grid": pa.array([it.patch_grid for it in items], pa.binary()),
             },
             schema=items_schema(dim),
         )

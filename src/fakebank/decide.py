@@ -3,8 +3,10 @@
 Sits after the bank; knows nothing of files, FAISS or torch. Given the model's logit and the neighbours
 the api looked up, it decides:
 
-1. **near_duplicate** — the closest known copy (PDQ ≤ 31, or cls similarity ≥ ``duplicate_similarity``)
-   has a label fake/real: that label is the verdict, the item is the `match`;
+1. **near_duplicate** — the closest known copy has a label fake/real: that label is the verdict, the item
+   is the `match`. Neighbours the api judged with dedup (``judged``) are copies exactly when dedup found a
+   signal (embedding-only copies verified by the patch grid); hand-built ones fall back to PDQ ≤ 31 or
+   cls similarity ≥ ``duplicate_similarity``. The `match` record names the signal and its evidence;
 2. **knn** — labelled neighbours with similarity ≥ ``min_similarity`` vote (weighted by similarity, with a
    Laplace prior of one half-vote each way) → ``p_knn``; the fused score is
    ``sigmoid(w_model · logit + w_knn · logit(p_knn) + bias)``;
@@ -75,10 +77,21 @@ class Neighbor:
     # (built by hand) fall back to the PDQ/similarity thresholds of FusionParams.
     signal: str | None = None
     judged: bool = False
+    # The evidence behind a near-duplicate judgement (dedup.Match): RANSAC inliers of a `local` match, and
+    # the patch-grid agreement (grid.agreement) wherever both sides have a grid.
+    inliers: int | None = None
+    spatial_agreement: float | None = None
 
     def to_dict(self) -> dict:
         """The JSON contract of a neighbour (DESIGN §2): how it was judged is not part of it."""
         return {k: getattr(self, k) for k in ("id", "path", "label", "campaign", "similarity", "pdq_distance")}
+
+    def match_dict(self) -> dict:
+        """The JSON of a `match`: a neighbour's fields plus the evidence strength of the copy decision —
+        `signal` (pdq | pdq_trim | local | embedding; None for a match not judged by dedup), `pdq_distance`,
+        `inliers` and `spatial_agreement` (see README, "Near-duplicates")."""
+        return self.to_dict() | {"signal": self.signal, "inliers": self.inliers,
+                                 "spatial_agreement": self.spatial_agreement}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from fakebank.errors import InputError, UsageError
+from fakebank.grid import PatchGrid
 from fakebank.model import LoadedModel
 from fakebank.pdq import PdqHash, pdq_hash
 from fakebank.preprocess import DEFAULT_MAX_PIXELS, load_rgb, to_array
@@ -52,6 +53,7 @@ class Embedding:
     cls: np.ndarray  # [D] float32, L2-normalised
     patch: np.ndarray  # [D] float32, L2-normalised
     signals: ImageSignals | None = None  # de-bordered PDQ and local features (dedup); None: not computed
+    patch_grid: PatchGrid | None = None  # where the structure sits (grid.py); None: not computed
 
 
 @dataclass(frozen=True)
@@ -150,9 +152,13 @@ class Extractor:
 
     def embed_pixels(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """[B, 3, H, W] float32 → (logit [B], p_fake [B], cls [B, D], patch [B, D]) as float32 numpy."""
+        return self.embed_pixels_with_grid(pixels)[:4]
+
+    def embed_pixels_with_grid(self, pixels: np.ndarray) -> tuple[np.ndarray, ...]:
+        """`embed_pixels`' outputs and the patch grids [B, cells, cells, width] of the same forward pass."""
         x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
         with torch.inference_mode(), self._autocast():
-            logit, cls, patch = self.model.forward(x)
+            logit, cls, patch, grid = self.model.forward_with_grid(x)
         logit = logit.float()
         cls = torch.nn.functional.normalize(cls.float(), dim=1)
         patch = torch.nn.functional.normalize(patch.float(), dim=1)
@@ -161,6 +167,7 @@ class Extractor:
             torch.sigmoid(logit).cpu().numpy(),
             cls.cpu().numpy(),
             patch.cpu().numpy(),
+            grid.float().cpu().numpy(),
         )
 
     # -- decode side ----------------------------------------------------------------------------
@@ -243,7 +250,7 @@ class Extractor:
 
     def embed_decoded(self, batch: list[Decoded]) -> list[Embedding]:
         """One forward pass over already-decoded inputs (the HTTP service batches across requests)."""
-        logit, p_fake, cls, patch = self.embed_pixels(np.stack([d.pixels for d in batch]))
+        logit, p_fake, cls, patch, grid = self.embed_pixels_with_grid(np.stack([d.pixels for d in batch]))
         out = []
         for i, d in enumerate(batch):
             out.append(Embedding(
@@ -257,5 +264,6 @@ class Extractor:
                 cls=cls[i],
                 patch=patch[i],
                 signals=d.signals,
+                patch_grid=PatchGrid.quantise(grid[i]),
             ))
         return out

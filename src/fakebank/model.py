@@ -8,6 +8,7 @@ does it: checkpoint config first, then the authors' recipe.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -31,6 +32,7 @@ from fakebank.checkpoints import (
     source_key,
 )
 from fakebank.errors import CheckpointError
+from fakebank.grid import GRID_CELLS, GRID_PROJECTION_SEED, GRID_WIDTH
 from fakebank.preprocess import COMMFOR_PREPROCESSING, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 # Label names that mean "the class this tool flags" when a checkpoint has several outputs.
@@ -99,6 +101,11 @@ class LoadedModel:
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass → (logit [B], cls [B, D], patch [B, D]); embeddings not yet normalised."""
+        logit, cls, patch, _ = self.forward_with_grid(pixels)
+        return logit, cls, patch
+
+    def forward_with_grid(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward`'s outputs and, from the same pass, the patch grid [B, cells, cells, width] (see grid.py)."""
         tokens = self.module.forward_features(pixels)
         cls = self.module.forward_head(tokens, pre_logits=True)
         # The head and the pooling are a sliver of the cost, so under bf16 autocast they stay fp32: what
@@ -108,7 +115,29 @@ class LoadedModel:
             cls = cls.float()
             logits = self.module.head(cls)
             patch = tokens[:, self.module.num_prefix_tokens :].float().mean(dim=1)
-        return self.labels.logit(logits), cls, patch
+            grid = self.patch_grid(tokens)
+        return self.labels.logit(logits), cls, patch, grid
+
+    def patch_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens [B, prefix + h·w, D] → average-pooled to GRID_CELLS² cells, centred on their mean
+        over the cells, projected to GRID_WIDTH by a fixed seeded Gaussian matrix: [B, cells, cells, width]."""
+        patches = tokens[:, self.module.num_prefix_tokens :].float()
+        b, n, d = patches.shape
+        h, w = self.module.patch_embed.grid_size if not getattr(self.module, "dynamic_img_size", False) else (0, 0)
+        if h * w != n:  # a dynamic-size model: square inputs only (the preprocessing crops square)
+            h = w = math.isqrt(n)
+        x = patches.reshape(b, h, w, d).permute(0, 3, 1, 2)
+        x = torch.nn.functional.adaptive_avg_pool2d(x, GRID_CELLS).permute(0, 2, 3, 1)
+        x = x - x.mean(dim=(1, 2), keepdim=True)
+        return x @ _grid_projection(d, x.device)
+
+
+@functools.cache
+def _grid_projection(width: int, device: torch.device) -> torch.Tensor:
+    """The fixed [width, GRID_WIDTH] Gaussian projection of the patch grid: the same for every model of this
+    width, so grids stored by one process compare with another's."""
+    g = torch.Generator().manual_seed(GRID_PROJECTION_SEED)
+    return (torch.randn(width, GRID_WIDTH, generator=g) / math.sqrt(GRID_WIDTH)).to(device)
 
 
 def load_model(spec: str | None = None, *, positive_label: str | None = None) -> LoadedModel:
