@@ -479,3 +479,27 @@ def test_cli_human_output_and_usage_errors(real_bank, tmp_path):
     assert res.exit_code == 2 and "no bank at" in res.stderr
     res = runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--report", str(tmp_path / "no" / "r.html")])
     assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+def test_look_alikes_never_join_a_campaign_by_embeddings_alone(tmp_path):
+    """Items with the same embeddings (combined cosine ≈ 1) but different pictures (disagreeing patch grids)
+    or no grid (banked before grids were stored) share no campaign; the same items with agreeing grids do."""
+    s = Synth(12)
+    c, p = s.centre("look")
+    shape = (GRID_CELLS, GRID_CELLS, GRID_WIDTH)
+
+    def items(grids):
+        return [dataclasses.replace(s.item(), cls=unit(c + 1e-3 * s.rng.normal(size=DIM)),
+                                    patch=unit(p + 1e-3 * s.rng.normal(size=DIM)), patch_grid=g) for g in grids]
+
+    distinct = [PatchGrid.quantise(s.rng.normal(size=shape)).to_bytes() for _ in range(6)]
+    add(tmp_path / "distinct", items(distinct))
+    add(tmp_path / "null", items([None] * 6))
+    base = s.rng.normal(size=shape)
+    add(tmp_path / "copies", items([PatchGrid.quantise(base + 0.3 * s.rng.normal(size=shape)).to_bytes()
+                                    for _ in range(6)]))
+    for name in ("distinct", "null"):
+        result = run(tmp_path / name)
+        assert result.campaigns == [] and result.stats["embedding_edges_unverified"] > 0
+    [campaign] = run(tmp_path / "copies").campaigns
+    assert len(campaign.members) == 6

@@ -85,7 +85,7 @@ LOCAL_REDUCED_SEARCH_FEATURES = 128
 EMBEDDING_K = 16  # nearest items by cls looked at for the embedding signal
 # Patch-grid agreement (grid.agreement: cosine of the centred 6×6 grids, best of 8 rotations/mirrors) an
 # embedding-only copy needs. GRID_AGREEMENT_NOTE_BELOW
-GRID_MIN_AGREEMENT = 0.5
+GRID_MIN_AGREEMENT = 0.4
 _MAX_SCALE = 8.0  # a similarity transform that scales by more (or less than 1/8) is not a copy
 
 
