@@ -121,12 +121,21 @@ def is_near_duplicate(n: Neighbor, params: FusionParams) -> bool:
     return pdq_hit or n.similarity >= params.duplicate_similarity
 
 
+# dedup.SIGNALS, strongest evidence first (decide does not import dedup: it stays free of FAISS and OpenCV)
+SIGNAL_ORDER = ("pdq", "pdq_trim", "local", "embedding")
+
+
 def best_match(neighbors: list[Neighbor], params: FusionParams) -> Neighbor | None:
-    """The strongest near-duplicate: smallest PDQ distance first, then highest similarity."""
+    """The strongest near-duplicate: by the signal that judged it (dedup's order, so a global-look
+    `embedding` match never outranks a PDQ or keypoint one), then smallest PDQ distance, most inliers,
+    highest similarity."""
     dupes = [n for n in neighbors if is_near_duplicate(n, params)]
     if not dupes:
         return None
-    return min(dupes, key=lambda n: (n.pdq_distance if n.pdq_distance is not None else 257, -n.similarity))
+    rank = {s: k for k, s in enumerate(SIGNAL_ORDER)}
+    return min(dupes, key=lambda n: (rank.get(n.signal, len(rank)),
+                                     n.pdq_distance if n.pdq_distance is not None else 257,
+                                     -(n.inliers or 0), -n.similarity))
 
 
 def knn_vote(neighbors: list[Neighbor], params: FusionParams) -> float | None:
