@@ -274,9 +274,9 @@ def main() -> None:
         fb = Fakebank(bank_dir, weights=args.weights, batch_size=args.batch_size)
         t = time.perf_counter()
         ids = {}
-        srcs = (Source(f"{n}.png", _enc(images[n][1], "PNG")) for n in bank_names)
+        srcs = (Source(f"{n}.png", _enc(images[n][1], "PNG", compress_level=1)) for n in bank_names)
         for rec in fb.add([], sources=srcs):
-            if rec["status"] == "added":
+            if rec["id"] is not None:  # added, or already there (a rerun)
                 ids[rec["path"][:-4]] = rec["id"]
         print(f"added {len(ids)} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         bank = fb.open_bank()
