@@ -49,7 +49,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 from fakebank.api import Fakebank
 from fakebank.bank import Bank, BankWriter, NewItem
-from fakebank.dedup import EMBEDDING_THRESHOLD, SIGNALS, DedupParams, Probe, find, grid_of, pdq_distance
+from fakebank.dedup import EMBEDDING_THRESHOLD, GRID_MIN_AGREEMENT, SIGNALS, DedupParams, Probe, find, grid_of, pdq_distance
 from fakebank.embed import Embedding, Source
 from fakebank.grid import PatchGrid, agreement, dihedral
 
@@ -248,6 +248,8 @@ def main() -> None:
     ap.add_argument("--positives", type=int, default=60, help="bank images per kind given an edited copy")
     ap.add_argument("--synthetic", type=int, default=100_000, help="bank size of the look-alike run (0: skip)")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--grid-min-agreement", type=float, default=GRID_MIN_AGREEMENT,
+                    help="spatial agreement an embedding-only copy needs (default: dedup's)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep the bank and the query embeddings here; a rerun on it skips the extraction")
     args = ap.parse_args()
@@ -303,7 +305,7 @@ def main() -> None:
     item_probes = {int(i): Probe.of_item(bank, int(i)) for i in bank.ids.tolist()}
 
     # Each signal alone; `all` is their union (dedup.find reports an item when any signal fires).
-    verified, unverified = DedupParams(), DedupParams(grid_min_agreement=-1.0)
+    verified, unverified = DedupParams(grid_min_agreement=args.grid_min_agreement), DedupParams(grid_min_agreement=-1.0)
     t = time.perf_counter()
     alone = {}
     for sig in SIGNALS:
@@ -336,7 +338,7 @@ def main() -> None:
 
     _agreements(bank, queries, probes, name_of)
     if args.synthetic:
-        _synthetic(args.synthetic, bank, queries, probes, name_of)
+        _synthetic(args.synthetic, bank, queries, probes, name_of, verified)
 
 
 def _ids(bank: Bank, probe: Probe | None, params: DedupParams) -> set[int]:
@@ -385,7 +387,7 @@ def _agreements(bank: Bank, queries, probes, name_of: dict) -> None:
               f"{f.max() if len(f) else float('nan'):.3f}, 99th pct {np.percentile(f, 99) if len(f) else float('nan'):.3f})")
 
 
-def _synthetic(n: int, real: Bank, queries, probes, name_of: dict) -> None:
+def _synthetic(n: int, real: Bank, queries, probes, name_of: dict, verified: DedupParams) -> None:
     """False copies at a bank of n items: the real bank plus look-alikes of every query (see the docstring)."""
     rng = np.random.default_rng(0)
     live = [(q, p) for q, p in zip(queries, probes) if p is not None]
@@ -420,7 +422,7 @@ def _synthetic(n: int, real: Bank, queries, probes, name_of: dict) -> None:
             w.add(items)
     bank = Bank.open(path)
     print(f"  built in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    for title, params in (("verified", DedupParams()), ("unverified", DedupParams(grid_min_agreement=-1.0))):
+    for title, params in (("verified", verified), ("unverified", DedupParams(grid_min_agreement=-1.0))):
         false = defaultdict(int)
         for (q, pr) in live:
             for m in find(bank, pr, params):

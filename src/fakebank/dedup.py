@@ -83,9 +83,13 @@ LOCAL_MIRROR_SEARCH_FEATURES = 192
 # strongest descriptors (bank.LOCAL_INDEX_FEATURES_LARGE): at 1M items the look-up is most of the matching.
 LOCAL_REDUCED_SEARCH_FEATURES = 128
 EMBEDDING_K = 16  # nearest items by cls looked at for the embedding signal
-# Patch-grid agreement (grid.agreement: cosine of the centred 6×6 grids, best of 8 rotations/mirrors) an
-# embedding-only copy needs. GRID_AGREEMENT_NOTE_BELOW
-GRID_MIN_AGREEMENT = 0.4
+# Patch-grid agreement (grid.agreement: cosine of the 6×6 grids, best of 8 rotations/mirrors) an
+# embedding-only copy needs. Measured on scripts/bench_hard_negatives.py (untrained test_vit, 360 generated
+# look-alikes, every pair at cls ≥ 0.99 with PDQ unusable): distinct images reach 0.52 (star fields) and
+# 0.55 (gradients), 99th percentile 0.28–0.52 by kind; re-encoded copies 0.9–1.0, turned, mirrored and cropped
+# ones 0.3–0.98 (untrained vit_small on photos). 0.4 let 21 pairs of distinct bank items through (1,714
+# without the check), 0.6 two. Trained weights: re-measure with the bench.
+GRID_MIN_AGREEMENT = 0.6
 _MAX_SCALE = 8.0  # a similarity transform that scales by more (or less than 1/8) is not a copy
 
 
