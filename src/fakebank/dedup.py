@@ -88,7 +88,8 @@ EMBEDDING_K = 16  # nearest items by cls looked at for the embedding signal
 # look-alikes, every pair at cls ≥ 0.99 with PDQ unusable): distinct images reach 0.52 (star fields) and
 # 0.55 (gradients), 99th percentile 0.28–0.52 by kind; re-encoded copies 0.9–1.0, turned, mirrored and cropped
 # ones 0.3–0.98 (untrained vit_small on photos). 0.4 let 21 pairs of distinct bank items through (1,714
-# without the check), 0.6 two. Trained weights: re-measure with the bench.
+# without the check), 0.6 two. Known gap: with untrained vit_small, generated star fields reach 0.88
+# (false copies on the bench 2,704 → 90, all but 3 of them star fields). Trained weights: re-measure.
 GRID_MIN_AGREEMENT = 0.6
 _MAX_SCALE = 8.0  # a similarity transform that scales by more (or less than 1/8) is not a copy
 
