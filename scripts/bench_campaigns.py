@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from fakebank.grid import GRID_CELLS, GRID_WIDTH, PatchGrid
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 SOURCES = ("telegram", "x.com", "facebook", "tiktok", "vk", "forum")
@@ -391,7 +393,9 @@ SCALE_DIM = 384
 
 class SyntheticWorld:
     """Embeddings shaped like an untrained ViT's (every vector close to one common direction, distinct
-    images at cosine ≈ 0.94, edited copies at 0.995–0.9998) with PDQ hashes that match for half the copies."""
+    images at cosine ≈ 0.94, edited copies at 0.995–0.9998) with PDQ hashes that match for half the copies,
+    and patch grids (grid.py) that agree for copies (the campaign's own grid plus noise, agreement ≈ 0.9) and
+    not between distinct images (independent random grids, agreement ≈ 0.1): embedding edges are verified."""
 
     def __init__(self, seed: int = 0, dim: int = SCALE_DIM) -> None:
         self.rng = np.random.default_rng(seed)
@@ -409,7 +413,8 @@ class SyntheticWorld:
 
     def _new_campaign(self, size: int, eps: float | None = None) -> dict:
         c = {"truth": f"t{len(self.campaigns)}", "target": size, "eps": eps or self.rng.uniform(0.02, 0.07),
-             "pdq": self.rng.integers(0, 256, 32, dtype=np.uint8)}
+             "pdq": self.rng.integers(0, 256, 32, dtype=np.uint8),
+             "grid": self.rng.normal(size=(GRID_CELLS, GRID_CELLS, GRID_WIDTH))}
         c.update({k: self._unit(self.mean[k] + self._noise(1, 0.25)[0]) for k in ("cls", "patch")})
         self.campaigns.append(c)
         return c
@@ -444,7 +449,9 @@ class SyntheticWorld:
             if c is None:
                 vec = {k: self._unit(self.mean[k] + self._noise(1, 0.25)[0]) for k in ("cls", "patch")}
                 code = self.rng.integers(0, 256, 32, dtype=np.uint8)
+                grid = self.rng.normal(size=(GRID_CELLS, GRID_CELLS, GRID_WIDTH))
             else:
+                grid = c["grid"] + 0.4 * self.rng.normal(size=c["grid"].shape)
                 vec = {k: self._unit(c[k] + self._noise(1, c["eps"])[0]) for k in ("cls", "patch")}
                 if self.rng.random() < 0.5:  # PDQ survives this edit: a few bits flipped
                     code = np.unpackbits(c["pdq"]) ^ (self.rng.random(256) < self.rng.uniform(0, 0.08))
@@ -455,7 +462,7 @@ class SyntheticWorld:
                 sha256=hashlib.sha256(f"synthetic-{self.n}".encode()).hexdigest(), path=f"/synthetic/{self.n}.jpg",
                 label="fake", p_fake=float(self.rng.uniform(0.5, 1)), logit=0.0, pdq=code.tobytes(), pdq_quality=90,
                 cls=vec["cls"], patch=vec["patch"], width=512, height=512,
-                source=str(self.rng.choice(SOURCES)),
+                source=str(self.rng.choice(SOURCES)), patch_grid=PatchGrid.quantise(grid).to_bytes(),
             )
             out.append((item, None if c is None else c["truth"]))
         order = self.rng.permutation(len(out))

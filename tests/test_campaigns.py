@@ -20,6 +20,7 @@ from fakebank import campaigns as cp
 from fakebank.api import Fakebank
 from fakebank.bank import Bank, BankWriter
 from fakebank.cli import app
+from fakebank.grid import GRID_CELLS, GRID_WIDTH, PatchGrid
 
 DATA = Path(__file__).parent / "data"
 WEIGHTS = "untrained:test_vit:0"
@@ -30,12 +31,26 @@ runner = CliRunner()
 # -- synthetic banks --------------------------------------------------------------------------------------
 
 class Synth:
-    """Seeded items around campaign centres: members are near-copies (combined cosine ≈ 0.999)."""
+    """Seeded items around campaign centres: members are near-copies (combined cosine ≈ 0.999) whose patch
+    grids agree (the group's grid plus noise); other items have grids of their own."""
 
     def __init__(self, seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)
         self.centres: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.grids: dict[str, np.ndarray] = {}
         self.n = 0
+
+    def base_grid(self, group: str) -> np.ndarray:
+        if group not in self.grids:
+            self.grids[group] = self.rng.normal(size=(GRID_CELLS, GRID_CELLS, GRID_WIDTH))
+        return self.grids[group]
+
+    def grid(self, group: str | None, towards: str | None = None, t: float = 0.0) -> bytes:
+        """A member's grid (the group's plus noise), or one between two groups', or a fresh one."""
+        if group is None:
+            return PatchGrid.quantise(self.rng.normal(size=(GRID_CELLS, GRID_CELLS, GRID_WIDTH))).to_bytes()
+        base = self.base_grid(group) if towards is None else (1 - t) * self.base_grid(group) + t * self.base_grid(towards)
+        return PatchGrid.quantise(base + 0.3 * self.rng.normal(size=base.shape)).to_bytes()
 
     def centre(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.centres:
@@ -56,6 +71,7 @@ class Synth:
         return dataclasses.replace(
             base, cls=unit(c + noise * self.rng.normal(size=DIM)), patch=unit(p + noise * self.rng.normal(size=DIM)),
             pdq_quality=pdq_quality, source=source if source is not None else f"src{self.n % 3}",
+            patch_grid=self.grid(group),
         )
 
 
@@ -260,7 +276,8 @@ def test_merge_and_split_are_reported(tmp_path):
     ratios = np.linspace(0, 1, 30)[1:-1]
     ca, pa_ = s.centre("a")
     cb, pb = s.centre("b")
-    bridges = [dataclasses.replace(s.item(), cls=unit((1 - t) * ca + t * cb), patch=unit((1 - t) * pa_ + t * pb))
+    bridges = [dataclasses.replace(s.item(), cls=unit((1 - t) * ca + t * cb), patch=unit((1 - t) * pa_ + t * pb),
+                                   patch_grid=s.grid("a", "b", t))  # the pictures, too, lie between a's and b's
                for t in ratios]
     bridge_ids = add(tmp_path, bridges)
     merged = run(tmp_path)
@@ -315,8 +332,8 @@ def test_two_analyst_campaigns_in_one_component_are_split_by_nearest_seed(tmp_pa
     s = Synth(10)
     ca, pa_ = s.centre("a")
     cb, pb = s.centre("b")
-    chain = [dataclasses.replace(s.item(), cls=unit((1 - t) * ca + t * cb), patch=unit((1 - t) * pa_ + t * pb))
-             for t in np.linspace(0, 1, 41)]
+    chain = [dataclasses.replace(s.item(), cls=unit((1 - t) * ca + t * cb), patch=unit((1 - t) * pa_ + t * pb),
+                                 patch_grid=s.grid("a", "b", t)) for t in np.linspace(0, 1, 41)]
     ids = add(tmp_path, chain)
     items = [dataclasses.replace(chain[0], sha256="0" * 64, campaign="op-a"),  # analyst seeds at both ends
              dataclasses.replace(chain[-1], sha256="1" * 64, campaign="op-b")]
@@ -462,3 +479,27 @@ def test_cli_human_output_and_usage_errors(real_bank, tmp_path):
     assert res.exit_code == 2 and "no bank at" in res.stderr
     res = runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--report", str(tmp_path / "no" / "r.html")])
     assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+def test_look_alikes_never_join_a_campaign_by_embeddings_alone(tmp_path):
+    """Items with the same embeddings (combined cosine ≈ 1) but different pictures (disagreeing patch grids)
+    or no grid (banked before grids were stored) share no campaign; the same items with agreeing grids do."""
+    s = Synth(12)
+    c, p = s.centre("look")
+    shape = (GRID_CELLS, GRID_CELLS, GRID_WIDTH)
+
+    def items(grids):
+        return [dataclasses.replace(s.item(), cls=unit(c + 1e-3 * s.rng.normal(size=DIM)),
+                                    patch=unit(p + 1e-3 * s.rng.normal(size=DIM)), patch_grid=g) for g in grids]
+
+    distinct = [PatchGrid.quantise(s.rng.normal(size=shape)).to_bytes() for _ in range(6)]
+    add(tmp_path / "distinct", items(distinct))
+    add(tmp_path / "null", items([None] * 6))
+    base = s.rng.normal(size=shape)
+    add(tmp_path / "copies", items([PatchGrid.quantise(base + 0.3 * s.rng.normal(size=shape)).to_bytes()
+                                    for _ in range(6)]))
+    for name in ("distinct", "null"):
+        result = run(tmp_path / name)
+        assert result.campaigns == [] and result.stats["embedding_edges_unverified"] > 0
+    [campaign] = run(tmp_path / "copies").campaigns
+    assert len(campaign.members) == 6

@@ -20,6 +20,7 @@ WEIGHTS = "untrained:test_vit:0"  # 160-px ViT: fast; matching is real even thou
 ADD_KEYS = {"path", "id", "sha256", "status", "p_fake", "label", "error"}
 QUERY_KEYS = {"path", "sha256", "verdict", "reason", "score", "p_model", "p_knn", "match", "neighbors", "model"}
 NEIGHBOR_KEYS = {"id", "path", "label", "campaign", "similarity", "pdq_distance"}
+MATCH_KEYS = NEIGHBOR_KEYS | {"signal", "inliers", "spatial_agreement"}  # a match carries its evidence
 runner = CliRunner()
 
 
@@ -90,8 +91,8 @@ def test_query_finds_transformed_copies(tmp_path, photos, bank):
     for r in lines:
         assert set(r) == QUERY_KEYS
         assert r["reason"] == "near_duplicate" and r["verdict"] == "fake"
-        assert set(r["match"]) == NEIGHBOR_KEYS and r["match"]["id"] == 3
-        assert r["match"]["pdq_distance"] <= 31
+        assert set(r["match"]) == MATCH_KEYS and r["match"]["id"] == 3
+        assert r["match"]["pdq_distance"] <= 31 and r["match"]["signal"] in ("pdq", "pdq_trim", "local")
         assert r["model"] == {"name": "untrained:test_vit", "revision": "0", "trained": False}
         assert all(set(n) == NEIGHBOR_KEYS for n in r["neighbors"])
 

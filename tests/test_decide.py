@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from fakebank.api import Fakebank, average_precision
 from fakebank.bank import Bank, BankWriter
 from fakebank.decide import FusionParams, Neighbor, decide, fit_fusion, knn_vote
 from fakebank.embed import Embedding
+from fakebank.grid import GRID_CELLS, GRID_WIDTH, PatchGrid
 from fakebank.pdq import PdqHash
 
 P = FusionParams()
@@ -43,6 +46,23 @@ def test_near_duplicate_takes_the_known_label_with_the_match_as_evidence():
     assert d.match.id == 1 and d.match.pdq_distance == 12
     d = decide(5.0, [nb(7, 0.995, "real")])
     assert (d.verdict, d.reason, d.match.id) == ("real", "near_duplicate", 7)
+
+
+def test_the_match_is_the_best_evidenced_copy_and_says_what_verified_it():
+    """A copy found by keypoints outranks a closer-looking one found by embeddings alone (the issue's dark
+    look-alike had cls 0.999), and the match record names the signal and its numbers."""
+    judged = lambda n, **kw: replace(n, judged=True, **kw)  # noqa: E731 - as api.neighbors builds them
+    look_alike = judged(nb(1, 0.999, "real"), signal="embedding", spatial_agreement=0.45)
+    original = judged(nb(2, 0.97, "fake"), signal="local", inliers=57, spatial_agreement=0.81)
+    unrelated = judged(nb(3, 0.995, "real"))  # close, but dedup found no signal: not a copy
+    d = decide(0.0, [look_alike, original, unrelated])
+    assert (d.verdict, d.match.id) == ("fake", 2)
+    assert d.match.match_dict() == {"id": 2, "path": "/x/2.jpg", "label": "fake", "campaign": None,
+                                    "similarity": 0.97, "pdq_distance": None, "signal": "local", "inliers": 57,
+                                    "spatial_agreement": 0.81}
+    assert set(d.match.to_dict()) == {"id", "path", "label", "campaign", "similarity", "pdq_distance"}
+    pdq = judged(nb(4, 0.9, "real", pdq=20), signal="pdq")
+    assert decide(0.0, [original, pdq]).match.id == 4
 
 
 def test_pdq_threshold_is_inclusive():
@@ -84,19 +104,22 @@ def test_average_precision():
 
 # -- through the bank: relabelling corrects near-copies at once -------------------------------------
 
-def _query_embedding(cls: np.ndarray, logit: float) -> Embedding:
+def _query_embedding(cls: np.ndarray, logit: float, grid: PatchGrid | None = None) -> Embedding:
     pdq = PdqHash(hash=bytes(32), quality=0, dihedral=tuple(bytes(32) for _ in range(8)))
     return Embedding(path="/q.jpg", sha256="0" * 64, width=10, height=10, pdq=pdq, logit=logit,
-                     p_fake=float(1 / (1 + np.exp(-logit))), cls=unit(cls), patch=unit(cls))
+                     p_fake=float(1 / (1 + np.exp(-logit))), cls=unit(cls), patch=unit(cls), patch_grid=grid)
 
 
 def test_relabelling_an_item_flips_its_near_copies(tmp_path):
     rng = np.random.default_rng(1)
     base = rng.normal(size=DIM)
+    grid = rng.normal(size=(GRID_CELLS, GRID_CELLS, GRID_WIDTH))  # the picture's layout, as the model sees it
     with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM) as w:
-        w.add([make_item(1, cls=base)] + [make_item(i) for i in range(2, 30)])
+        w.add([replace(make_item(1, cls=base), patch_grid=PatchGrid.quantise(grid).to_bytes())]
+              + [make_item(i) for i in range(2, 30)])
     fb = Fakebank(tmp_path)
-    near_copy = _query_embedding(base + 0.02 * rng.normal(size=DIM), logit=3.0)  # model: fake
+    near_copy = _query_embedding(base + 0.02 * rng.normal(size=DIM), logit=3.0,  # model: fake
+                                 grid=PatchGrid.quantise(grid + 0.2 * rng.normal(size=grid.shape)))
     bank = Bank.open(tmp_path)
     params = FusionParams.from_dict(bank.manifest["fusion"])
     d = decide(near_copy.logit, fb.neighbors(bank, near_copy, 5, params), params)

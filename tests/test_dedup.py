@@ -17,6 +17,7 @@ from fakebank import index as faiss_index
 from fakebank.bank import LOCAL_INDEX_FEATURES_LARGE, Bank, BankWriter, NewItem, read_manifest
 from fakebank.dedup import DedupParams, Probe, find, groups, ransac_inliers
 from fakebank.errors import UsageError
+from fakebank.grid import GRID_CELLS, GRID_WIDTH, PatchGrid
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, min_dihedral_distance, pdq_hash
 from fakebank.preprocess import content_box, load_rgb
 from fakebank.signals import LOCAL_BANK_FEATURES, LocalFeatures, image_signals
@@ -96,7 +97,7 @@ def caption_overlay(im: Image.Image, frac: float = 0.15) -> Image.Image:
     return im
 
 
-def item_of(img: Image.Image, seed: int, cls: np.ndarray | None = None) -> NewItem:
+def item_of(img: Image.Image, seed: int, cls: np.ndarray | None = None, grid: PatchGrid | None = None) -> NewItem:
     """A bank row built from a real image's hashes and features (the embedding is seeded, not a model's)."""
     h = pdq_hash(img)
     sig = image_signals(img, mirror=False)
@@ -109,14 +110,15 @@ def item_of(img: Image.Image, seed: int, cls: np.ndarray | None = None) -> NewIt
         pdq_trim=sig.pdq_trim.hash if sig.pdq_trim else None,
         pdq_trim_quality=sig.pdq_trim.quality if sig.pdq_trim else None,
         local=sig.local.strongest(LOCAL_BANK_FEATURES).to_bytes(),
+        patch_grid=grid.to_bytes() if grid is not None else None,
     )
 
 
-def probe_of(img: Image.Image, cls: np.ndarray | None = None) -> Probe:
+def probe_of(img: Image.Image, cls: np.ndarray | None = None, grid: PatchGrid | None = None) -> Probe:
     sig = image_signals(img)
     rng = np.random.default_rng(12345)
     return Probe(cls=unit(rng.normal(size=DIM)) if cls is None else unit(cls), pdq=pdq_hash(img),
-                 pdq_trim=sig.pdq_trim, local=sig.local, local_mirror=sig.local_mirror)
+                 pdq_trim=sig.pdq_trim, local=sig.local, local_mirror=sig.local_mirror, grid=grid)
 
 
 @pytest.fixture(scope="module")
@@ -263,17 +265,26 @@ def test_min_spread_refuses_pictures_that_share_only_a_caption(tmp_path):
     assert matched(b, probe_of(jpeg(meme_picture(1))), DedupParams(local_min_spread=0.1)) == {item: "pdq"}
 
 
-def test_embedding_signal_matches_only_above_its_threshold(tmp_path):
+def test_embedding_signal_matches_only_above_its_threshold_and_with_agreeing_grids(tmp_path):
     rng = np.random.default_rng(3)
     base = rng.normal(size=DIM)
+    shape = (GRID_CELLS, GRID_CELLS, GRID_WIDTH)
+    grid = rng.normal(size=shape)
     flat = Image.new("RGB", (200, 150), (90, 140, 200))  # PDQ quality 0, no corners: only the embedding
     with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM) as w:
-        [i] = w.add([item_of(flat, 1, cls=base)])
+        [i] = w.add([item_of(flat, 1, cls=base, grid=PatchGrid.quantise(grid))])
     b = Bank.open(tmp_path)
-    assert matched(b, probe_of(jpeg(flat), cls=base + 0.01 * rng.normal(size=DIM))) == {i: "embedding"}
-    assert matched(b, probe_of(jpeg(flat), cls=base + 0.5 * rng.normal(size=DIM))) == {}
+    copy_grid = PatchGrid.quantise(np.rot90(grid, 1, axes=(0, 1)) + 0.3 * rng.normal(size=shape))  # turned copy
+    assert matched(b, probe_of(jpeg(flat), cls=base + 0.01 * rng.normal(size=DIM), grid=copy_grid)) == {i: "embedding"}
+    assert matched(b, probe_of(jpeg(flat), cls=base + 0.5 * rng.normal(size=DIM), grid=copy_grid)) == {}
     loose = DedupParams(embedding_threshold=0.5)
-    assert matched(b, probe_of(jpeg(flat), cls=base + 0.5 * rng.normal(size=DIM)), loose) == {i: "embedding"}
+    assert matched(b, probe_of(jpeg(flat), cls=base + 0.5 * rng.normal(size=DIM), grid=copy_grid), loose) == {i: "embedding"}
+    # the same embedding, but another picture's grid (or none): not a copy
+    other = PatchGrid.quantise(rng.normal(size=shape))
+    assert matched(b, probe_of(jpeg(flat), cls=base, grid=other)) == {}
+    assert matched(b, probe_of(jpeg(flat), cls=base)) == {}
+    [m] = find(b, probe_of(jpeg(flat), cls=base, grid=copy_grid))
+    assert m.spatial_agreement >= DedupParams().grid_min_agreement and m.inliers is None and m.pdq_distance is None
 
 
 def test_low_quality_hashes_never_match_by_pdq(tmp_path):
@@ -315,7 +326,7 @@ def test_params_validate_round_trip_and_override():
     assert q.pdq_threshold == 20 and q.embedding_threshold == p.embedding_threshold and "pdq_threshold=20" in q.source
     assert DedupParams(signals=("local", "pdq")).signals == ("pdq", "local")
     for bad in (dict(pdq_threshold=300), dict(embedding_threshold=1.5), dict(local_min_inliers=2),
-                dict(signals=("phash",)), dict(signals=())):
+                dict(signals=("phash",)), dict(signals=()), dict(grid_min_agreement=1.5)):
         with pytest.raises(UsageError):
             DedupParams(**bad)
 
@@ -392,7 +403,7 @@ def test_dupes_cli_contract_query_match_and_saved_thresholds(tmp_path, photos):
     assert code == 0 and [Path(r["path"]).name for r in lines] == ["a-letterbox.jpg", "b-caption.jpg", "c-other.jpg"]
     assert all(set(r) == {"path", "duplicates"} for r in lines)
     for d in (d for r in lines for d in r["duplicates"]):
-        assert set(d) == {"id", "path", "similarity", "pdq_distance", "signal"}
+        assert set(d) == {"id", "path", "similarity", "pdq_distance", "signal", "inliers", "spatial_agreement"}
     assert [(Path(d["path"]).name, d["signal"]) for d in lines[0]["duplicates"]] == [("bridge.png", "pdq_trim")]
     assert f"{name}.png" in {Path(d["path"]).name for d in lines[1]["duplicates"]}
     assert lines[2]["duplicates"] == []

@@ -146,7 +146,8 @@ def test_dupes_and_campaigns_endpoints(server, tmp_path):
     assert r.status_code == 200, r.text
     (rec,) = r.json()["results"]
     assert rec["path"] == "copy.jpg" and rec["duplicates"]
-    assert set(rec["duplicates"][0]) == {"id", "path", "similarity", "pdq_distance", "signal"}
+    assert set(rec["duplicates"][0]) == {"id", "path", "similarity", "pdq_distance", "signal", "inliers",
+                                         "spatial_agreement"}
     assert rec["duplicates"][0]["path"] == "00000989.png"
     r = httpx.get(server.url + "/v1/campaigns?recompute=true", headers=AUTH, timeout=120)
     assert r.status_code == 200, r.text

@@ -306,6 +306,7 @@ class Fakebank:
                 campaign=bank.value(item_id, "campaign"), similarity=round(sim, 6),
                 pdq_distance=m.pdq_distance if m else pdq_distance(bank, probe, item_id),
                 signal=m.signal if m else None, judged=True, hash_only=hash_only,
+                inliers=m.inliers if m else None, spatial_agreement=m.spatial_agreement if m else None,
             ))
         out.sort(key=lambda n: -n.similarity)
         return out
@@ -412,7 +413,8 @@ class Fakebank:
     def dupes_record(bank: Bank, path: str, matches: list) -> dict:
         def record(m) -> dict:
             rec = {"id": m.id, "path": bank.value(m.id, "path"), "similarity": m.similarity,
-                   "pdq_distance": m.pdq_distance, "signal": m.signal}
+                   "pdq_distance": m.pdq_distance, "signal": m.signal, "inliers": m.inliers,
+                   "spatial_agreement": m.spatial_agreement}
             if bank.is_hash_only(m.id):
                 rec.update(similarity=None, media="hash", judged_on=["pdq"])
             return rec
@@ -440,7 +442,7 @@ class Fakebank:
             "score": round(d.score, 6),
             "p_model": round(d.p_model, 6),
             "p_knn": None if d.p_knn is None else round(d.p_knn, 6),
-            "match": d.match.to_dict() if d.match else None,
+            "match": d.match.match_dict() if d.match else None,
             "neighbors": [n.to_dict() for n in d.neighbors],
             "model": self.model_record(),
         }
@@ -866,6 +868,7 @@ def new_item(emb, label: str, source: str | None, campaign: str | None, note: st
         pdq_trim_quality=sig.pdq_trim.quality if sig is not None and sig.pdq_trim is not None else None,
         local=sig.local.strongest(LOCAL_BANK_FEATURES).to_bytes() if sig is not None and len(sig.local) else None,
         thumbnail=getattr(emb, "thumbnail", None),
+        patch_grid=grid.to_bytes() if (grid := getattr(emb, "patch_grid", None)) is not None else None,
     )
 
 

@@ -145,6 +145,9 @@ def items_schema(dim: int) -> pa.Schema:
             ("fps", pa.float32()),
             ("frames", pa.binary()),  # video.pack_frames: every sampled frame's number, time, PDQ, logit, cls
             ("frame_pdq", pa.binary()),  # the usable frame hashes the frame_pdq shard indexes, 32 bytes each
+            # grid.PatchGrid.to_bytes(): where the image's structure sits, to verify embedding-only copies;
+            # null for rows added before it existed (dedup then drops the embedding signal for them)
+            ("patch_grid", pa.binary()),
         ]
     )
 
@@ -157,7 +160,7 @@ SHARED_HASH_QUALITY = 50  # PDQ's own usability bar (pdq.PDQ_MIN_QUALITY), for a
 # A segment of hash-only items stores none of the columns that come from pixels (nulls of a fixed-width
 # column still take their width: the embeddings alone would cost 3 KB an item); it has no `cls` shard,
 # reads its vectors as zeros and those columns as nulls.
-_PIXEL_COLUMNS = ("cls", "patch", "pdq_dihedral", "pdq_trim", "pdq_trim_quality", "local", "thumbnail",
+_PIXEL_COLUMNS = ("cls", "patch", "pdq_dihedral", "pdq_trim", "pdq_trim_quality", "local", "thumbnail", "patch_grid",
                   "duration_s", "fps", "frames", "frame_pdq")
 
 
@@ -208,6 +211,7 @@ class NewItem:
     fps: float | None = None
     frames: bytes | None = None  # video.pack_frames(...)
     frame_pdq: bytes | None = None  # concatenated 32-byte frame hashes to index (video.index_codes)
+    patch_grid: bytes | None = None  # grid.PatchGrid.to_bytes()
 
     @property
     def hash_only(self) -> bool:
@@ -541,7 +545,7 @@ def thumbs_table(thumbs: dict[int, bytes]) -> pa.Table:
 
 # -- the reader ----------------------------------------------------------------------------------------------
 
-_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral", "thumbnail", "frames", "frame_pdq")  # kept out of the whole-bank `table`
+_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral", "thumbnail", "frames", "frame_pdq", "patch_grid")  # kept out of the whole-bank `table`
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
                  "logit", "pdq", "pdq_quality", "width", "height", "media", "tags", "external_id")
 

@@ -10,7 +10,9 @@ How items are grouped (measured in ``scripts/bench_campaigns.py``; see README):
    every item an analyst put in a campaign at ``add`` time, unless it is now labelled ``real``.
 2. **Graph** — kNN search (FAISS) over the concatenated, L2-normalised ``[cls, patch] / √2`` vectors, so an
    edge's similarity is the mean of the cls and patch cosines; an edge is kept at ≥ ``similarity``
-   (default 0.99). Above ``EXACT_LIMIT`` items the candidates come from an IVF index over a 64-d PCA
+   (default 0.99) **and** the two items' patch grids agree spatially (``grid_min_agreement``, the same rule
+   as dedup's embedding-only copies; an item without a stored grid — banked before grids existed — gets no
+   embedding edges at all). Above ``EXACT_LIMIT`` items the candidates come from an IVF index over a 64-d PCA
    projection (a projection only shrinks distances, so close pairs stay candidates) and are re-scored
    exactly. Plus PDQ near-duplicate edges (Hamming ≤ 31, both hashes of quality ≥ 50) from an exact
    binary range search over the distinct hashes, each item keeping its ``k`` closest, so one giant
@@ -39,6 +41,7 @@ import math
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +56,7 @@ from fakebank import dedup
 from fakebank import index as _faiss_setup  # noqa: F401 - sets FAISS's BLAS threshold (DESIGN §5)
 from fakebank.bank import CAMPAIGNS_SCHEMA
 from fakebank.errors import UsageError
+from fakebank.grid import agreements
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY
 
 # Mean cls/patch cosine at or above which two items are linked. Measured on edited copies of real photos
@@ -101,6 +105,7 @@ class CampaignParams:
     min_p_fake: float | None = None  # also cluster `unknown` items the model scores at least this
     local: bool | None = None  # local-feature edges; None: on up to LOCAL_EDGE_MAX_ITEMS selected items
     local_min_inliers: int = LOCAL_EDGE_MIN_INLIERS
+    grid_min_agreement: float = dedup.GRID_MIN_AGREEMENT  # embedding edges must be verified (grid.py)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.similarity <= 1.0:
@@ -267,11 +272,13 @@ def _orthonormal(y: np.ndarray) -> np.ndarray:
 
 def similarity_graph(vectors: np.ndarray, pdq_codes: np.ndarray, pdq_ok: np.ndarray,
                      params: CampaignParams, pdq_owner: np.ndarray | None = None,
-                     extra: tuple[np.ndarray, np.ndarray] | None = None) -> Graph:
+                     extra: tuple[np.ndarray, np.ndarray] | None = None,
+                     verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> Graph:
     """Edges between rows of `vectors` (combined, normalised): close embeddings ∪ PDQ near-duplicates
     ∪ the `extra` pairs of rows (local-feature matches).
 
-    `pdq_codes[m]` belongs to row `pdq_owner[m]` (default: row m), so a row may bring several hashes."""
+    `pdq_codes[m]` belongs to row `pdq_owner[m]` (default: row m), so a row may bring several hashes.
+    `verify(i, j)` → a mask of the close-embedding pairs to keep (`GridCheck`); None keeps them all."""
     n = len(vectors)
     if n < 2:
         return Graph(n, *(np.zeros(0, t) for t in (np.int64, np.int64, np.float32, np.int16, bool)))
@@ -287,6 +294,9 @@ def similarity_graph(vectors: np.ndarray, pdq_codes: np.ndarray, pdq_ok: np.ndar
     rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
     keep = (rank < params.k) & (sims >= params.similarity)
     emb_i, emb_j, emb_s = rows[keep], cols[keep], sims[keep]
+    if verify is not None and len(emb_i):
+        ok = verify(emb_i, emb_j)
+        emb_i, emb_j, emb_s = emb_i[ok], emb_j[ok], emb_s[ok]
 
     owner = np.arange(len(pdq_codes), dtype=np.int64) if pdq_owner is None else np.asarray(pdq_owner, np.int64)
     pdq_i, pdq_j, pdq_d = pdq_edges(pdq_codes[pdq_ok], owner[pdq_ok], params.pdq_threshold, params.k)
@@ -393,7 +403,8 @@ def find_clusters(bank, params: CampaignParams) -> Clusters:
     use_local = params.local if params.local is not None else n <= LOCAL_EDGE_MAX_ITEMS
     local = local_pairs(bank, ids, params) if use_local else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     t_local = time.perf_counter()
-    graph = similarity_graph(vectors, codes, usable, params, pdq_owner=owner, extra=local)
+    checked = GridCheck(bank, ids, params.grid_min_agreement)
+    graph = similarity_graph(vectors, codes, usable, params, pdq_owner=owner, extra=local, verify=checked)
     del vectors
     t2 = time.perf_counter()
     labels, seeded_of = cluster_graph(graph, seeds)
@@ -412,9 +423,45 @@ def find_clusters(bank, params: CampaignParams) -> Clusters:
     t3 = time.perf_counter()
     stats = {"selected": n, "edges": graph.edges, "pdq_edges": int((graph.pdq_distance >= 0).sum()),
              "local_edges": int(len(local[0])) if use_local else None,
+             "embedding_edges_unverified": checked.dropped,
              "seconds": {"select": round(t1 - t0, 3), "local": round(t_local - t1, 3),
                          "graph": round(t2 - t_local, 3), "cluster": round(t3 - t2, 3)}}
     return Clusters(ids, groups, {k: np.sort(np.asarray(v, np.int64)) for k, v in seeded.items()}, params, stats)
+
+
+class GridCheck:
+    """`similarity_graph`'s `verify`: keeps a close-embedding pair of selected items (positions in `ids`)
+    only when both have a stored patch grid and the grids agree (grid.agreements ≥ `min_agreement`, best of
+    the 8 rotations/mirrors): a campaign never grows by global look alone. Counts what it drops."""
+
+    def __init__(self, bank, ids: np.ndarray, min_agreement: float) -> None:
+        self.bank, self.ids, self.min_agreement = bank, ids, min_agreement
+        self.dropped = 0
+
+    def __call__(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        ends = np.unique(np.concatenate([i, j]))
+        grids = [dedup.grid_of(self.bank, int(self.ids[k])) for k in ends.tolist()]
+        shape = next((g.values.shape for g in grids if g is not None), None)
+        if shape is None:
+            self.dropped += len(i)
+            return np.zeros(len(i), bool)
+        have = np.array([g is not None and g.values.shape == shape for g in grids], bool)
+        table = np.zeros((len(ends),) + shape, np.int8)
+        for k, g in enumerate(grids):
+            if have[k]:
+                table[k] = g.values
+        a, b = np.searchsorted(ends, i), np.searchsorted(ends, j)
+        ok = have[a] & have[b]
+        for start in range(0, len(i), RESCORE_CHUNK):
+            sl = slice(start, start + RESCORE_CHUNK)
+            m = ok[sl]
+            if m.any():
+                agree = agreements(table[a[sl][m]], table[b[sl][m]])
+                part = ok[sl].copy()
+                part[m] = agree >= self.min_agreement
+                ok[sl] = part
+        self.dropped += int(len(i) - ok.sum())
+        return ok
 
 
 def local_pairs(bank, ids: np.ndarray, params: CampaignParams) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,10 @@
 Sits after the bank; knows nothing of files, FAISS or torch. Given the model's logit and the neighbours
 the api looked up, it decides:
 
-1. **near_duplicate** — the closest known copy (PDQ ≤ 31, or cls similarity ≥ ``duplicate_similarity``)
-   has a label fake/real: that label is the verdict, the item is the `match`;
+1. **near_duplicate** — the closest known copy has a label fake/real: that label is the verdict, the item
+   is the `match`. Neighbours the api judged with dedup (``judged``) are copies exactly when dedup found a
+   signal (embedding-only copies verified by the patch grid); hand-built ones fall back to PDQ ≤ 31 or
+   cls similarity ≥ ``duplicate_similarity``. The `match` record names the signal and its evidence;
 2. **knn** — labelled neighbours with similarity ≥ ``min_similarity`` vote (weighted by similarity, with a
    Laplace prior of one half-vote each way) → ``p_knn``; the fused score is
    ``sigmoid(w_model · logit + w_knn · logit(p_knn) + bias)``;
@@ -78,6 +80,10 @@ class Neighbor:
     # A hash-only item (a shared PDQ hash, no pixels) can be judged on `pdq` alone: it has no similarity
     # (0.0 here, so it never votes) and its record says so.
     hash_only: bool = False
+    # The evidence behind a near-duplicate judgement (dedup.Match): RANSAC inliers of a `local` match, and
+    # the patch-grid agreement (grid.agreement) wherever both sides have a grid.
+    inliers: int | None = None
+    spatial_agreement: float | None = None
 
     def to_dict(self) -> dict:
         """The JSON contract of a neighbour (DESIGN §2): how it was judged is not part of it."""
@@ -85,6 +91,13 @@ class Neighbor:
         if self.hash_only:
             rec.update(similarity=None, media="hash", judged_on=["pdq"])
         return rec
+
+    def match_dict(self) -> dict:
+        """The JSON of a `match`: a neighbour's fields plus the evidence strength of the copy decision —
+        `signal` (pdq | pdq_trim | local | embedding; None for a match not judged by dedup), `pdq_distance`,
+        `inliers` and `spatial_agreement` (see README, "Near-duplicates")."""
+        return self.to_dict() | {"signal": self.signal, "inliers": self.inliers,
+                                 "spatial_agreement": self.spatial_agreement}
 
 
 @dataclass(frozen=True)
@@ -114,12 +127,21 @@ def is_near_duplicate(n: Neighbor, params: FusionParams) -> bool:
     return pdq_hit or n.similarity >= params.duplicate_similarity
 
 
+# dedup.SIGNALS, strongest evidence first (decide does not import dedup: it stays free of FAISS and OpenCV)
+SIGNAL_ORDER = ("pdq", "pdq_trim", "local", "embedding")
+
+
 def best_match(neighbors: list[Neighbor], params: FusionParams) -> Neighbor | None:
-    """The strongest near-duplicate: smallest PDQ distance first, then highest similarity."""
+    """The strongest near-duplicate: by the signal that judged it (dedup's order, so a global-look
+    `embedding` match never outranks a PDQ or keypoint one), then smallest PDQ distance, most inliers,
+    highest similarity."""
     dupes = [n for n in neighbors if is_near_duplicate(n, params)]
     if not dupes:
         return None
-    return min(dupes, key=lambda n: (n.pdq_distance if n.pdq_distance is not None else 257, -n.similarity))
+    rank = {s: k for k, s in enumerate(SIGNAL_ORDER)}
+    return min(dupes, key=lambda n: (rank.get(n.signal, len(rank)),
+                                     n.pdq_distance if n.pdq_distance is not None else 257,
+                                     -(n.inliers or 0), -n.similarity))
 
 
 def knn_vote(neighbors: list[Neighbor], params: FusionParams) -> float | None:

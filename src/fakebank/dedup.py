@@ -13,12 +13,19 @@ A bank item is a near-duplicate of an image when one of these signals says so, c
    consistent correspondences). Survives crops, overlays, small rotations and screenshots, none of which
    leave PDQ a chance (a 2 % crop already moves a PDQ hash by ≈ 60 bits);
 4. ``embedding`` — cls cosine ≥ ``embedding_threshold``, for pairs PDQ cannot judge (a hash of quality
-   < 50): copies of images too flat for PDQ and ORB.
+   < 50): copies of images too flat for PDQ and ORB — **verified**: the two images' patch grids
+   (:mod:`fakebank.grid`) must agree spatially, ``spatial_agreement ≥ grid_min_agreement`` under the best of
+   the 8 rotations/mirrors. Global cosine alone ignores where things are in the frame (every edited copy of a
+   dark star-field photo once matched a dark abstract image at cls 0.999). An item banked before grids were
+   stored (a null ``patch_grid``), or a query without one, gets no embedding-only match at all: the signal
+   is dropped for it rather than trusted unverified.
 
 None of these depends on the classifier's training, so matching is the same with ``untrained:`` weights.
 Every step is a FAISS look-up plus work on a few candidates: no pass over the whole bank per query.
 A match reports ``signal``, ``similarity`` (cls cosine, as `query`'s neighbours do), ``pdq_distance``
-(smallest over the whole and de-bordered hashes; None when no usable pair) and, for ``local``, ``inliers``.
+(smallest over the whole and de-bordered hashes; None when no usable pair), for ``local`` its ``inliers``,
+and ``spatial_agreement`` (the patch-grid agreement; None where either side has no grid) for every signal:
+the evidence an analyst weighs (a PDQ-distance-4 copy against a borderline one).
 
 The thresholds are named constants below with where their values come from; a bank may store its own
 (``manifest["dedup"]``, written by ``fakebank dupes --save``), and every call may override them.
@@ -34,6 +41,7 @@ import numpy as np
 
 from fakebank.bank import LOCAL_ID_BITS, PDQ_BYTES, Bank
 from fakebank.errors import UsageError
+from fakebank.grid import PatchGrid, agreement
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY, PdqHash
 from fakebank.signals import EMPTY_LOCAL, LOCAL_SIDE, LocalFeatures
 
@@ -75,6 +83,14 @@ LOCAL_MIRROR_SEARCH_FEATURES = 192
 # strongest descriptors (bank.LOCAL_INDEX_FEATURES_LARGE): at 1M items the look-up is most of the matching.
 LOCAL_REDUCED_SEARCH_FEATURES = 128
 EMBEDDING_K = 16  # nearest items by cls looked at for the embedding signal
+# Patch-grid agreement (grid.agreement: cosine of the 6×6 grids, best of 8 rotations/mirrors) an
+# embedding-only copy needs. Measured on scripts/bench_hard_negatives.py (untrained test_vit, 360 generated
+# look-alikes, every pair at cls ≥ 0.99 with PDQ unusable): distinct images reach 0.52 (star fields) and
+# 0.55 (gradients), 99th percentile 0.28–0.52 by kind; re-encoded copies 0.9–1.0, turned, mirrored and cropped
+# ones 0.3–0.98 (untrained vit_small on photos). 0.4 let 21 pairs of distinct bank items through (1,714
+# without the check), 0.6 two. Known gap: with untrained vit_small, generated star fields reach 0.88
+# (false copies on the bench 2,704 → 90, all but 3 of them star fields). Trained weights: re-measure.
+GRID_MIN_AGREEMENT = 0.6
 _MAX_SCALE = 8.0  # a similarity transform that scales by more (or less than 1/8) is not a copy
 
 
@@ -87,6 +103,7 @@ class DedupParams:
     local_min_inliers: int = LOCAL_MIN_INLIERS
     local_max_distance: int = LOCAL_MAX_DISTANCE
     local_min_spread: float = LOCAL_MIN_SPREAD
+    grid_min_agreement: float = GRID_MIN_AGREEMENT
     signals: tuple[str, ...] = SIGNALS
     source: str = "defaults"
 
@@ -100,6 +117,8 @@ class DedupParams:
             raise UsageError(f"local min inliers must be in 4..1000, not {self.local_min_inliers}")
         if not 0 <= self.local_max_distance <= 128:
             raise UsageError(f"local max distance must be in 0..128 bits, not {self.local_max_distance}")
+        if not -1.0 <= self.grid_min_agreement <= 1.0:
+            raise UsageError(f"grid min agreement must be a cosine in [-1, 1], not {self.grid_min_agreement}")
         if not 0.0 <= self.local_min_spread <= 1.0:
             raise UsageError(f"local min spread must be a share of the frame in [0, 1], not {self.local_min_spread}")
         signals = tuple(self.signals)
@@ -140,13 +159,16 @@ class Probe:
     local: LocalFeatures = EMPTY_LOCAL
     local_mirror: LocalFeatures = EMPTY_LOCAL
     exclude: int | None = None  # a bank item never matched (the probe's own)
+    grid: PatchGrid | None = None  # None: no embedding-only match can be verified
 
     @classmethod
     def of_embedding(cls, emb) -> Probe:
         sig = getattr(emb, "signals", None)
+        grid = getattr(emb, "patch_grid", None)
         if sig is None:
-            return cls(cls=emb.cls, pdq=emb.pdq)
-        return cls(cls=emb.cls, pdq=emb.pdq, pdq_trim=sig.pdq_trim, local=sig.local, local_mirror=sig.local_mirror)
+            return cls(cls=emb.cls, pdq=emb.pdq, grid=grid)
+        return cls(cls=emb.cls, pdq=emb.pdq, pdq_trim=sig.pdq_trim, local=sig.local, local_mirror=sig.local_mirror,
+                   grid=grid)
 
     @classmethod
     def of_item(cls, bank: Bank, item_id: int) -> Probe:
@@ -161,6 +183,7 @@ class Probe:
             pdq_trim=PdqHash(hash=trim, quality=int(trim_q or 0), dihedral=(trim,) * 8) if trim else None,
             local=LocalFeatures.from_bytes(bank.value(item_id, "local")),
             exclude=int(item_id),
+            grid=grid_of(bank, item_id),
         )
 
     def pdq_codes(self) -> list[bytes]:
@@ -181,6 +204,7 @@ class Match:
     similarity: float  # cls cosine
     pdq_distance: int | None
     inliers: int | None = field(default=None)
+    spatial_agreement: float | None = None  # patch-grid agreement; None where either side has no grid
 
 
 def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
@@ -211,23 +235,39 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
     if "local" in params.signals:
         for item_id, inliers in local_matches(bank, probe, params).items():
             note(item_id, "local", inliers)
-    if "embedding" in params.signals:
+    grids: dict[int, float | None] = {}  # id → spatial agreement, computed once
+
+    def spatial(item_id: int) -> float | None:
+        if item_id not in grids:
+            a = agreement(probe.grid, grid_of(bank, item_id))
+            grids[item_id] = None if a is None else round(a, 4)
+        return grids[item_id]
+
+    if "embedding" in params.signals and probe.grid is not None:
         # Only where PDQ cannot judge the pair (a hash of quality < 50): with untrained weights distinct
         # photos come within 0.005 of the threshold, and where PDQ can speak it is the better judge
         # (bench: cls ≥ 0.99 alone matched 10 % of the distractors' edits with the 160-px test ViT).
+        # And only when the patch grids agree: close global embeddings are not the same picture.
         sims, ids = cls_hits if cls_hits is not None else bank.search("cls", probe.cls[None, :], EMBEDDING_K + 1)
         for s, i in zip(sims[0][: EMBEDDING_K + 1], ids[0][: EMBEDDING_K + 1]):
             if i >= 0 and s >= params.embedding_threshold and pdq_distance(bank, probe, int(i)) is None:
-                note(int(i), "embedding")
+                agree = spatial(int(i)) if bank.has(int(i)) else None
+                if agree is not None and agree >= params.grid_min_agreement:
+                    note(int(i), "embedding")
     order = {s: n for n, s in enumerate(SIGNALS)}
     matches = [
         Match(id=i, signal=sig, similarity=round(float(bank.vector("cls", i) @ probe.cls), 6),
-              pdq_distance=pdq_distance(bank, probe, i), inliers=inl)
+              pdq_distance=pdq_distance(bank, probe, i), inliers=inl, spatial_agreement=spatial(i))
         for i, (sig, inl) in found.items()
     ]
     matches.sort(key=lambda m: (order[m.signal], m.pdq_distance if m.pdq_distance is not None else 257,
                                 -(m.inliers or 0), -m.similarity, m.id))
     return matches
+
+
+def grid_of(bank: Bank, item_id: int) -> PatchGrid | None:
+    """An item's stored patch grid; None for items banked before grids were stored."""
+    return PatchGrid.from_bytes(bank.value(item_id, "patch_grid"))
 
 
 def _stored_quality(bank: Bank, kind: str, item_id: int) -> int:

@@ -33,6 +33,7 @@ import torch
 from fakebank.backends import Forward, openvino_forward, resolve_backend
 from fakebank.device_input import batch_size_for, decode_jpegs, model_input
 from fakebank.errors import InputError, UsageError
+from fakebank.grid import PatchGrid
 from fakebank.model import LoadedModel
 from fakebank.pdq import PdqHash, pdq_hash, pdq_view
 from fakebank.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, load_rgb, to_array
@@ -74,6 +75,7 @@ class Embedding:
     patch: np.ndarray  # [D] float32, L2-normalised
     signals: ImageSignals | None = None  # de-bordered PDQ and local features (dedup); None: not computed
     thumbnail: bytes | None = None  # WebP for the bank (thumbnails.py); None: not asked for
+    patch_grid: PatchGrid | None = None  # where the structure sits (grid.py); None: not computed
 
 
 @dataclass(frozen=True)
@@ -193,19 +195,26 @@ class Extractor:
 
     def embed_pixels(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """[B, 3, H, W] float32 → (logit [B], p_fake [B], cls [B, D], patch [B, D]) as float32 numpy."""
+        return self.embed_pixels_with_grid(pixels)[:4]
+
+    def embed_pixels_with_grid(self, pixels: np.ndarray) -> tuple:
+        """`embed_pixels`' outputs and the patch grids [B, cells, cells, width] of the same forward pass
+        (None under the OpenVINO backend, whose compiled model returns no patch tokens: items embedded
+        there carry no grid, so dedup judges them without the embedding signal)."""
         x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
         if self.on_device:
             x = x.pin_memory()
         return self._forward(x.to(self.device, non_blocking=True))
 
-    def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _forward(self, x: torch.Tensor) -> tuple:
+        grid = None
         if self.backend == "openvino":
             if self._compiled is None:
                 self._compiled = openvino_forward(self.model, self.precision)
             logit, cls, patch = self._compiled(x)
         else:
             with torch.inference_mode(), self._autocast():
-                logit, cls, patch = self.model.forward(x)
+                logit, cls, patch, grid = self.model.forward_with_grid(x)
         logit = logit.float()
         cls = torch.nn.functional.normalize(cls.float(), dim=1)
         patch = torch.nn.functional.normalize(patch.float(), dim=1)
@@ -214,6 +223,7 @@ class Extractor:
             torch.sigmoid(logit).cpu().numpy(),
             cls.cpu().numpy(),
             patch.cpu().numpy(),
+            None if grid is None else grid.float().cpu().numpy(),
         )
 
     def _device_input(self, batch: list[Decoded]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -329,11 +339,11 @@ class Extractor:
     def embed_decoded(self, batch: list[Decoded]) -> list[Embedding]:
         """One forward pass over already-decoded inputs (the HTTP service batches across requests)."""
         if all(d.pixels is not None for d in batch):
-            logit, p_fake, cls, patch = self.embed_pixels(np.stack([d.pixels for d in batch]))
+            logit, p_fake, cls, patch, grid = self.embed_pixels_with_grid(np.stack([d.pixels for d in batch]))
             sizes = [(d.width, d.height) for d in batch]
         else:
             x, sizes = self._device_input(batch)
-            logit, p_fake, cls, patch = self._forward(x)
+            logit, p_fake, cls, patch, grid = self._forward(x)
         out = []
         for i, d in enumerate(batch):
             out.append(Embedding(
@@ -348,6 +358,7 @@ class Extractor:
                 patch=patch[i],
                 signals=d.signals,
                 thumbnail=d.thumbnail,
+                patch_grid=None if grid is None else PatchGrid.quantise(grid[i]),
             ))
         return out
 

@@ -8,10 +8,12 @@ does it: checkpoint config first, then the authors' recipe.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import re
+import weakref
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -31,6 +33,7 @@ from fakebank.checkpoints import (
     source_key,
 )
 from fakebank.errors import CheckpointError
+from fakebank.grid import GRID_CELLS, GRID_PROJECTION_SEED, GRID_WIDTH
 from fakebank.preprocess import COMMFOR_PREPROCESSING, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 # Label names that mean "the class this tool flags" when a checkpoint has several outputs.
@@ -99,6 +102,14 @@ class LoadedModel:
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass → (logit [B], cls [B, D], patch [B, D]); embeddings not yet normalised."""
+        logit, cls, patch, _ = self._forward(pixels, with_grid=False)
+        return logit, cls, patch
+
+    def forward_with_grid(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward`'s outputs and, from the same pass, the patch grid [B, cells, cells, width] (see grid.py)."""
+        return self._forward(pixels, with_grid=True)
+
+    def _forward(self, pixels: torch.Tensor, with_grid: bool):
         tokens = self.module.forward_features(pixels)
         cls = self.module.forward_head(tokens, pre_logits=True)
         # The head and the pooling are a sliver of the cost, so under bf16 autocast they stay fp32: what
@@ -108,7 +119,65 @@ class LoadedModel:
             cls = cls.float()
             logits = self.module.head(cls)
             patch = tokens[:, self.module.num_prefix_tokens :].float().mean(dim=1)
-        return self.labels.logit(logits), cls, patch
+            grid = self.patch_grid(tokens) if with_grid else None
+        return self.labels.logit(logits), cls, patch, grid
+
+    def patch_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens [B, prefix + h·w, D] → the patch grid [B, cells, cells, width] (grid.py): pooled
+        (`_pooled_grid`), less its component in the span of plain images' grids (`_grid_basis`)."""
+        x = self._pooled_grid(tokens)
+        basis = _grid_basis(self, x.device)
+        flat = x.reshape(len(x), -1)
+        return (flat - (flat @ basis) @ basis.T).reshape(x.shape)
+
+    def _pooled_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens average-pooled to GRID_CELLS² cells, centred on their mean over the cells, projected to
+        GRID_WIDTH by a fixed seeded Gaussian matrix."""
+        patches = tokens[:, self.module.num_prefix_tokens :].float()
+        b, n, d = patches.shape
+        h, w = self.module.patch_embed.grid_size if not getattr(self.module, "dynamic_img_size", False) else (0, 0)
+        if h * w != n:  # a dynamic-size model: square inputs only (the preprocessing crops square)
+            h = w = math.isqrt(n)
+        x = patches.reshape(b, h, w, d).permute(0, 3, 1, 2)
+        x = torch.nn.functional.adaptive_avg_pool2d(x, GRID_CELLS).permute(0, 2, 3, 1)
+        x = x - x.mean(dim=(1, 2), keepdim=True)
+        return x @ _grid_projection(d, x.device)
+
+
+# Plain images whose patch grids span what every image's grid shares: a featureless frame still differs
+# from cell to cell through the position embeddings, so without this every dark or flat picture "agreed"
+# with every other (untrained vit_small: two different near-black frames at 0.79–0.82, as much as their
+# own re-encoded copies). Greys from black to white and a few colours.
+GRID_REFERENCE_COLOURS = ((0, 0, 0), (0.06, 0.06, 0.06), (0.15, 0.15, 0.15), (0.3, 0.3, 0.3), (0.5, 0.5, 0.5),
+                          (0.75, 0.75, 0.75), (1, 1, 1), (0.6, 0.1, 0.1), (0.1, 0.5, 0.1), (0.1, 0.1, 0.6))
+_GRID_BASES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _grid_basis(model: LoadedModel, device: torch.device) -> torch.Tensor:
+    """Orthonormal columns [cells·cells·width, K] spanning the pooled grids of the reference plain images,
+    computed once per model (one fp32 forward pass of K images) and kept with its module."""
+    basis = _GRID_BASES.get(model.module)
+    if basis is None or basis.device != device:
+        side = model.preprocessing.input_size
+        pre = model.preprocessing
+        colours = torch.tensor(GRID_REFERENCE_COLOURS, dtype=torch.float32).view(-1, 3, 1, 1)
+        mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
+        x = ((colours - mean) / std).expand(-1, 3, side, side).contiguous().to(device)
+        # normal tensors (not inference ones), so that `explain`'s backward pass may use the basis too
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
+            refs = model._pooled_grid(model.module.forward_features(x)).reshape(len(x), -1)
+            basis = torch.linalg.qr(refs.T.double()).Q.float()
+        _GRID_BASES[model.module] = basis
+    return basis
+
+
+@functools.cache
+def _grid_projection(width: int, device: torch.device) -> torch.Tensor:
+    """The fixed [width, GRID_WIDTH] Gaussian projection of the patch grid: the same for every model of this
+    width, so grids stored by one process compare with another's."""
+    g = torch.Generator().manual_seed(GRID_PROJECTION_SEED)
+    return (torch.randn(width, GRID_WIDTH, generator=g) / math.sqrt(GRID_WIDTH)).to(device)
 
 
 def load_model(spec: str | None = None, *, positive_label: str | None = None) -> LoadedModel:
