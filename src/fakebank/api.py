@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -19,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fakebank.bank import (
-    HASH_ONLY_COUNT, LABELS, MANIFEST, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path,
-    read_manifest,
+    HASH_ONLY_COUNT, LABELS, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path,
 )
 from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
 from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
@@ -29,6 +27,7 @@ from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
 from fakebank.pdq import PDQ_MATCH_THRESHOLD
 from fakebank.signals import LOCAL_BANK_FEATURES
+from fakebank.store import open_store
 from fakebank.errors import BankError, InputError, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".avif", ".heic"}
@@ -63,16 +62,17 @@ class Fakebank:
         precision: str = "auto",
         batch_size: int | None = None,
         positive_label: str | None = None,
+        store: str | None = None,
     ) -> None:
+        """`store`: a store spec (store.open_store; None: FAKEBANK_STORE, else the folder `bank`)."""
         self.bank_path = Path(bank) if bank else default_bank_path()
+        self.store = open_store(store, self.bank_path)
         self._weights = weights
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
         self.positive_label = positive_label
-        self._lock = threading.Lock()
-        self._snapshot: tuple[tuple | None, Bank] | None = None
-        self._write_lock = threading.Lock()  # one writer per process; the bank's flock covers processes
+        self._write_lock = self.store.write_lock  # one writer per process; the store covers processes
 
     # -- model --------------------------------------------------------------------------------------
 
@@ -81,7 +81,7 @@ class Fakebank:
         if self._weights:
             return self._weights
         try:
-            model = read_manifest(self.bank_path).get("model") or {}
+            model = self.store.read_manifest().get("model") or {}
         except BankError:
             model = {}
         return model.get("spec")
@@ -115,39 +115,20 @@ class Fakebank:
     # -- bank snapshot ------------------------------------------------------------------------------
 
     def open_bank(self) -> Bank:
-        """The latest commit. A bank of format 1 is migrated first (once, under the writer's lock): read as
-        is it would rebuild every index in memory in every process. A read-only folder is read as is."""
-        if read_manifest(self.bank_path).get("format_version") == 1:
-            try:
-                with self._write_lock, self.writer(with_model=False):
-                    pass  # the writer migrates on entry
-            except PermissionError:
-                pass
-        return Bank.open(self.bank_path)
+        """The latest commit of the store (a folder of format 1 is migrated first)."""
+        return self.store.open()
 
     def snapshot(self) -> Bank:
-        """The latest committed bank, reopened only when the manifest changed; never waits for a writer."""
-        try:
-            st = (self.bank_path / MANIFEST).stat()
-            key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            key = None
-        current = self._snapshot
-        if current is not None and current[0] == key:
-            return current[1]
-        with self._lock:
-            if self._snapshot is None or self._snapshot[0] != key:
-                self._snapshot = (key, self.open_bank())
-            return self._snapshot[1]
+        """The latest committed bank, reopened only when it changed; never waits for a writer."""
+        return self.store.snapshot()
 
     def _publish(self, bank: Bank) -> None:
-        st = (self.bank_path / MANIFEST).stat()
-        self._snapshot = ((st.st_ino, st.st_mtime_ns, st.st_size), bank)
+        self.store.publish(bank)
 
     def writer(self, *, with_model: bool = True) -> BankWriter:
         if with_model:
-            return BankWriter(self.bank_path, model_info=self.model_info, embedding_dim=self.extractor.model.embed_dim)
-        return BankWriter(self.bank_path, create=False)
+            return self.store.writer(model_info=self.model_info, embedding_dim=self.extractor.model.embed_dim)
+        return self.store.writer(create=False)
 
     # -- add ------------------------------------------------------------------------------------------
 
@@ -208,9 +189,9 @@ class Fakebank:
         """Add already-embedded images in one commit (the HTTP service's path); records as `add`'s."""
         check_label(label)
         records: list[dict | None] = [None] * len(embs)
-        with self._write_lock, BankWriter(self.bank_path, model_info=self.model_info,
-                                          embedding_dim=self.extractor.model.embed_dim,
-                                          snapshot=self._snapshot[1] if self._snapshot else None) as w:
+        with self._write_lock, self.store.writer(model_info=self.model_info,
+                                                 embedding_dim=self.extractor.model.embed_dim,
+                                                 snapshot=self.store.held()) as w:
             fresh, seen = [], set()
             for i, e in enumerate(embs):
                 existing = w.bank.id_of_sha256(e.sha256)
@@ -244,7 +225,7 @@ class Fakebank:
         if k < 1:
             raise UsageError(f"-k must be ≥ 1, not {k}")
         bank = self.open_bank()
-        check_model(bank.manifest, self.model_info, self.bank_path)
+        check_model(bank.manifest, self.model_info, self.store.location)
         inputs = sources if sources is not None else (Source(f) for f in files)
         for result in self.extractor.extract(inputs):
             if isinstance(result, FailedInput):
@@ -373,7 +354,7 @@ class Fakebank:
         from fakebank.embed import FailedInput, Source
 
         bank = self.open_bank()
-        check_model(bank.manifest, self.model_info, self.bank_path)
+        check_model(bank.manifest, self.model_info, self.store.location)
         params = params or self.dedup_params(bank)
         inputs = sources if sources is not None else (Source(f) for f in files)
         for result in self.extractor.extract(inputs):
@@ -428,7 +409,7 @@ class Fakebank:
     def _list_writer(self) -> BankWriter:
         """A writer of the bank, created with the model's identity when it does not exist yet (a bank of
         hashes only still records the model its images will be embedded with)."""
-        if (self.bank_path / MANIFEST).is_file():
+        if self.store.exists():
             return self.writer(with_model=False)
         return self.writer()
 
@@ -470,7 +451,7 @@ class Fakebank:
 
         for collab in exchanges.read_config(config):
             try:
-                stored = (read_manifest(self.bank_path).get(exchanges.MANIFEST_KEY) or {}).get(collab.name)
+                stored = (self.store.read_manifest().get(exchanges.MANIFEST_KEY) or {}).get(collab.name)
             except BankError:
                 stored = None
             fetched = exchanges.fetch(collab, stored)
@@ -510,12 +491,10 @@ class Fakebank:
 
     def info(self) -> dict:
         """What the manifest says (no segment is opened: this costs the same at any size)."""
-        m = read_manifest(self.bank_path)
-        size = sum(p.stat().st_size for p in self.bank_path.iterdir() if p.is_file())
+        m = self.store.read_manifest()
         model = m.get("model") or {}
-        segments = m["segments"]
         return {
-            "bank": str(self.bank_path),
+            "bank": self.store.location,
             "format_version": m["format_version"],
             "items": m["counts"]["items"],
             "labels": {k: v for k, v in m["counts"].items() if k in LABELS},
@@ -523,17 +502,17 @@ class Fakebank:
             "model": {k: model.get(k) for k in ("name", "revision", "trained", "arch", "spec", "identity_hash")},
             "embedding_dim": m["embedding_dim"],
             "indexes": {k: v["factory"] for k, v in m.get("indexes", {}).items()} if m["format_version"] == 1 else {
+                "cls": "FLAT (IP)", "pdq": "BIN_FLAT (HAMMING)", "pdq_trim": "BIN_FLAT (HAMMING)",
+                "local": "BIN_FLAT (HAMMING)"} if self.store.kind != "folder" else {
                 "cls": f"{ANN_FACTORY} per segment of ≥ {ANN_MIN_ROWS} items, exact below; re-ranked exactly",
                 "pdq": f"multi-index hashing per segment of ≥ {MIH_MIN_ROWS} items, BinaryFlat below",
                 "pdq_trim": f"multi-index hashing per segment of ≥ {MIH_MIN_ROWS} items, BinaryFlat below",
                 "local": ("BinaryIVF per segment over the bank's " + f"{m['local_quantizer']['nlist']} cells"
                           if m.get("local_quantizer") else "BinaryFlat per segment")},
-            "storage": {"segments": len(segments), "largest_segment": max((s["rows"] for s in segments), default=0),
-                        "delta_files": len(m.get("deltas", []))},
+            **self.store.info_storage(m),
             "fusion": FusionParams.from_dict(m.get("fusion")).to_dict(),
             "created_at": m["created_at"],
             "updated_at": m["updated_at"],
-            "bytes_on_disk": size,
         }
 
     def label(self, ids: Sequence[int], label: str) -> list[dict]:
@@ -599,7 +578,7 @@ class Fakebank:
     def compact(self, progress=None) -> dict:
         """Merge every segment and fold the delta files in (explicit: costs the bank's size)."""
         with self._write_lock, self.writer(with_model=False) as w:
-            return {"bank": str(self.bank_path), **w.compact(progress=progress)}
+            return {"bank": self.store.location, **w.compact(progress=progress)}
 
     # -- campaigns (DESIGN §1.6) ---------------------------------------------------------------------
 
@@ -675,7 +654,7 @@ class Fakebank:
         if not fake or not real:
             raise UsageError(f"{folder}: need images in both fake/ ({len(fake)}) and real/ ({len(real)})")
         bank = self.open_bank()
-        check_model(bank.manifest, self.model_info, self.bank_path)
+        check_model(bank.manifest, self.model_info, self.store.location)
         base = FusionParams.from_dict(bank.manifest.get("fusion"))
         truth = {p: 1 for p in fake} | {p: 0 for p in real}
         logits, knn, ys, failed = [], [], [], []

@@ -59,9 +59,20 @@ def _command(fn):
     return app.command()(wrapper)
 
 
+_store: dict[str, str | None] = {"spec": None}  # set by the app's callback (`fakebank --store SPEC COMMAND`)
+
+
+@app.callback()
+def _options(store: Annotated[Optional[str], typer.Option(
+        "--store", envvar="FAKEBANK_STORE",
+        help="Where the bank lives: folder (default: --bank), milvus-lite:FILE[#NAME], "
+             "milvus://HOST:PORT[/NAME] (token in env FAKEBANK_MILVUS_TOKEN).")] = None) -> None:
+    _store["spec"] = store
+
+
 def _fb(bank, weights=None, device="auto", precision="auto", batch_size=None, positive_label=None) -> Fakebank:
     return Fakebank(bank, weights=weights, device=device, precision=precision, batch_size=batch_size,
-                    positive_label=positive_label)
+                    positive_label=positive_label, store=_store["spec"])
 
 
 def _emit(record: dict, as_json: bool, human) -> None:
@@ -123,7 +134,7 @@ def add(
             _emit(r, as_json, human)
             tick()
     err.print(f"{counts['added']} added, {counts['duplicate']} already in the bank, {counts['error']} failed "
-              f"→ {fb.bank_path}")
+              f"→ {fb.store.location}")
     if counts["error"]:
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -242,9 +253,11 @@ def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
     out.print(f"fusion      w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f} "
               f"min_sim={f['min_similarity']} dup_sim={f['duplicate_similarity']} ({f['source']})")
     out.print(f"updated     {r['updated_at']}")
-    if "storage" in r:
-        st = r["storage"]
+    st = r.get("storage")
+    if st and "segments" in st:
         out.print(f"storage     {st['segments']} segments (largest {st['largest_segment']}), {st['delta_files']} delta files")
+    elif st:
+        out.print(f"storage     Milvus {st['uri']} collections {st['collection']}_*: {st['rows']}")
 
 
 @_command
@@ -430,7 +443,7 @@ def serve(
     _warn_untrained(fb)
     if not api_key:
         err.print(f"no {API_KEY_ENV} set: the API is open to anyone who can reach {host}")
-    err.print(f"fakebank serving {fb.bank_path} with {fb.model_info['name']} on http://{host}:{port} (docs: /docs)")
+    err.print(f"fakebank serving {fb.store.location} with {fb.model_info['name']} on http://{host}:{port} (docs: /docs)")
     config = ServiceConfig(api_key=api_key, max_upload_bytes=max_upload_mb * 1024 * 1024, max_pixels=max_pixels,
                            max_batch=fb.extractor.batch_size)
     run_server(fb, host, port, config)

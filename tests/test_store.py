@@ -1,0 +1,295 @@
+"""Stores: the same near-duplicate, writer and CLI behaviour on the bank folder and on Milvus (Milvus Lite
+files in tmp dirs; a server when FAKEBANK_TEST_MILVUS_URI is set, e.g. milvus://localhost:19530)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from bankutil import DIM, MODEL_INFO, make_item
+from fakebank.dedup import DedupParams, find, groups
+from fakebank.errors import BankError, UsageError
+from fakebank.store import FolderStore, open_store
+from test_dedup import COMMFOR, caption_overlay, crop, item_of, jpeg, letterbox, phone_frame, photos, probe_of  # noqa: F401
+
+SERVER = os.environ.get("FAKEBANK_TEST_MILVUS_URI")
+STORES = ["folder", "milvus"]
+
+
+def _has_milvus() -> bool:
+    try:
+        import pymilvus  # noqa: F401
+        if not SERVER:
+            import milvus_lite  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_store(kind: str, tmp: Path):
+    if kind == "folder":
+        return FolderStore(tmp / "bank")
+    if not _has_milvus():
+        pytest.skip("the Milvus store needs pymilvus and milvus-lite: pip install 'fakebank[milvus]'")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    if SERVER:
+        return open_store(f"{SERVER.rstrip('/')}/{name}", tmp)
+    return open_store(f"milvus-lite:{tmp / 'bank.db'}#{name}", tmp)
+
+
+def spec_of(store) -> str:
+    return "folder" if isinstance(store, FolderStore) else (
+        f"milvus-lite:{store.uri}#{store.name}" if store.uri.endswith(".db") else f"{SERVER.rstrip('/')}/{store.name}")
+
+
+def matched(bank, probe, params=None) -> dict[int, str]:
+    return {m.id: m.signal for m in find(bank, probe, params)}
+
+
+@pytest.fixture(scope="module", params=STORES)
+def photo_bank(request, tmp_path_factory, photos):
+    """The three photos of test_dedup's bank, in each store."""
+    store = make_store(request.param, tmp_path_factory.mktemp(f"store-{request.param}"))
+    names = ["bridge", "q0122", COMMFOR[0].stem]
+    with store.writer(model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        ids = w.add([item_of(photos[n], i) for i, n in enumerate(names)])
+    return store.open(), dict(zip(names, ids))
+
+
+# -- near-duplicates: the same matches whichever store holds the bank ------------------------------------------
+
+def test_pdq_and_trim_match_edited_copies_not_other_photos(photo_bank, photos):
+    b, ids = photo_bank
+    im = photos["bridge"]
+    for copy in (jpeg(im, 40), jpeg(im.transpose(Image.Transpose.ROTATE_90)),
+                 jpeg(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))):
+        assert matched(b, probe_of(copy)).get(ids["bridge"]) == "pdq"
+    only_pdq = DedupParams(signals=("pdq", "pdq_trim"))
+    for copy in (jpeg(letterbox(im)), jpeg(letterbox(im, 0.2, (255, 255, 255)))):
+        assert matched(b, probe_of(copy), only_pdq) == {ids["bridge"]: "pdq_trim"}
+    for other in ("q0291", "q0746"):
+        assert matched(b, probe_of(jpeg(photos[other]))) == {}
+
+
+def test_framed_and_cropped_copies_match_through_local_features(photo_bank, photos):
+    b, ids = photo_bank
+    for dark in (False, True):
+        assert set(matched(b, probe_of(jpeg(phone_frame(photos["q0122"], dark), 70)))) == {ids["q0122"]}
+    name = COMMFOR[0].stem
+    im = photos[name]
+    for copy in (crop(im, 0.7), caption_overlay(crop(im, 0.9))):
+        m = {x.id: x for x in find(b, probe_of(jpeg(copy)))}
+        assert set(m) == {ids[name]} and m[ids[name]].signal == "local" and m[ids[name]].inliers >= 24
+    assert matched(b, probe_of(jpeg(crop(photos[COMMFOR[1].stem], 0.7)))) == {}
+
+
+def test_cls_search_and_lookup_agree_with_exact_search(photo_bank):
+    b, ids = photo_bank
+    q = b.vector("cls", ids["bridge"])
+    sims, found = b.search("cls", q[None, :], 5)
+    assert found[0][0] == ids["bridge"] and abs(sims[0][0] - 1.0) < 1e-5
+    assert (found[0][3:] == -1).all()  # three items in the bank
+    code = np.frombuffer(b.pdq_of(ids["q0122"])[0], np.uint8)[None, :]
+    assert b.pdq_within(code, 31) == [[(ids["q0122"], 0)]]
+    exact = {i: int(np.unpackbits(b.pdq_codes[b.row(i)] ^ code[0]).sum()) for i in ids.values()}
+    assert sorted(b.pdq_within(code, 256)[0]) == sorted(exact.items())
+
+
+# -- the writer: labels, removals, edits, campaigns, thumbnails, settings ------------------------------------
+
+@pytest.mark.parametrize("kind", STORES)
+def test_writer_operations_read_back_the_same(kind, tmp_path, photos):
+    store = make_store(kind, tmp_path)
+    im = photos["bridge"]
+    items = [item_of(im, 1), make_item(2), make_item(3, label="real"), item_of(jpeg(crop(im, 0.7, 0.2, 0.8)), 4)]
+    with store.writer(model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        ids = w.add(items)
+        assert ids == [1, 2, 3, 4]
+        w.set_label([2], "unknown")
+        w.apply([], [(1, "note", "seen on a forum"), (3, "tags", "a b")], settings={"dedup": DedupParams().to_dict()})
+        w.set_campaigns({1: "C-1", 4: "C-1"})
+        w.add_thumbnails({2: b"RIFFthumb"})
+    b = store.open()
+    assert len(b) == 4 and b.manifest["counts"] == {**b.manifest["counts"], "items": 4, "fake": 2, "real": 1, "unknown": 1}
+    assert b.label_of(2) == "unknown" and b.value(1, "note") == "seen on a forum" and b.value(3, "tags") == "a b"
+    assert b.item(3)["path"] == items[2].path and b.item(3)["pdq"] == items[2].pdq.hex()
+    assert b.id_of_sha256(items[3].sha256) == 4 and b.id_of_sha256("0" * 64) is None
+    assert b.ids_of_sha256([items[1].sha256, "f" * 64]).tolist() == [2, -1]
+    assert b.thumbnail(2) == b"RIFFthumb" and 3 in b.missing_thumbnails()
+    assert np.allclose(b.vector("cls", 3), items[2].cls, atol=1e-6)
+    assert b.manifest["dedup"] == DedupParams().to_dict()
+    assert sorted(b.campaign_assignments().column("id").to_pylist()) == [1, 4]
+    assert b.read_columns([3, 1], ["label", "tags", "note"]) == {
+        "label": ["real", "fake"], "tags": ["a b", None], "note": [None, "seen on a forum"]}
+    assert groups(b) == [[1, 4]]
+    t = pa.concat_tables(b.batches(["id", "label", "pdq"]))
+    assert t.column("id").to_pylist() == [1, 2, 3, 4] and t.column("label").to_pylist()[1] == "unknown"
+    assert b.recent_ids(2) == [4, 3]
+    with store.writer(create=False) as w:
+        w.remove([4])
+        w.commit_campaigns(pa.table({"id": [1], "campaign": ["C-7"], "origin": ["computed"]}), {"next_number": 8})
+        assert not w.bank.has(4)
+    b = store.open()
+    assert len(b) == 3 and not b.has(4) and b.ids.tolist() == [1, 2, 3]
+    assert b.campaign_assignments().to_pylist() == [{"id": 1, "campaign": "C-7", "origin": "computed"}]
+    assert b.manifest["campaigns"]["next_number"] == 8
+    assert groups(b) == []
+    with pytest.raises(UsageError, match="no item with id 4"):
+        b.item(4)
+    with store.writer(create=False) as w:
+        assert w.add([make_item(5)]) == [5]  # ids are never reused
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_missing_bank_and_another_model_are_refused(kind, tmp_path):
+    store = make_store(kind, tmp_path)
+    with pytest.raises(BankError, match="no bank at"):
+        store.open()
+    with store.writer(model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        w.add([make_item(1)])
+    other = {**MODEL_INFO, "identity_hash": "b" * 64}
+    with pytest.raises(BankError, match="not comparable"):
+        with store.writer(model_info=other, embedding_dim=DIM):
+            pass
+
+
+def test_store_specs_name_their_store(tmp_path):
+    assert isinstance(open_store(None, tmp_path), FolderStore) or os.environ.get("FAKEBANK_STORE")
+    assert isinstance(open_store("folder", tmp_path), FolderStore)
+    with pytest.raises(UsageError, match="unknown store"):
+        open_store("redis://x", tmp_path)
+    if _has_milvus():
+        s = open_store("milvus://db.example:19531/prod_bank", tmp_path)
+        assert (s.uri, s.name) == ("http://db.example:19531", "prod_bank")
+        s = open_store(f"milvus-lite:{tmp_path / 'x.db'}", tmp_path)
+        assert s.uri.endswith("x.db") and s.name == "fakebank"
+        with pytest.raises(UsageError, match="collection name"):
+            open_store("milvus://h/bad-name", tmp_path)
+
+
+# -- the CLI: the same records on both stores, and a bank moved from the folder to Milvus ---------------------
+
+WEIGHTS = "untrained:test_vit:0"
+
+
+def cli(*args) -> tuple[int, list[dict]]:
+    from typer.testing import CliRunner
+
+    from fakebank.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
+    return res.exit_code, [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def cli_photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli-photos")
+    data = Path(__file__).parent / "data"
+    for i, src in enumerate(sorted((data / "commfor").glob("*.png"))[:2]
+                            + [data / "pdq/reg-test-input/dih/bridge-1-original.jpg"]):
+        Image.open(src).convert("RGB").resize((384, 384)).save(folder / f"img{i}.png")
+    copy = folder.parent / f"{folder.name}-copy.jpg"
+    Image.open(folder / "img2.png").save(copy, quality=60)
+    return folder
+
+
+def _round_trip(spec: str, bank: Path, photos: Path) -> dict:
+    """add, resume, query, dupes, label, remove, lookup, info on one store; the records with ids kept."""
+    base = ["--store", spec]
+    copy = photos.parent / f"{photos.name}-copy.jpg"
+    out = {}
+    code, out["add"] = cli(*base, "add", photos, "--bank", bank, "--weights", WEIGHTS, "--json")
+    assert code == 0 and [r["status"] for r in out["add"]] == ["added"] * 3
+    code, again = cli(*base, "add", photos, "--bank", bank, "--json")
+    assert code == 0 and [r["status"] for r in again] == ["duplicate"] * 3
+    code, out["query"] = cli(*base, "query", copy, "--bank", bank, "--json")
+    assert code == 0
+    code, out["dupes"] = cli(*base, "dupes", copy, "--bank", bank, "--json")
+    assert code == 0
+    code, out["label"] = cli(*base, "label", "3", "real", "--bank", bank, "--json")
+    assert code == 0
+    code, out["remove"] = cli(*base, "remove", "1", "--bank", bank, "--json")
+    assert code == 0
+    pdq = out["query"][0]["match"] and None
+    code, q2 = cli(*base, "query", copy, "--bank", bank, "--json")
+    out["query_after"] = q2
+    from fakebank.api import Fakebank
+
+    fb = Fakebank(bank, store=spec)
+    pdq = fb.open_bank().item(3)["pdq"]
+    code, out["lookup"] = cli(*base, "lookup", pdq, "--bank", bank, "--json")
+    assert code == 0
+    code, info = cli(*base, "info", "--bank", bank, "--json")
+    out["info"] = {k: info[0][k] for k in ("items", "labels", "hash_only", "model", "embedding_dim")}
+    code, out["missing"] = cli(*base, "label", "99", "real", "--bank", bank, "--json")
+    out["missing_code"] = code
+    return out
+
+
+def test_cli_round_trip_gives_the_same_records_on_both_stores(tmp_path, cli_photos):
+    if not _has_milvus():
+        pytest.skip("the Milvus store needs pymilvus and milvus-lite: pip install 'fakebank[milvus]'")
+    folder = _round_trip("folder", tmp_path / "folder-bank", cli_photos)
+    milvus = _round_trip(spec_of(make_store("milvus", tmp_path)), tmp_path / "unused", cli_photos)
+    assert folder["query"][0]["match"]["id"] == 3 and folder["dupes"][0]["duplicates"][0]["id"] == 3
+    assert folder["lookup"][0]["matches"][0]["id"] == 3 and folder["missing_code"] == 2
+    for key in folder:
+        a, b = folder[key], milvus[key]
+        if key in ("query", "query_after"):
+            for x, y in zip(a, b):  # scores are float32 sums: equal to 1e-5 across stores
+                assert {k: v for k, v in x.items() if k != "neighbors"} == \
+                    {k: v for k, v in y.items() if k != "neighbors"} | {"score": x["score"], "p_knn": x["p_knn"]}
+                assert abs(x["score"] - y["score"]) < 1e-4
+                assert [(n["id"], n["label"], n["pdq_distance"]) for n in x["neighbors"]] == \
+                    [(n["id"], n["label"], n["pdq_distance"]) for n in y["neighbors"]]
+        elif key == "add":
+            assert [{k: v for k, v in r.items() if k != "p_fake"} for r in a] == \
+                [{k: v for k, v in r.items() if k != "p_fake"} for r in b]
+        else:
+            assert a == b, key
+
+
+def test_a_bank_moves_from_the_folder_to_milvus_and_back(tmp_path, cli_photos):
+    if not _has_milvus():
+        pytest.skip("the Milvus store needs pymilvus and milvus-lite: pip install 'fakebank[milvus]'")
+    folder = tmp_path / "bank"
+    assert cli("add", cli_photos, "--bank", folder, "--weights", WEIGHTS, "--json")[0] == 0
+    assert cli("label", "2", "real", "--bank", folder, "--json")[0] == 0
+    export = tmp_path / "all.parquet"
+    code, [rec] = cli("export", export, "--format", "fakebank", "--label", "fake", "--label", "real",
+                      "--bank", folder, "--json")
+    assert code == 0 and rec["signals"] == 3
+    spec = spec_of(make_store("milvus", tmp_path))
+    # the Milvus bank is created with the same model, then takes the export whole (embeddings included)
+    code, [imp] = cli("--store", spec, "import", export, "--weights", WEIGHTS, "--json")
+    assert code == 0 and imp["added"] == 3 and not imp["hash_only"]
+    copy = cli_photos.parent / f"{cli_photos.name}-copy.jpg"
+    _, a = cli("dupes", copy, "--bank", folder, "--json")
+    _, b = cli("--store", spec, "dupes", copy, "--json")
+    assert [d["signal"] for d in a[0]["duplicates"]] == [d["signal"] for d in b[0]["duplicates"]] == ["pdq"]
+    from fakebank.api import Fakebank
+
+    mb = Fakebank(store=spec).open_bank()
+    fb = Fakebank(folder).open_bank()
+    by_sha = {fb.value(i, "sha256"): i for i in fb.ids.tolist()}
+    for i in mb.ids.tolist():
+        j = by_sha[mb.value(i, "sha256")]
+        assert mb.label_of(i) == fb.label_of(j)
+        assert np.array_equal(mb.vector("cls", i), fb.vector("cls", j))
+        assert mb.value(i, "local") == fb.value(j, "local") and mb.value(i, "pdq_trim") == fb.value(j, "pdq_trim")
+    # and back: Milvus → a new folder
+    back = tmp_path / "back.parquet"
+    code, [rec] = cli("--store", spec, "export", back, "--format", "fakebank", "--label", "fake", "--label", "real",
+                      "--json")
+    assert code == 0 and rec["signals"] == 3
+    code, [imp] = cli("import", back, "--bank", tmp_path / "bank2", "--weights", WEIGHTS, "--json")
+    assert code == 0 and imp["added"] == 3
+    assert sorted(Fakebank(tmp_path / "bank2").open_bank().labels.tolist()) == ["fake", "fake", "real"]
