@@ -214,22 +214,21 @@ def _round_trip(spec: str, bank: Path, photos: Path) -> dict:
     assert code == 0
     code, out["dupes"] = cli(*base, "dupes", copy, "--bank", bank, "--json")
     assert code == 0
-    code, out["label"] = cli(*base, "label", "3", "real", "--bank", bank, "--json")
+    code, out["label"] = cli(*base, "label", "3", "--label", "real", "--bank", bank, "--json")
     assert code == 0
     code, out["remove"] = cli(*base, "remove", "1", "--bank", bank, "--json")
     assert code == 0
-    pdq = out["query"][0]["match"] and None
     code, q2 = cli(*base, "query", copy, "--bank", bank, "--json")
     out["query_after"] = q2
     from fakebank.api import Fakebank
 
     fb = Fakebank(bank, store=spec)
     pdq = fb.open_bank().item(3)["pdq"]
-    code, out["lookup"] = cli(*base, "lookup", pdq, "--bank", bank, "--json")
+    code, out["lookup"] = cli(*base, "lookup", "--pdq", pdq, "--bank", bank, "--json")
     assert code == 0
     code, info = cli(*base, "info", "--bank", bank, "--json")
     out["info"] = {k: info[0][k] for k in ("items", "labels", "hash_only", "model", "embedding_dim")}
-    code, out["missing"] = cli(*base, "label", "99", "real", "--bank", bank, "--json")
+    code, out["missing"] = cli(*base, "label", "99", "--label", "real", "--bank", bank, "--json")
     out["missing_code"] = code
     return out
 
@@ -262,7 +261,7 @@ def test_a_bank_moves_from_the_folder_to_milvus_and_back(tmp_path, cli_photos):
         pytest.skip("the Milvus store needs pymilvus and milvus-lite: pip install 'fakebank[milvus]'")
     folder = tmp_path / "bank"
     assert cli("add", cli_photos, "--bank", folder, "--weights", WEIGHTS, "--json")[0] == 0
-    assert cli("label", "2", "real", "--bank", folder, "--json")[0] == 0
+    assert cli("label", "2", "--label", "real", "--bank", folder, "--json")[0] == 0
     export = tmp_path / "all.parquet"
     code, [rec] = cli("export", export, "--format", "fakebank", "--label", "fake", "--label", "real",
                       "--bank", folder, "--json")
