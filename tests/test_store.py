@@ -292,3 +292,61 @@ def test_a_bank_moves_from_the_folder_to_milvus_and_back(tmp_path, cli_photos):
     code, [imp] = cli("import", back, "--bank", tmp_path / "bank2", "--weights", WEIGHTS, "--json")
     assert code == 0 and imp["added"] == 3
     assert sorted(Fakebank(tmp_path / "bank2").open_bank().labels.tolist()) == ["fake", "fake", "real"]
+
+
+# -- the HTTP service: the same records from a server on each store ------------------------------------------
+
+def _serve_session(srv, data: Path) -> dict:
+    import httpx
+
+    from test_service import AUTH, png_bytes, post
+
+    originals = [data / "commfor" / "00000845.png", data / "pdq" / "reg-test-input" / "dih" / "bridge-1-original.jpg"]
+    out = {"add": post(srv, "/v1/items", [(p.name, p.read_bytes()) for p in originals], {"label": "fake"}).json()}
+    copy = png_bytes(Image.open(originals[0]).convert("RGB").resize((400, 400)), format="JPEG", quality=70)
+    out["query"] = post(srv, "/v1/query", [("copy.jpg", copy)], {"k": "5"}).json()
+    out["dupes"] = post(srv, "/v1/dupes", [("copy.jpg", copy)]).json()
+    url = f"{srv.url}/v1/items/2"
+    out["item"] = {k: v for k, v in httpx.get(url, headers=AUTH).json().items() if k != "added_at"}
+    out["patch"] = httpx.patch(url, json={"label": "real"}, headers=AUTH).json()
+    pdq = out["item"]["pdq"]
+    out["lookup"] = httpx.post(srv.url + "/v1/lookup", json={"pdq": [pdq]}, headers=AUTH).json()
+    out["hma"] = httpx.get(srv.url + "/m/raw_lookup", params={"signal": pdq, "signal_type": "pdq"}, headers=AUTH).json()
+    out["delete"] = httpx.delete(url, headers=AUTH).json()
+    out["gone"] = httpx.get(url, headers=AUTH).status_code
+    out["campaigns"] = httpx.get(srv.url + "/v1/campaigns?recompute=true&min_size=1", headers=AUTH, timeout=120).json()
+    out["thumbnail"] = httpx.get(srv.url + "/v1/items/1/thumbnail", headers=AUTH).status_code
+    info = httpx.get(srv.url + "/v1/info", headers=AUTH).json()
+    out["info"] = {k: info[k] for k in ("items", "labels", "hash_only", "embedding_dim")}
+    return out
+
+
+def test_http_endpoints_give_the_same_records_on_both_stores(tmp_path, monkeypatch):
+    if not _has_milvus():
+        pytest.skip("the Milvus store needs pymilvus and milvus-lite: pip install 'fakebank[milvus]'")
+    from test_service import DATA, Server
+
+    got = {}
+    for kind in STORES:
+        spec = spec_of(make_store(kind, tmp_path / kind))
+        monkeypatch.setenv("FAKEBANK_STORE", spec)  # the server process owns the Milvus Lite file
+        srv = Server(tmp_path / kind / "bank").start()
+        try:
+            got[kind] = _serve_session(srv, DATA)
+        finally:
+            srv.stop()
+    a, b = got["folder"], got["milvus"]
+    assert [r["status"] for r in a["add"]["results"]] == ["added", "added"] and a["gone"] == 404
+    assert a["query"]["results"][0]["match"]["id"] == 1 and a["lookup"]["results"][0]["matches"][0]["id"] == 2
+    for key in a:
+        if key in ("query", "add"):
+            for x, y in zip(a[key]["results"], b[key]["results"]):
+                assert {k: v for k, v in x.items() if k not in ("neighbors", "score", "p_knn", "p_fake", "p_model")} == \
+                    {k: v for k, v in y.items() if k not in ("neighbors", "score", "p_knn", "p_fake", "p_model")}
+                for k in ("score", "p_knn", "p_fake", "p_model"):
+                    assert x.get(k) == pytest.approx(y.get(k), abs=1e-4), k
+        elif key == "campaigns":
+            strip = lambda rs: [{k: v for k, v in r.items() if k not in ("first_seen", "last_seen")} for r in rs]  # noqa: E731
+            assert strip(a[key]["results"]) == strip(b[key]["results"])
+        else:
+            assert a[key] == b[key], key

@@ -65,8 +65,8 @@ _store: dict[str, str | None] = {"spec": None}  # set by the app's callback (`fa
 @app.callback()
 def _options(store: Annotated[Optional[str], typer.Option(
         "--store", envvar="FAKEBANK_STORE",
-        help="Where the bank lives: folder (default: --bank), milvus-lite:FILE[#NAME], "
-             "milvus://HOST:PORT[/NAME] (token in env FAKEBANK_MILVUS_TOKEN).")] = None) -> None:
+        help="Where the bank lives: folder (the default: --bank), milvus-lite:FILE or milvus-lite:FILE#NAME, "
+             "milvus://HOST:PORT or milvus://HOST:PORT/NAME (token in env FAKEBANK_MILVUS_TOKEN).")] = None) -> None:
     _store["spec"] = store
 
 

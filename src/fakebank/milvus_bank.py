@@ -33,6 +33,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -95,6 +96,8 @@ class MilvusStore:
 
     @cached_property
     def client(self):
+        if "://" not in self.uri:  # a Milvus Lite file: its folder is made like a bank folder's
+            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         return _client(self.uri, self.token)
 
     @property
