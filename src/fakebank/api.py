@@ -141,11 +141,13 @@ class Fakebank:
         campaign: str | None = None,
         note: str | None = None,
         sources: Iterable | None = None,
+        results: Iterable | None = None,
     ) -> Iterator[dict]:
         """Embed and add images; yields one record per input once its outcome is durable.
 
         Commits every COMMIT_EVERY_ITEMS images or COMMIT_EVERY_S seconds, so a crash loses little and a
-        rerun skips (as `duplicate`) every image already committed.
+        rerun skips (as `duplicate`) every image already committed. `results`: extraction done elsewhere
+        (embed.Embedding / Skipped / FailedInput per input, e.g. `add_ray`'s), written the same way.
         """
         from fakebank.embed import Embedding, FailedInput, Source
 
@@ -165,8 +167,10 @@ class Fakebank:
                 pending = []
                 last_commit = time.monotonic()
 
-            for result in self.extractor.extract(inputs, skip=lambda sha: w.bank.id_of_sha256(sha) is not None or sha in seen,
-                                                 mirror=False, thumbnail=True):
+            if results is None:
+                results = self.extractor.extract(inputs, skip=lambda sha: w.bank.id_of_sha256(sha) is not None
+                                                 or sha in seen, mirror=False, thumbnail=True)
+            for result in results:
                 if isinstance(result, FailedInput):
                     yield self._add_record(result.path, None, None, "error", None, None, result.error)
                     continue
@@ -183,6 +187,19 @@ class Fakebank:
             yield from flush()
             if w.bank.manifest.get("dedup") is None and len(w.bank):
                 w.set_manifest_entry("dedup", DedupParams().to_dict())  # the thresholds the bank matches with
+
+    def add_ray(self, paths: Sequence[str], *, address: str = "local", workers: int = 2, gpus: float = 0.0,
+                recursive: bool = False, **labels) -> Iterator[dict]:
+        """`add --ray`: extraction on a Ray cluster (raydata.py), writing here as `add` does. `paths`: files,
+        folders, listings (.txt, one path or URI a line) and pyarrow filesystem URIs."""
+        from fakebank import raydata
+
+        files = raydata.inputs_of(paths, recursive, expand_inputs)
+        results = raydata.extract(
+            files, address=address, weights=self.weights_spec() or self.model_info["spec"], device=self.device,
+            precision=self.precision, batch_size=self.extractor.batch_size, workers=workers, gpus=gpus,
+            store=self.store.spec, bank_path=str(self.bank_path), skip_known=self.store.shared_readers)
+        yield from self.add([], results=results, **labels)
 
     def add_embedded(self, embs: Sequence, *, label: str = "fake", source: str | None = None,
                      campaign: str | None = None, note: str | None = None) -> list[dict]:

@@ -103,7 +103,7 @@ def _warn_untrained(fb: Fakebank) -> None:
 
 @_command
 def add(
-    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    paths: Annotated[list[str], typer.Argument(help="Image files and/or folders.")],
     recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")] = False,
     label: Annotated[str, typer.Option("--label", help="fake | real | unknown")] = "fake",
     source: Annotated[Optional[str], typer.Option("--source", help="Where these came from.")] = None,
@@ -111,10 +111,15 @@ def add(
     note: Annotated[Optional[str], typer.Option("--note")] = None,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", help="Extract on a Ray cluster: local (start one here), auto, or ray://HEAD:10001. PATHS may then "
+        "also be listings (.txt, a path or URI a line) and URIs (s3://…).")] = None,
+    ray_workers: Annotated[int, typer.Option("--ray-workers", min=1, help="Extraction actors (with --ray).")] = 2,
+    ray_gpus: Annotated[float, typer.Option("--ray-gpus", min=0, help="GPUs per actor (with --ray).")] = 0,
 ) -> None:
     """Embed images and add them to the bank (resumable: what is already there is skipped)."""
     fb = _fb(bank, weights, device, precision, batch_size, positive_label)
-    files = expand_inputs(paths, recursive)
+    files = list(paths) if ray else expand_inputs(paths, recursive)
     if not files:
         raise typer.BadParameter("no images found (folders are searched for image files; use -r for sub-folders)")
     _warn_untrained(fb)
@@ -129,7 +134,10 @@ def add(
             out.print(f"added      id={r['id']}  p_fake={r['p_fake']:.3f}  {r['path']}")
 
     with _progress(len(files), "adding", as_json) as tick:
-        for r in fb.add(files, label=label, source=source, campaign=campaign, note=note):
+        records = fb.add_ray(files, address=ray, workers=ray_workers, gpus=ray_gpus, recursive=recursive, label=label,
+                             source=source, campaign=campaign, note=note) if ray else \
+            fb.add(files, label=label, source=source, campaign=campaign, note=note)
+        for r in records:
             counts[r["status"]] += 1
             _emit(r, as_json, human)
             tick()

@@ -104,6 +104,19 @@ class MilvusStore:
     def location(self) -> str:
         return f"{self.uri}#{self.name}"
 
+    @property
+    def spec(self) -> str:
+        """The store spec that names this store again (store.open_store)."""
+        if "://" not in self.uri:
+            return f"milvus-lite:{self.uri}#{self.name}"
+        scheme, rest = self.uri.split("://", 1)
+        return f"{'milvus+https' if scheme == 'https' else 'milvus'}://{rest}/{self.name}"
+
+    @property
+    def shared_readers(self) -> bool:
+        """Whether other processes may read it meanwhile (a server: yes; a Milvus Lite file: one process)."""
+        return "://" in self.uri
+
     def exists(self) -> bool:
         return self.client.has_collection(self.meta)
 

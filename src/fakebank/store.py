@@ -33,6 +33,8 @@ class FolderStore:
     """The bank folder (bank.py): immutable segments, a manifest, one writer at a time (flock)."""
 
     kind = FOLDER
+    spec = FOLDER
+    shared_readers = True  # any process may read a folder while one writes
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
