@@ -61,3 +61,21 @@ def test_ray_add_equals_plain_add_and_resumes(tmp_path, local_ray):
     code, again = cli("add", folder, "--ray", "local", "--bank", tmp_path / "ray", "--json")
     assert [r["status"] for r in again if r["status"] != "error"] == ["duplicate"] * 10
     assert len(Fakebank(tmp_path / "ray").open_bank()) == 10
+
+
+def test_ray_add_writes_through_the_milvus_store(tmp_path, local_ray):
+    pytest.importorskip("milvus_lite", reason="the Milvus store needs milvus-lite: pip install 'fakebank[milvus]'")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, p in enumerate(sorted((DATA / "commfor").glob("*.png"))[:4]):
+        Image.open(p).convert("RGB").resize((300, 300)).save(folder / f"{i}.png")
+    spec = f"milvus-lite:{tmp_path / 'bank.db'}"
+    code, rayed = cli("--store", spec, "add", folder, "--ray", "local", "--weights", WEIGHTS, "--json")
+    assert code == 0 and [r["status"] for r in rayed] == ["added"] * 4
+    code, plain = cli("add", folder, "--bank", tmp_path / "plain", "--weights", WEIGHTS, "--json")
+    a, b = Fakebank(tmp_path / "plain").open_bank(), Fakebank(store=spec).open_bank()
+    assert a.ids.tolist() == b.ids.tolist()
+    for i in a.ids.tolist():
+        assert a.value(i, "sha256") == b.value(i, "sha256") and float(a.vector("cls", i) @ b.vector("cls", i)) >= 0.9999
+    code, again = cli("--store", spec, "add", folder, "--ray", "local", "--json")  # the driver skips: Lite is one process
+    assert code == 0 and [r["status"] for r in again] == ["duplicate"] * 4
