@@ -3,6 +3,7 @@ files in tmp dirs; a server when FAKEBANK_TEST_MILVUS_URI is set, e.g. milvus://
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import uuid
@@ -17,20 +18,19 @@ from bankutil import DIM, MODEL_INFO, make_item
 from fakebank.dedup import DedupParams, find, groups
 from fakebank.errors import BankError, UsageError
 from fakebank.store import FolderStore, open_store
-from test_dedup import COMMFOR, caption_overlay, crop, item_of, jpeg, letterbox, phone_frame, photos, probe_of  # noqa: F401
+import test_dedup
+from test_dedup import COMMFOR, caption_overlay, crop, item_of, jpeg, letterbox, phone_frame, probe_of
 
 SERVER = os.environ.get("FAKEBANK_TEST_MILVUS_URI")
 STORES = ["folder", "milvus"]
 
 
+photos = test_dedup.photos  # the module's photo fixture, shared
+
+
 def _has_milvus() -> bool:
-    try:
-        import pymilvus  # noqa: F401
-        if not SERVER:
-            import milvus_lite  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("pymilvus") is not None and (
+        bool(SERVER) or importlib.util.find_spec("milvus_lite") is not None)
 
 
 def make_store(kind: str, tmp: Path):
@@ -42,11 +42,6 @@ def make_store(kind: str, tmp: Path):
     if SERVER:
         return open_store(f"{SERVER.rstrip('/')}/{name}", tmp)
     return open_store(f"milvus-lite:{tmp / 'bank.db'}#{name}", tmp)
-
-
-def spec_of(store) -> str:
-    return "folder" if isinstance(store, FolderStore) else (
-        f"milvus-lite:{store.uri}#{store.name}" if store.uri.endswith(".db") else f"{SERVER.rstrip('/')}/{store.name}")
 
 
 def matched(bank, probe, params=None) -> dict[int, str]:
@@ -167,9 +162,12 @@ def test_store_specs_name_their_store(tmp_path):
         open_store("redis://x", tmp_path)
     if _has_milvus():
         s = open_store("milvus://db.example:19531/prod_bank", tmp_path)
-        assert (s.uri, s.name) == ("http://db.example:19531", "prod_bank")
+        assert (s.uri, s.name) == ("http://db.example:19531", "prod_bank") and s.shared_readers
+        assert open_store(s.spec, tmp_path).location == s.location
+        assert open_store("milvus+https://db.example/x", tmp_path).uri == "https://db.example:19530"
         s = open_store(f"milvus-lite:{tmp_path / 'x.db'}", tmp_path)
-        assert s.uri.endswith("x.db") and s.name == "fakebank"
+        assert s.uri.endswith("x.db") and s.name == "fakebank" and not s.shared_readers
+        assert open_store(s.spec, tmp_path).location == s.location
         with pytest.raises(UsageError, match="collection name"):
             open_store("milvus://h/bad-name", tmp_path)
 
@@ -237,7 +235,7 @@ def test_cli_round_trip_gives_the_same_records_on_both_stores(tmp_path, cli_phot
     if not _has_milvus():
         pytest.skip("the Milvus store needs pymilvus and milvus-lite: pip install 'fakebank[milvus]'")
     folder = _round_trip("folder", tmp_path / "folder-bank", cli_photos)
-    milvus = _round_trip(spec_of(make_store("milvus", tmp_path)), tmp_path / "unused", cli_photos)
+    milvus = _round_trip(make_store("milvus", tmp_path).spec, tmp_path / "unused", cli_photos)
     assert folder["query"][0]["match"]["id"] == 3 and folder["dupes"][0]["duplicates"][0]["id"] == 3
     assert folder["lookup"][0]["matches"][0]["id"] == 3 and folder["missing_code"] == 2
     for key in folder:
@@ -266,7 +264,7 @@ def test_a_bank_moves_from_the_folder_to_milvus_and_back(tmp_path, cli_photos):
     code, [rec] = cli("export", export, "--format", "fakebank", "--label", "fake", "--label", "real",
                       "--bank", folder, "--json")
     assert code == 0 and rec["signals"] == 3
-    spec = spec_of(make_store("milvus", tmp_path))
+    spec = make_store("milvus", tmp_path).spec
     # the Milvus bank is created with the same model, then takes the export whole (embeddings included)
     code, [imp] = cli("--store", spec, "import", export, "--weights", WEIGHTS, "--json")
     assert code == 0 and imp["added"] == 3 and not imp["hash_only"]
@@ -328,7 +326,7 @@ def test_http_endpoints_give_the_same_records_on_both_stores(tmp_path, monkeypat
 
     got = {}
     for kind in STORES:
-        spec = spec_of(make_store(kind, tmp_path / kind))
+        spec = make_store(kind, tmp_path / kind).spec
         monkeypatch.setenv("FAKEBANK_STORE", spec)  # the server process owns the Milvus Lite file
         srv = Server(tmp_path / kind / "bank").start()
         try:
@@ -368,7 +366,7 @@ def test_sigkilled_add_on_milvus_resumes_without_loss(tmp_path):
     for i in range(100):  # distinct real images: crops of the photos
         x, y = (i * 7) % 200, (i * 13) % 200
         base[i % len(base)].crop((x, y, x + 300, y + 300)).save(folder / f"{i:03d}.jpg", quality=85)
-    spec = spec_of(make_store("milvus", tmp_path))
+    spec = make_store("milvus", tmp_path).spec
     cmd = [sys.executable, "-m", "fakebank", "--store", spec, "add", str(folder), "--weights", WEIGHTS,
            "--json", "--batch-size", "16"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
