@@ -388,3 +388,19 @@ def test_sigkilled_add_on_milvus_resumes_without_loss(tmp_path):
 
     for i in b.ids.tolist():  # every item's descriptors are indexed (rows of killed batches are orphans, unread)
         assert b.store.count(b.store.local, f"item == {i}") == len(LocalFeatures.from_bytes(b.value(i, "local")))
+
+
+def test_signals_of_an_add_killed_before_its_items_are_never_reported(tmp_path, photos):
+    """An `add` killed between its descriptor/trim rows and its item rows leaves rows with no item: they
+    match nothing (the item rows are the commit point)."""
+    store = make_store("milvus", tmp_path)
+    im, other = photos["bridge"], photos[COMMFOR[0].stem]
+    with store.writer(model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        [kept] = w.add([item_of(other, 1)])
+        w._insert([item_of(jpeg(letterbox(im)), 2)], [999])  # as a killed add leaves them …
+        store.client.delete(store.items, ids=[999])  # … its item row never written
+    b = store.open()
+    assert store.count(store.trim, "id == 999") == 1 and store.count(store.local, "item == 999") > 0
+    assert matched(b, probe_of(jpeg(letterbox(im, 0.2, (255, 255, 255))))) == {}
+    assert matched(b, probe_of(jpeg(crop(im, 0.7)))) == {}
+    assert matched(b, probe_of(jpeg(crop(other, 0.7)))) == {kept: "local"}

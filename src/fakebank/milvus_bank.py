@@ -406,7 +406,10 @@ class MilvusBank:
         if kind == "pdq":
             return self._range(self.store.items, "pdq", codes, max_distance)
         if kind == "pdq_trim":
-            return self._range(self.store.trim, "pdq_trim", codes, max_distance)
+            # rows of an `add` killed before its items were written have no item: never report them
+            hits = self._range(self.store.trim, "pdq_trim", codes, max_distance)
+            self.prefetch(i for q in hits for i, _ in q)
+            return [[(i, d) for i, d in q if self._rows[i] is not None] for q in hits]
         raise ValueError(kind)
 
     def pdq_within(self, query_codes: np.ndarray, max_distance: int) -> list[list[tuple[int, int]]]:
@@ -430,6 +433,10 @@ class MilvusBank:
                 for j, h in enumerate(hits):
                     dist[start + q, j], ids[start + q, j] = int(h["distance"]), int(h["id"])
             start += len(part)
+        items = np.where(ids >= 0, ids >> LOCAL_ID_BITS, -1)
+        self.prefetch(int(i) for i in np.unique(items[items >= 0]))
+        orphan = np.array([i >= 0 and self._rows[int(i)] is None for i in items.ravel()], bool).reshape(ids.shape)
+        ids[orphan] = -1  # descriptors of an `add` killed before its items were written
         return dist, ids
 
     @cached_property
