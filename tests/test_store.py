@@ -297,7 +297,7 @@ def test_a_bank_moves_from_the_folder_to_milvus_and_back(tmp_path, cli_photos):
 def _serve_session(srv, data: Path) -> dict:
     import httpx
 
-    from test_service import AUTH, png_bytes, post
+    from test_service import AUTH, KEY, png_bytes, post
 
     originals = [data / "commfor" / "00000845.png", data / "pdq" / "reg-test-input" / "dih" / "bridge-1-original.jpg"]
     out = {"add": post(srv, "/v1/items", [(p.name, p.read_bytes()) for p in originals], {"label": "fake"}).json()}
@@ -314,6 +314,11 @@ def _serve_session(srv, data: Path) -> dict:
     out["gone"] = httpx.get(url, headers=AUTH).status_code
     out["campaigns"] = httpx.get(srv.url + "/v1/campaigns?recompute=true&min_size=1", headers=AUTH, timeout=120).json()
     out["thumbnail"] = httpx.get(srv.url + "/v1/items/1/thumbnail", headers=AUTH).status_code
+    with httpx.Client(base_url=srv.url) as ui:  # the web UI's pages, signed in
+        ui.post("/ui/signin", data={"key": KEY})
+        out["ui"] = [ui.get(p).status_code for p in ("/ui/bank", "/ui/items/1", "/ui/campaigns", "/ui/bank?q=0845",
+                                                     "/ui/thumbs/1", "/ui/items/2")]
+        out["ui_lists_the_item"] = "00000845.png" in ui.get("/ui/bank").text
     info = httpx.get(srv.url + "/v1/info", headers=AUTH).json()
     out["info"] = {k: info[k] for k in ("items", "labels", "hash_only", "embedding_dim")}
     return out
@@ -336,6 +341,7 @@ def test_http_endpoints_give_the_same_records_on_both_stores(tmp_path, monkeypat
     a, b = got["folder"], got["milvus"]
     assert [r["status"] for r in a["add"]["results"]] == ["added", "added"] and a["gone"] == 404
     assert a["query"]["results"][0]["match"]["id"] == 1 and a["lookup"]["results"][0]["matches"][0]["id"] == 2
+    assert a["ui"] == [200, 200, 200, 200, 200, 404] and a["ui_lists_the_item"]
     for key in a:
         if key in ("query", "add"):
             for x, y in zip(a[key]["results"], b[key]["results"]):
