@@ -410,3 +410,33 @@ def test_signals_of_an_add_killed_before_its_items_are_never_reported(tmp_path, 
     assert matched(b, probe_of(jpeg(letterbox(im, 0.2, (255, 255, 255))))) == {}
     assert matched(b, probe_of(jpeg(crop(im, 0.7)))) == {}
     assert matched(b, probe_of(jpeg(crop(other, 0.7)))) == {kept: "local"}
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_hash_lists_import_lookup_and_export_on_each_store(kind, tmp_path):
+    """Hash-only items (shared PDQ hashes, no pixels): imported, found by lookup, relabelled by a second
+    import, exported back; the same records on both stores."""
+    from fakebank.api import Fakebank
+
+    rng = np.random.default_rng(7)
+    hashes = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex() for _ in range(3)]
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"pdq {h}\n" for h in hashes))
+    fb = Fakebank(tmp_path / "bank", store=make_store(kind, tmp_path).spec, weights=WEIGHTS)
+    rec = fb.import_list(lst, source="partner")
+    assert rec["added"] == 3 and rec["hash_only"]
+    near = bytearray(bytes.fromhex(hashes[1]))
+    near[0] ^= 0b111  # three bits away
+    [hit] = fb.lookup([near.hex()])
+    assert [(m["id"], m["distance"], m["media"], m["source"]) for m in hit["matches"]] == [(2, 3, "hash", "partner")]
+    bank = fb.open_bank()
+    assert bank.is_hash_only(2) and bank.value(2, "cls") is None and bank.manifest["counts"]["hash_only"] == 3
+    csv = tmp_path / "list.csv"
+    csv.write_text("signal_type,signal_str,collab,category,tags\n" + f"pdq,{hashes[0]},partner,NEGATIVE_CLASS,a b\n")
+    rec = fb.import_list(csv)
+    assert rec["added"] == 0 and rec["updated"] == 1
+    out = tmp_path / "out.csv"
+    assert fb.export_list(out, fmt="csv", labels=("fake", "real"))["signals"] == 3
+    rows = sorted(out.read_text().splitlines()[1:])
+    assert rows == sorted([f"pdq,{hashes[0]},partner,NEGATIVE_CLASS,a b", f"pdq,{hashes[1]},partner,POSITIVE_CLASS,",
+                           f"pdq,{hashes[2]},partner,POSITIVE_CLASS,"])

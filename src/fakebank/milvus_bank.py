@@ -56,6 +56,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
 # Metadata kept in the JSON `meta` field, each possibly null
 _JSON_COLUMNS = ("path", "source", "campaign", "note", "p_fake", "logit", "width", "height", "tags",
                  "external_id", "pdq_trim_quality")
+_HEAVY = ("cls", "patch", "local", "thumbnail", "pdq_dihedral", "pdq_trim")  # read in bulk, never cached
 _ROW_FIELDS = ["id", "sha256", "label", "media", "added_at", "pdq", "pdq_quality", "meta"]
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
                  "logit", "pdq", "pdq_quality", "width", "height", "media", "tags", "external_id")
@@ -332,12 +333,33 @@ class MilvusBank:
         if name in ("local", "thumbnail"):
             return _unb64(self._field(item_id, name))
         if name in VECTOR_KINDS:
-            return self.vector(name, item_id).tolist()
+            return None if row["media"] == HASH_ONLY else self.vector(name, item_id).tolist()
         raise KeyError(name)
 
     def read_columns(self, ids: Sequence[int], names: Sequence[str]) -> dict[str, list]:
+        """Columns of many items at once, in the order of `ids` (every id must be in the bank): the scalar
+        fields from the row cache, the vectors, blobs and de-bordered hashes in one query per BATCH ids."""
+        ids = [int(i) for i in ids]
         self.prefetch(ids)
-        return {n: [self.value(i, n) for i in ids] for n in names}
+        for i in ids:
+            self._need(i)
+        out = {n: [self.value(i, n) for i in ids] for n in names if n not in _HEAVY}
+        heavy = [n for n in names if n in _HEAVY and n != "pdq_trim"]
+        if heavy:
+            got: dict[int, dict] = {}
+            for part in _chunks(ids):
+                got.update((r["id"], r) for r in self._query(self.store.items, f"id in {_in(part)}", ["id", *heavy]))
+            for n in heavy:
+                decode = {"local": _unb64, "thumbnail": _unb64,
+                          "pdq_dihedral": lambda t: bytes.fromhex(t) if t else None}.get(n, lambda v: list(map(float, v)))
+                out[n] = [None if self.is_hash_only(i) and n in VECTOR_KINDS else decode(got[i][n]) for i in ids]
+        if "pdq_trim" in names:
+            trims: dict[int, bytes] = {}
+            for part in _chunks(ids):
+                trims.update((r["id"], _binary(r["pdq_trim"]))
+                             for r in self._query(self.store.trim, f"id in {_in(part)}", ["id", "pdq_trim"]))
+            out["pdq_trim"] = [trims.get(i) for i in ids]
+        return out
 
     def is_hash_only(self, item_id: int) -> bool:
         return self._need(item_id)["media"] == HASH_ONLY
