@@ -295,7 +295,8 @@ def compact(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
     r = _fb(bank).compact()
     _emit(r, as_json, lambda r: out.print(
         f"{r['bank']}: {r['segments_before']} → {r['segments_after']} segments, "
-        f"{r['delta_files_before']} → {r['delta_files_after']} delta files, {r['items']} items"))
+        f"{r['delta_files_before']} → {r['delta_files_after']} delta files, {r['items']} items"
+        if r["segments_before"] is not None else f"{r['bank']}: {r['compaction']}, {r['items']} items"))
 
 
 FormatOpt = Annotated[Optional[str], typer.Option(
