@@ -11,6 +11,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fakebank.bank import (
-    HASH_ONLY_COUNT, LABELS, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path,
+    HASH_ONLY_COUNT, LABELS, VIDEO, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path,
 )
 from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
 from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
@@ -28,7 +29,8 @@ from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
 from fakebank.pdq import PDQ_MATCH_THRESHOLD
 from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.store import open_store
-from fakebank.errors import BankError, InputError, UsageError
+from fakebank.errors import BankError, FakebankError, InputError, UsageError
+from fakebank import video as vid
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".avif", ".heic"}
 COMMIT_EVERY_ITEMS = 64  # a crash during `add` loses at most this many embedded images …
@@ -44,7 +46,8 @@ def expand_inputs(paths: Sequence[str | os.PathLike], recursive: bool = False) -
         path = Path(p)
         if path.is_dir():
             walker = path.rglob("*") if recursive else path.iterdir()
-            out.extend(str(f) for f in sorted(walker) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            out.extend(str(f) for f in sorted(walker)
+                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | vid.VIDEO_SUFFIXES)
         else:
             out.append(str(path))  # a missing file becomes a per-input error later
     return out
@@ -62,9 +65,13 @@ class Fakebank:
         precision: str = "auto",
         batch_size: int | None = None,
         positive_label: str | None = None,
+        max_frames: int = vid.DEFAULT_MAX_FRAMES,
+        video_rate: float = vid.DEFAULT_RATE,
+        video_strategy: str = "auto",
         store: str | None = None,
     ) -> None:
         """`store`: a store spec (store.open_store; None: FAKEBANK_STORE, else the folder `bank`)."""
+        self.max_frames, self.video_rate, self.video_strategy = max_frames, video_rate, video_strategy
         self.bank_path = Path(bank) if bank else default_bank_path()
         self.store = open_store(store, self.bank_path)
         self._weights = weights
@@ -153,6 +160,7 @@ class Fakebank:
 
         check_label(label)
         inputs = sources if sources is not None else (Source(os.fspath(f)) for f in files)
+        inputs, videos = split_videos(inputs)
         with self.writer() as w:
             pending: list[tuple[NewItem, str]] = []
             seen: dict[str, str] = {}
@@ -185,6 +193,8 @@ class Fakebank:
                 if len(pending) >= COMMIT_EVERY_ITEMS or time.monotonic() - last_commit >= COMMIT_EVERY_S:
                     yield from flush()
             yield from flush()
+            for src in videos:  # one commit per video: each is many frames of work
+                yield self.add_video(w, src, label=label, source=source, campaign=campaign, note=note)
             if w.bank.manifest.get("dedup") is None and len(w.bank):
                 w.set_manifest_entry("dedup", DedupParams().to_dict())  # the thresholds the bank matches with
 
@@ -195,11 +205,12 @@ class Fakebank:
         from fakebank import raydata
 
         files = raydata.inputs_of(paths, recursive, expand_inputs)
+        videos = [f for f in files if Path(f).suffix.lower() in vid.VIDEO_SUFFIXES]  # sampled here, after the images
         results = raydata.extract(
-            files, address=address, weights=self.weights_spec() or self.model_info["spec"], device=self.device,
+            [f for f in files if f not in set(videos)], address=address, weights=self.weights_spec() or self.model_info["spec"], device=self.device,
             precision=self.precision, batch_size=self.extractor.batch_size, workers=workers, gpus=gpus,
             store=self.store.spec, bank_path=str(self.bank_path), skip_known=self.store.shared_readers)
-        yield from self.add([], results=results, **labels)
+        yield from self.add(videos, results=results, **labels)
 
     def add_embedded(self, embs: Sequence, *, label: str = "fake", source: str | None = None,
                      campaign: str | None = None, note: str | None = None) -> list[dict]:
@@ -244,11 +255,17 @@ class Fakebank:
         bank = self.open_bank()
         check_model(bank.manifest, self.model_info, self.store.location)
         inputs = sources if sources is not None else (Source(f) for f in files)
+        inputs, videos = split_videos(inputs)
         for result in self.extractor.extract(inputs):
             if isinstance(result, FailedInput):
                 yield self.query_error_record(result.path, result.error)
                 continue
             yield self.query_embedded(bank, result, k, explain=explain, provenance=provenance, out_dir=out_dir)
+        for src in videos:
+            try:
+                yield self.query_video_embedded(bank, self.embed_video(src), k)
+            except FakebankError as e:
+                yield self.query_error_record(src.name, str(e))
 
     def query_error_record(self, path: str, error: str) -> dict:
         return {"path": path, "sha256": None, "verdict": None, "reason": None, "score": None, "p_model": None,
@@ -374,11 +391,17 @@ class Fakebank:
         check_model(bank.manifest, self.model_info, self.store.location)
         params = params or self.dedup_params(bank)
         inputs = sources if sources is not None else (Source(f) for f in files)
+        inputs, videos = split_videos(inputs)
         for result in self.extractor.extract(inputs):
             if isinstance(result, FailedInput):
                 yield {"path": result.path, "duplicates": [], "error": result.error}
                 continue
             yield self.dupes_record(bank, result.path, dedup_find(bank, Probe.of_embedding(result), params))
+        for src in videos:
+            try:
+                yield self.dupes_video_embedded(bank, self.embed_video(src), params)
+            except FakebankError as e:
+                yield {"path": src.name, "duplicates": [], "error": str(e)}
 
     def dupes_embedded(self, bank: Bank, emb) -> dict:
         """The `dupes` record of one embedded image against a bank snapshot (the HTTP service's path)."""
@@ -421,6 +444,107 @@ class Fakebank:
             "model": self.model_record(),
         }
 
+    # -- videos (DESIGN §1.7; video.py): one item per video, many frames --------------------------------
+
+    def embed_video(self, src, *, mirror: bool = True, embed=None) -> vid.VideoEmbedding:
+        """Sample and embed one video (a Source: path, or uploaded bytes) with this Fakebank's settings."""
+        return vid.embed_video(self.extractor, src.name, src.data, rate=self.video_rate, max_frames=self.max_frames,
+                               strategy=self.video_strategy, mirror=mirror, embed=embed)
+
+    def add_video(self, w: BankWriter, src, *, label: str, source: str | None = None, campaign: str | None = None,
+                  note: str | None = None) -> dict:
+        """Add one video as one item (committed before the record is returned); `add`'s record plus
+        `"media": "video"` and the `frames` summary."""
+        try:
+            sha = hashlib.sha256(src.data).hexdigest() if src.data is not None else vid.file_sha256(src.name)
+            existing = w.bank.id_of_sha256(sha)
+            if existing is not None:
+                return self._add_record(src.name, existing, sha, "duplicate", None, w.bank.item(existing)["label"]) \
+                    | {"media": "video"}
+            vemb = vid.embed_video(self.extractor, src.name, src.data, sha256=sha, rate=self.video_rate,
+                                   max_frames=self.max_frames, strategy=self.video_strategy, mirror=False,
+                                   thumbnail=True)
+        except FakebankError as e:
+            return self._add_record(src.name, None, None, "error", None, None, str(e)) | {"media": "video"}
+        item = video_item(vemb, label, source, campaign, note, w.bank.dim)
+        (item_id,) = w.add([item])
+        return self._add_record(src.name, item_id, sha, "added", item.p_fake, label) | {
+            "media": "video", "frames": vemb.summary()}
+
+    def query_video_embedded(self, bank: Bank, vemb: vid.VideoEmbedding, k: int = DEFAULT_K) -> dict:
+        """The `query` record of a video: the image record's fields (from the frame that drove the verdict,
+        or the known copy) plus `"media": "video"` and `frames` (sampling, the driving frame, matched banked
+        videos and items seen in its frames, with their times). The rule: video.video_decision."""
+        params = FusionParams.from_dict(bank.manifest.get("fusion"))
+        dparams = DedupParams.from_dict(bank.manifest.get("dedup"))
+        decisions = [decide(e.logit, self.neighbors(bank, e, k, params, dparams), params) for e in vemb.embeddings]
+        videos = vid.vpdq_matches(bank, vemb.frames)
+        matched = {m.id for m in videos}
+        items = vid.frame_matches(vemb.frames, [d.neighbors for d in decisions], skip=matched.__contains__)
+        labels = {i: bank.label_of(i) for i in matched | {m.neighbor.id for m in items}}
+        by_id = {m.id: m for m in videos}
+        vd = vid.video_decision(vemb.frames, decisions, videos, items, labels,
+                                lambda i: self._video_neighbor(bank, i, vemb, by_id[i]), params)
+        record = self.query_record(vemb.path, vemb.sha256, vd.decision)
+        if record["match"] is not None:
+            if vd.match_kind == "video":
+                m = by_id[vd.decision.match.id]
+                record["match"] |= {"signal": "vpdq", "timestamps": m.timestamps, **_vpdq_dict(m.vpdq)}
+            else:
+                hit = next(h for h in items if h.neighbor.id == vd.decision.match.id)
+                record["match"] |= {"signal": hit.signal, "timestamps": hit.timestamps}
+        f = vemb.frames[vd.frame]
+        record["media"] = "video"
+        record["frames"] = vemb.summary() | {
+            "driving": {"frame_number": f.number, "timestamp": round(f.timestamp, 3)},
+            "videos": [{"id": m.id, "path": bank.value(m.id, "path"), "label": labels[m.id], "timestamps": m.timestamps,
+                        "pdq_distance": m.min_distance, **_vpdq_dict(m.vpdq)} for m in videos],
+            "items": [{"id": h.neighbor.id, "path": h.neighbor.path, "label": labels[h.neighbor.id],
+                       "signal": h.signal, "timestamps": h.timestamps} for h in items],
+        }
+        return record
+
+    def dupes_video_embedded(self, bank: Bank, vemb: vid.VideoEmbedding, params: DedupParams | None = None) -> dict:
+        """The `dupes` record of a video: banked videos matched by vPDQ's rule (signal `vpdq`) and banked
+        items seen in ≥ video.MIN_FRAME_HITS of its frames (their dedup signal), each with the query's times."""
+        params = params or self.dedup_params(bank)
+        videos = vid.vpdq_matches(bank, vemb.frames)
+        matched = {m.id for m in videos}
+        per_frame = [[Neighbor(id=m.id, path=bank.value(m.id, "path"), label=bank.label_of(m.id),
+                               campaign=bank.value(m.id, "campaign"), similarity=m.similarity,
+                               pdq_distance=m.pdq_distance, signal=m.signal, judged=True)
+                      for m in dedup_find(bank, Probe.of_embedding(e), params)] for e in vemb.embeddings]
+        items = vid.frame_matches(vemb.frames, per_frame, skip=matched.__contains__)
+        dupes = [{"id": m.id, "path": bank.value(m.id, "path"),
+                  "similarity": self._video_neighbor(bank, m.id, vemb, m).similarity, "pdq_distance": m.min_distance,
+                  "signal": "vpdq", "timestamps": m.timestamps, **_vpdq_dict(m.vpdq)} for m in videos]
+        dupes += [{"id": h.neighbor.id, "path": h.neighbor.path, "similarity": h.neighbor.similarity,
+                   "pdq_distance": h.neighbor.pdq_distance, "signal": h.signal, "timestamps": h.timestamps}
+                  for h in items]
+        return {"path": vemb.path, "duplicates": dupes, "media": "video", "frames": vemb.summary()}
+
+    @staticmethod
+    def _video_neighbor(bank: Bank, item_id: int, vemb: vid.VideoEmbedding, m: vid.VideoMatch) -> Neighbor:
+        """A banked video as a neighbour: similarity = the best cls cosine between a query frame and one of
+        its stored frames; pdq_distance = the closest frame hashes."""
+        stored = vid.unpack_frames(bank.value(item_id, "frames"))["cls"].astype(np.float32)
+        query = np.stack([f.cls for f in vemb.frames])
+        sim = float((query @ stored.T).max()) if len(stored) else 0.0
+        return Neighbor(id=item_id, path=bank.value(item_id, "path"), label=bank.label_of(item_id),
+                        campaign=bank.value(item_id, "campaign"), similarity=round(sim, 6),
+                        pdq_distance=m.min_distance, signal="vpdq", judged=True)
+
+    def vpdq(self, path: str | os.PathLike, *, strategy: str = "exact", upright: bool = False) -> list[vid.VpdqFeature]:
+        """vPDQ features of a video file as vpdq-hash-video computes them: frames chosen alike (`exact`: every
+        int(fps)-th decoded frame), hashed at full resolution, as coded (`upright`: the display rotation
+        applied, which vPDQ does not do). Needs no model and no bank."""
+        from fakebank.pdq import pdq_hash
+
+        with vid.VideoReader(path, rate=self.video_rate, max_frames=self.max_frames, strategy=strategy,
+                             upright=upright) as reader:
+            return [vid.VpdqFeature(f.number, (h := pdq_hash(f.image, max_side=None)).quality, h.hex,
+                                    round(f.timestamp, vid.VPDQ_TIMESTAMP_PRECISION)) for f in reader]
+
     # -- hash lists (hashlists.py; issue 12) --------------------------------------------------------
 
     def _list_writer(self) -> BankWriter:
@@ -458,6 +582,8 @@ class Fakebank:
             check_label(label)
         bank = self.open_bank()
         flt = ExportFilter(labels=tuple(labels), source=source, campaign=campaign, min_quality=min_quality)
+        if fmt == "vpdq":
+            return _export_vpdq(bank, Path(path), replace(flt, min_quality=0))
         return write_list(bank, path, fmt, flt, model=bank.manifest.get("model"))
 
     def sync(self, config: str | os.PathLike) -> Iterator[dict]:
@@ -666,6 +792,7 @@ class Fakebank:
 
         folder = Path(folder)
         fake, real = expand_inputs([folder / "fake"], True), expand_inputs([folder / "real"], True)
+        fake, real = ([p for p in ps if Path(p).suffix.lower() in IMAGE_SUFFIXES] for ps in (fake, real))  # images
         if not (folder / "fake").is_dir() or not (folder / "real").is_dir():
             raise UsageError(f"{folder} must hold fake/ and real/ sub-folders of images")
         if not fake or not real:
@@ -701,6 +828,25 @@ class Fakebank:
         }
 
 
+def _export_vpdq(bank: Bank, folder: Path, flt) -> dict:
+    """`export --format vpdq`: one `<id>.txt` of vPDQ lines (frame_number,quality,pdq_hex,timestamp) per
+    banked video that passes the filter, as Meta's vpdq-hash-video writes them (images have none)."""
+    from fakebank.hashlists import export_rows
+    from fakebank.video import item_vpdq, write_vpdq
+
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder}: --format vpdq writes one file per video; name a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for seg, rows in export_rows(bank, flt):
+        for item_id in seg.ids[rows].tolist():
+            features = item_vpdq(bank, item_id)
+            if features:
+                write_vpdq(features, folder / f"{item_id}.txt")
+                written += 1
+    return {"path": str(folder), "format": "vpdq", "signals": written}
+
+
 def _write_overlay(folder: Path, path: str, sha256: str, blob: bytes) -> Path:
     """`<folder>/<stem>.<sha256[:12]>.heat.png`: distinct per image even when names repeat."""
     if folder.exists() and not folder.is_dir():
@@ -724,6 +870,39 @@ def new_item(emb, label: str, source: str | None, campaign: str | None, note: st
         local=sig.local.strongest(LOCAL_BANK_FEATURES).to_bytes() if sig is not None and len(sig.local) else None,
         thumbnail=getattr(emb, "thumbnail", None),
     )
+
+
+def split_videos(inputs: Iterable) -> tuple[list, list]:
+    """(images, videos) among Sources or paths: a video by extension, else by content; files with an image
+    extension are never sniffed."""
+    from fakebank.embed import Source
+
+    images, videos = [], []
+    for src in inputs:
+        src = Source(os.fspath(src.name), src.data) if isinstance(src, Source) else Source(os.fspath(src))
+        is_video = Path(src.name).suffix.lower() not in IMAGE_SUFFIXES and vid.is_video(src.name, src.data)
+        (videos if is_video else images).append(src)
+    return images, videos
+
+
+def video_item(vemb: vid.VideoEmbedding, label: str, source: str | None, campaign: str | None, note: str | None,
+               dim: int) -> NewItem:
+    """The bank row of a video: the columns of its driving frame (the model's score at
+    video.VIDEO_SCORE_QUANTILE of its frames), so that image queries meet it through that frame, plus its
+    duration, fps, every sampled frame (`frames`) and the frame hashes its segment indexes (`frame_pdq`)."""
+    from dataclasses import replace
+
+    records = vemb.records()
+    i = vid.driving_index([e.p_fake for e in vemb.embeddings])
+    base = new_item(vemb.embeddings[i], label, source, campaign, note)
+    return replace(base, sha256=vemb.sha256, path=vemb.path, width=vemb.width, height=vemb.height, media=VIDEO,
+                   duration_s=vemb.duration_s, fps=vemb.info.fps, frames=vid.pack_frames(records, dim),
+                   frame_pdq=vid.index_codes(records) or None)
+
+
+def _vpdq_dict(m: vid.VpdqMatch) -> dict:
+    return {"query_match_percent": round(m.query_match_percent, 2),
+            "compared_match_percent": round(m.compared_match_percent, 2)}
 
 
 def _read_input(path: str) -> bytes:

@@ -79,15 +79,15 @@ MAX_DELTA_FILES = 16  # more delta files than this are folded into one (cost: th
 # LOCAL_INDEX_FEATURES_LARGE, so that 10M items fit memory (candidates are verified on all stored ones).
 LOCAL_REDUCE_ROWS = 1 << 15
 LOCAL_INDEX_FEATURES_LARGE = 32
-SHARD_KINDS = ("cls", "pdq", "pdq_trim", "local", "pdq_mih", "pdq_trim_mih")
-MIH_KINDS = ("pdq_mih", "pdq_trim_mih")
+SHARD_KINDS = ("cls", "pdq", "pdq_trim", "local", "pdq_mih", "pdq_trim_mih", "frame_pdq", "frame_pdq_mih")
+MIH_KINDS = ("pdq_mih", "pdq_trim_mih", "frame_pdq_mih")
 _OWNED_FILE = re.compile(
-    r"^(seg-\d+(-\d+)?\.(parquet|arrow|sha\.npy|(pdq|pdq_trim)_mih\.npy|(cls|pdq|pdq_trim|local)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet|thumbs-\d+\.arrow"
+    r"^(seg-\d+(-\d+)?\.(parquet|arrow|sha\.npy|(pdq|pdq_trim|frame_pdq)_mih\.npy|(cls|pdq|pdq_trim|local|frame_pdq)\.faiss)|delta-\d+\.parquet|campaigns-\d+\.parquet|thumbs-\d+\.arrow"
     r"|localq-\d+\.npy|(cls|patch|pdq|pdq_trim|local)-\d+\.faiss|.*\.tmp)$")
 # Near-duplicate signals (dedup.py) beyond `pdq`: the PDQ hashes of de-bordered images and the ORB
 # descriptors of every item. A local descriptor's id is item_id << LOCAL_ID_BITS | its rank within the item.
 DEDUP_INDEX_KINDS = ("pdq_trim", "local")
-BINARY_KINDS = ("pdq", *DEDUP_INDEX_KINDS)
+BINARY_KINDS = ("pdq", *DEDUP_INDEX_KINDS, "frame_pdq")
 LOCAL_ID_BITS = 10
 PDQ_DIHEDRAL_BYTES = 7 * PDQ_BYTES  # the 7 rotated/mirrored hashes after the stored one
 # Computed campaign assignments (`fakebank campaigns`), a sidecar the manifest names under "campaigns";
@@ -139,18 +139,26 @@ def items_schema(dim: int) -> pa.Schema:
             # WebP, longest side 256 (thumbnails.py); null for rows added before thumbnails existed: those
             # get theirs from `fakebank thumbnails`, in side files (THUMBS_SCHEMA)
             ("thumbnail", pa.binary()),
+            # videos (video.py): one row per video (media "video"), its other columns those of the frame
+            # that drove its verdict; null for images and hashes
+            ("duration_s", pa.float32()),
+            ("fps", pa.float32()),
+            ("frames", pa.binary()),  # video.pack_frames: every sampled frame's number, time, PDQ, logit, cls
+            ("frame_pdq", pa.binary()),  # the usable frame hashes the frame_pdq shard indexes, 32 bytes each
         ]
     )
 
 
 HASH_ONLY = "hash"
+VIDEO = "video"  # media of a video item: one row, many frames (video.py)
 _BOOKKEEPING = ("format_version", "segments", "deltas", "counts", "generation", "next_id", "model")
 HASH_ONLY_COUNT = "hash_only"
 SHARED_HASH_QUALITY = 50  # PDQ's own usability bar (pdq.PDQ_MIN_QUALITY), for a shared hash of unknown quality  # manifest["counts"] key: hash-only items among `items`
 # A segment of hash-only items stores none of the columns that come from pixels (nulls of a fixed-width
 # column still take their width: the embeddings alone would cost 3 KB an item); it has no `cls` shard,
 # reads its vectors as zeros and those columns as nulls.
-_PIXEL_COLUMNS = ("cls", "patch", "pdq_dihedral", "pdq_trim", "pdq_trim_quality", "local", "thumbnail")
+_PIXEL_COLUMNS = ("cls", "patch", "pdq_dihedral", "pdq_trim", "pdq_trim_quality", "local", "thumbnail",
+                  "duration_s", "fps", "frames", "frame_pdq")
 
 
 def hash_only_schema(dim: int) -> pa.Schema:
@@ -193,9 +201,13 @@ class NewItem:
     pdq_trim_quality: int | None = None
     local: bytes | None = None  # LocalFeatures.to_bytes()
     thumbnail: bytes | None = None  # thumbnails.make_thumbnail() of the decoded image
-    media: str | None = None  # None: an image; HASH_ONLY: a hash without pixels
+    media: str | None = None  # None: an image; HASH_ONLY: a hash without pixels; VIDEO: a video
     tags: str | None = None
     external_id: str | None = None
+    duration_s: float | None = None  # videos (video.py)
+    fps: float | None = None
+    frames: bytes | None = None  # video.pack_frames(...)
+    frame_pdq: bytes | None = None  # concatenated 32-byte frame hashes to index (video.index_codes)
 
     @property
     def hash_only(self) -> bool:
@@ -357,6 +369,19 @@ class Segment:
         valid = self.column("pdq_trim").is_valid().to_numpy(zero_copy_only=False)
         return np.flatnonzero(valid).astype(np.int64)
 
+    @cached_property
+    def frame_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(codes [n, 32] uint8, row of each): every video's indexed frame hashes, concatenated in row order
+        (a view of the mapped column), and the segment row each belongs to (from the column's offsets)."""
+        col = self.column("frame_pdq")
+        if self.rows == 0 or col.null_count == len(col):
+            return np.zeros((0, PDQ_BYTES), np.uint8), np.zeros(0, np.int64)
+        _, offsets_buf, data_buf = col.buffers()
+        offsets = np.frombuffer(offsets_buf, np.int32)[col.offset:col.offset + self.rows + 1]
+        counts = np.diff(offsets) // PDQ_BYTES  # a null row has no bytes
+        data = np.frombuffer(data_buf, np.uint8)[offsets[0]:offsets[-1]]
+        return data.reshape(-1, PDQ_BYTES), np.repeat(np.arange(self.rows, dtype=np.int64), counts)
+
     @property
     def local_reduced(self) -> bool:
         return self.rows >= LOCAL_REDUCE_ROWS
@@ -371,6 +396,14 @@ def build_shard(seg: Segment, kind: str, centroids: np.ndarray | None = None):
         return faiss_index.build_binary_flat(seg.pdq_codes)
     if kind == "pdq_trim":
         return faiss_index.build_binary_flat(seg.fixed_bytes("pdq_trim", PDQ_BYTES)[seg.trim_rows])
+    if kind in ("frame_pdq", "frame_pdq_mih"):
+        codes, _ = seg.frame_codes
+        if not len(codes):
+            return None
+        if kind == "frame_pdq":
+            return faiss_index.build_binary_flat(codes)
+        # positions in the segment's frame codes, which the search maps to rows (Segment.frame_codes)
+        return faiss_index.build_mih(codes, np.arange(len(codes))) if len(codes) >= faiss_index.MIH_MIN_ROWS else None
     if kind in MIH_KINDS:
         if seg.rows < faiss_index.MIH_MIN_ROWS:
             return None
@@ -508,7 +541,7 @@ def thumbs_table(thumbs: dict[int, bytes]) -> pa.Table:
 
 # -- the reader ----------------------------------------------------------------------------------------------
 
-_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral", "thumbnail")  # kept out of the whole-bank `table`
+_BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral", "thumbnail", "frames", "frame_pdq")  # kept out of the whole-bank `table`
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
                  "logit", "pdq", "pdq_quality", "width", "height", "media", "tags", "external_id")
 
@@ -773,6 +806,25 @@ class Bank:
                     item_id = int(seg.ids[rows_of[pos] if rows_of is not None else pos])
                     if item_id not in self.deltas.removed:
                         out[qi].append((item_id, dist))
+        return out
+
+    def frame_pdq_within(self, codes: np.ndarray, max_distance: int) -> list[dict[int, int]]:
+        """Per query code, {video item id: smallest distance ≤ max_distance to any of its indexed frame
+        hashes} (exact: multi-index hashing in segments of ≥ MIH_MIN_ROWS frames, a flat scan below)."""
+        out: list[dict[int, int]] = [{} for _ in range(len(codes))]
+        for seg in self.segments:
+            flat = seg.shard("frame_pdq")
+            if flat is None:
+                continue
+            full, rows = seg.frame_codes
+            mih = seg.shard("frame_pdq_mih") if max_distance <= faiss_index.MIH_MAX_DISTANCE else None
+            hits = (faiss_index.mih_within(mih, full, codes, max_distance) if mih is not None
+                    else faiss_index.binary_within(flat, codes, max_distance))
+            for qi, found in enumerate(hits):
+                for pos, dist in found:
+                    item_id = int(seg.ids[rows[pos]])
+                    if item_id not in self.deltas.removed and dist < out[qi].get(item_id, 1 << 30):
+                        out[qi][item_id] = dist
         return out
 
     def pdq_within(self, query_codes: np.ndarray, max_distance: int) -> list[list[tuple[int, int]]]:
@@ -1573,6 +1625,10 @@ def _items_table(items: Sequence[NewItem], ids: Sequence[int], now: datetime, di
         "media": pa.array([it.media for it in items], pa.string()),
         "tags": pa.array([it.tags for it in items], pa.string()),
         "external_id": pa.array([it.external_id for it in items], pa.string()),
+        "duration_s": pa.array([it.duration_s for it in items], pa.float32()),
+        "fps": pa.array([it.fps for it in items], pa.float32()),
+        "frames": pa.array([it.frames for it in items], pa.binary()),
+        "frame_pdq": pa.array([it.frame_pdq for it in items], pa.binary()),
     }
     if not hash_only:
         columns["cls"] = _vector_array([it.cls for it in items], dim)

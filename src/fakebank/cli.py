@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fakebank.api import DEFAULT_K, Fakebank, expand_inputs
 from fakebank.errors import EXIT_SOME_FAILED, FakebankError
+from fakebank.video import DEFAULT_MAX_FRAMES, STRATEGIES, write_vpdq
 
 app = typer.Typer(
     name="fakebank",
@@ -41,6 +42,9 @@ PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA and on CPUs with native bf16, else fp32).")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per forward pass [default 8].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout (a stable contract).")]
+MaxFramesOpt = Annotated[int, typer.Option(
+    "--max-frames", min=1, help="Videos: frames sampled at most (≈ 1 a second; a longer video is sampled "
+    "more sparsely over its whole length).")]
 PositiveOpt = Annotated[Optional[str], typer.Option(
     "--positive-label", help="Which checkpoint label is the fake/positive class, when it cannot be told.")]
 
@@ -70,9 +74,10 @@ def _options(store: Annotated[Optional[str], typer.Option(
     _store["spec"] = store
 
 
-def _fb(bank, weights=None, device="auto", precision="auto", batch_size=None, positive_label=None) -> Fakebank:
+def _fb(bank, weights=None, device="auto", precision="auto", batch_size=None, positive_label=None,
+        max_frames: int = DEFAULT_MAX_FRAMES) -> Fakebank:
     return Fakebank(bank, weights=weights, device=device, precision=precision, batch_size=batch_size,
-                    positive_label=positive_label, store=_store["spec"])
+                    positive_label=positive_label, max_frames=max_frames, store=_store["spec"])
 
 
 def _emit(record: dict, as_json: bool, human) -> None:
@@ -103,7 +108,7 @@ def _warn_untrained(fb: Fakebank) -> None:
 
 @_command
 def add(
-    paths: Annotated[list[str], typer.Argument(help="Image files and/or folders.")],
+    paths: Annotated[list[str], typer.Argument(help="Image or video files and/or folders.")],
     recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")] = False,
     label: Annotated[str, typer.Option("--label", help="fake | real | unknown")] = "fake",
     source: Annotated[Optional[str], typer.Option("--source", help="Where these came from.")] = None,
@@ -111,14 +116,15 @@ def add(
     note: Annotated[Optional[str], typer.Option("--note")] = None,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
+    max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
     ray: Annotated[Optional[str], typer.Option(
         "--ray", help="Extract on a Ray cluster: local (start one here), auto, or ray://HEAD:10001. PATHS may then "
-        "also be listings (.txt, a path or URI a line) and URIs (s3://…).")] = None,
+        "also be listings (.txt, a path or URI a line) and URIs (s3://…); images only.")] = None,
     ray_workers: Annotated[int, typer.Option("--ray-workers", min=1, help="Extraction actors (with --ray).")] = 2,
     ray_gpus: Annotated[float, typer.Option("--ray-gpus", min=0, help="GPUs per actor (with --ray).")] = 0,
 ) -> None:
-    """Embed images and add them to the bank (resumable: what is already there is skipped)."""
-    fb = _fb(bank, weights, device, precision, batch_size, positive_label)
+    """Embed images and videos and add them to the bank (resumable: what is already there is skipped)."""
+    fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames)
     files = list(paths) if ray else expand_inputs(paths, recursive)
     if not files:
         raise typer.BadParameter("no images found (folders are searched for image files; use -r for sub-folders)")
@@ -131,7 +137,8 @@ def add(
         elif r["status"] == "duplicate":
             out.print(f"duplicate  id={r['id']}  {r['path']}")
         else:
-            out.print(f"added      id={r['id']}  p_fake={r['p_fake']:.3f}  {r['path']}")
+            out.print(f"added      id={r['id']}  p_fake={r['p_fake']:.3f}  {r['path']}" + (
+                f"  (video: {r['frames']['count']} frames)" if r.get("media") == "video" else ""))
 
     with _progress(len(files), "adding", as_json) as tick:
         records = fb.add_ray(files, address=ray, workers=ray_workers, gpus=ray_gpus, recursive=recursive, label=label,
@@ -149,7 +156,7 @@ def add(
 
 @_command
 def query(
-    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    paths: Annotated[list[Path], typer.Argument(help="Image or video files and/or folders.")],
     k: Annotated[int, typer.Option("-k", min=1, help="Neighbours to look up.")] = DEFAULT_K,
     recursive: Annotated[bool, typer.Option("-r", "--recursive")] = False,
     explain: Annotated[bool, typer.Option(
@@ -161,9 +168,10 @@ def query(
         "--out-dir", help="With --explain: write each heat-map overlay PNG into this folder.")] = None,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
+    max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
 ) -> None:
-    """Verdicts for images: known copy? what do the model and the nearest known items say?"""
-    fb = _fb(bank, weights, device, precision, batch_size, positive_label)
+    """Verdicts for images and videos: known copy? what do the model and the nearest known items say?"""
+    fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames)
     files = expand_inputs(paths, recursive)
     if not files:
         raise typer.BadParameter("no images found")
@@ -185,6 +193,7 @@ def query(
             line += (f"\n           ↳ copy of #{m['id']} ({m['label']}) {m['path']} "
                      f"(similarity {m['similarity']:.3f}, pdq distance {m['pdq_distance']})")
         out.print(line)
+        _print_video(r)
         _print_evidence(r)
 
     with _progress(len(files), "querying", as_json) as tick:
@@ -194,6 +203,23 @@ def query(
             tick()
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _print_video(r: dict) -> None:
+    """The human lines of a video's `frames` summary (query and dupes)."""
+    f = r.get("frames")
+    if f is None:
+        return
+    out.print(f"           ↳ video: {f['count']} frames over {f['duration_s']} s ({f['strategy']}, {f['decoded']} "
+              f"decoded{'' if f['complete'] else ', incomplete: ' + str(f['note'])})", markup=False)
+    if f.get("driving"):
+        out.print(f"           ↳ verdict from the frame at {f['driving']['timestamp']} s", markup=False)
+    for v in f.get("videos", []):
+        out.print(f"           ↳ vPDQ match #{v['id']} ({v['label']}) {v['path']}: {v['query_match_percent']}% of this "
+                  f"video, {v['compared_match_percent']}% of it", markup=False)
+    for i in f.get("items", []):
+        out.print(f"           ↳ #{i['id']} ({i['label']}) {i['path']} seen at {', '.join(map(str, i['timestamps']))} s "
+                  f"({i['signal']})", markup=False)
 
 
 def _print_evidence(r: dict) -> None:
@@ -339,7 +365,8 @@ def import_(
 @_command
 def export(
     file: Annotated[Path, typer.Argument(help="Where to write the list.")],
-    fmt: Annotated[str, typer.Option("--format", help="local_file | csv | fakebank")] = "local_file",
+    fmt: Annotated[str, typer.Option("--format", help="local_file | csv | fakebank | vpdq (a folder: one "
+                                     "vPDQ file per banked video)")] = "local_file",
     labels: Annotated[list[str], typer.Option("--label", help="Labels to export (repeat) [default: fake].")] = ["fake"],
     source: Annotated[Optional[str], typer.Option("--source", help="Only items from this source.")] = None,
     campaign: Annotated[Optional[str], typer.Option("--campaign", help="Only items of this campaign.")] = None,
@@ -439,6 +466,9 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Per-file upload bound.")] = 20,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Decoded pixels per image.")] = 50_000_000,
+    max_upload_mb_video: Annotated[int, typer.Option(
+        "--max-upload-mb-video", min=1, help="Per-file upload bound for videos.")] = 200,
+    max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, positive_label: PositiveOpt = None,
 ) -> None:
@@ -448,13 +478,13 @@ def serve(
 
     api_key = os.environ.get(API_KEY_ENV) or None
     check_bind(host, api_key)
-    fb = _fb(bank, weights, device, precision, batch_size, positive_label)
+    fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames)
     _warn_untrained(fb)
     if not api_key:
         err.print(f"no {API_KEY_ENV} set: the API is open to anyone who can reach {host}")
     err.print(f"fakebank serving {fb.store.location} with {fb.model_info['name']} on http://{host}:{port} (docs: /docs)")
     config = ServiceConfig(api_key=api_key, max_upload_bytes=max_upload_mb * 1024 * 1024, max_pixels=max_pixels,
-                           max_batch=fb.extractor.batch_size)
+                           max_batch=fb.extractor.batch_size, max_video_upload_bytes=max_upload_mb_video * 1024 * 1024)
     run_server(fb, host, port, config)
 
 
@@ -527,10 +557,10 @@ def dupes(
     save: Annotated[bool, typer.Option(
         "--save", help="Store these thresholds in the bank's manifest: query's match and dupes use them.")] = False,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
-    batch_size: BatchOpt = None, as_json: JsonOpt = False,
+    batch_size: BatchOpt = None, as_json: JsonOpt = False, max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
 ) -> None:
-    """Near-duplicates: bank items that are copies of the given images, or groups of copies in the bank."""
-    fb = _fb(bank, weights, device, precision, batch_size)
+    """Near-duplicates: bank items that are copies of the given images or videos, or groups in the bank."""
+    fb = _fb(bank, weights, device, precision, batch_size, max_frames=max_frames)
     b = fb.open_bank()  # a missing bank is the first thing to report, before loading any model
     try:
         params = fb.dedup_params(b, pdq_threshold=pdq_threshold, embedding_threshold=threshold,
@@ -540,7 +570,7 @@ def dupes(
         raise typer.BadParameter(str(e)) from None
     if save:
         fb.save_dedup_params(params)
-        err.print(f"thresholds stored in {fb.bank_path}/manifest.json: {params.to_dict()}", markup=False)
+        err.print(f"thresholds stored in {fb.store.location}: {params.to_dict()}", markup=False)
     if not paths:
         with _progress(len(b), "grouping", as_json) as tick:
             n = 0
@@ -560,9 +590,11 @@ def dupes(
             err.print("error " + r["error"], markup=False, highlight=False)
             return
         out.print(f"{len(r['duplicates'])} near-duplicates  {r['path']}")
+        _print_video(r)
         for d in r["duplicates"]:
             out.print(f"    #{d['id']} {d['path']}  ({d['signal']}, similarity {d['similarity']:.3f}, "
-                      f"pdq distance {d['pdq_distance']})")
+                      f"pdq distance {d['pdq_distance']})" + (
+                          f" at {', '.join(map(str, d['timestamps']))} s" if d.get("timestamps") else ""))
 
     with _progress(len(files), "matching", as_json) as tick:
         for r in fb.dupes(files, params=params):
@@ -571,6 +603,28 @@ def dupes(
             tick()
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@_command
+def vpdq(
+    video: Annotated[Path, typer.Argument(help="One video file.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the hash lines here "
+                                                   "[default: stdout].")] = None,
+    strategy: Annotated[str, typer.Option(
+        "--strategy", help=f"{' | '.join(STRATEGIES)}: which frames (exact: every int(fps)-th decoded frame, as "
+        "Meta's vpdq-hash-video; auto: fakebank's own sampling).")] = "exact",
+    max_frames: Annotated[int, typer.Option("--max-frames", min=1, help="Frames hashed at most.")] = 36_000,
+    upright: Annotated[bool, typer.Option(
+        "--upright", help="Apply the video's display rotation first (as fakebank's bank does; vpdq does not).")] = False,
+) -> None:
+    """A video's vPDQ hash: `frame_number,quality,pdq_hex,timestamp` lines, as Meta's vpdq writes them."""
+    fb = Fakebank(None, max_frames=max_frames)
+    features = fb.vpdq(video, strategy=strategy, upright=upright)
+    if output is None:
+        write_vpdq(features, sys.stdout)
+    else:
+        write_vpdq(features, output)
+        err.print(f"{len(features)} frame hashes → {output}", markup=False, highlight=False)
 
 
 def main() -> None:

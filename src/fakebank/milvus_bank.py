@@ -41,7 +41,7 @@ import pyarrow as pa
 
 from fakebank.bank import (
     CAMPAIGNS_SCHEMA, EDIT_OPS, HASH_ONLY, HASH_ONLY_COUNT, LABELS, LOCAL_ID_BITS, PDQ_BYTES, PDQ_DIHEDRAL_BYTES,
-    SHARED_HASH_QUALITY, VECTOR_KINDS, NewItem, check_label, check_model, items_schema,
+    SHARED_HASH_QUALITY, VECTOR_KINDS, VIDEO, NewItem, check_label, check_model, items_schema,
 )
 from fakebank.errors import BankError, UsageError
 
@@ -440,6 +440,10 @@ class MilvusBank:
     def pdq_within(self, query_codes: np.ndarray, max_distance: int) -> list[list[tuple[int, int]]]:
         return self.binary_within("pdq", query_codes, max_distance)
 
+    def frame_pdq_within(self, codes: np.ndarray, max_distance: int) -> list[dict[int, int]]:
+        """Video frames' hashes: a Milvus bank holds no videos (its writer refuses them), so none match."""
+        return [{} for _ in range(len(codes))]
+
     def local_quantizer(self):
         return None
 
@@ -599,6 +603,9 @@ class MilvusWriter:
         dim = self.bank.dim
         for it in items:
             check_label(it.label)
+            if it.media == VIDEO:
+                raise BankError(f"{it.path}: videos are not stored on the Milvus store yet (their frame hashes "
+                                "need a collection of their own); add videos to a bank folder (--store folder)")
             if it.hash_only:
                 if it.pdq is None or len(it.pdq) != PDQ_BYTES:
                     raise BankError("a hash-only item needs a 256-bit PDQ hash")

@@ -37,10 +37,12 @@ from fakebank.errors import BankError, FakebankError, InputError, TooLargeError,
 from fakebank.hma import HmaError, hma_error_response, hma_router
 from fakebank.pdq import PDQ_MATCH_THRESHOLD
 from fakebank.ui import ui_router
+from fakebank.video import SNIFF_BYTES, is_video
 
 log = logging.getLogger("fakebank.service")
 API_KEY_ENV = "FAKEBANK_API_KEY"
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file
+DEFAULT_MAX_VIDEO_UPLOAD_BYTES = 200 * 1024 * 1024  # per video file (`--max-upload-mb-video`)
 DEFAULT_MAX_PIXELS = 50_000_000  # decoded pixels per image
 MAX_FILES_PER_REQUEST = 32
 MAX_LOOKUP_HASHES = 10_000
@@ -55,6 +57,7 @@ class ServiceConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_batch: int = 8
     max_wait_s: float = MAX_WAIT_S
+    max_video_upload_bytes: int = DEFAULT_MAX_VIDEO_UPLOAD_BYTES
 
 
 def is_loopback(host: str) -> bool:
@@ -177,7 +180,8 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
     extractor.max_pixels = config.max_pixels
     batcher = MicroBatcher(extractor, config.max_batch, config.max_wait_s)
     metrics = Metrics()
-    max_request_bytes = config.max_upload_bytes * MAX_FILES_PER_REQUEST + (1 << 20)
+    # Room for a full request of images and one video beside them.
+    max_request_bytes = config.max_upload_bytes * MAX_FILES_PER_REQUEST + config.max_video_upload_bytes + (1 << 20)
 
     if not fb.store.exists():
         with fb.writer():  # an empty bank, so that queries work before the first upload
@@ -250,12 +254,45 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
             raise HTTPException(413, f"{len(files)} files in one request; the limit is {MAX_FILES_PER_REQUEST}")
         out = []
         for f in files:
-            data = await f.read(config.max_upload_bytes + 1)
             name = os.path.basename(f.filename or "upload")  # never echo a client's directory structure
-            if len(data) > config.max_upload_bytes:
-                raise HTTPException(413, f"{name}: over the upload limit of {config.max_upload_bytes:,} bytes")
+            head = await f.read(SNIFF_BYTES)
+            video = is_video(name, head)
+            limit = config.max_video_upload_bytes if video else config.max_upload_bytes
+            data = head + await f.read(limit + 1 - len(head))
+            if len(data) > limit:
+                raise HTTPException(413, f"{name}: over the {'video ' if video else ''}upload limit of {limit:,} bytes"
+                                    + (" (--max-upload-mb-video)" if video else ""))
             out.append((name, data))
         return out
+
+    def embed_frames(batch: list[Decoded]) -> list[Embedding]:
+        """A video's frames through the shared micro-batcher (one forward pass with concurrent queries)."""
+        return [f.result() for f in [batcher.submit(d) for d in batch]]
+
+    def video_record(kind: str, bank, name: str, data: bytes, k: int = DEFAULT_K, **add) -> dict:
+        """The query / dupes / add record of one uploaded video (run in a worker thread)."""
+        src = Source(name, data)
+        try:
+            if kind == "add":
+                with fb._write_lock, fb.writer() as w:
+                    record = fb.add_video(w, src, **add)
+                    fb._publish(w.bank)
+                    return record
+            vemb = fb.embed_video(src, embed=embed_frames)
+        except FakebankError as e:
+            return fb.query_error_record(name, str(e)) if kind == "query" else \
+                {"path": name, "duplicates": [], "error": str(e)}
+        return fb.query_video_embedded(bank, vemb, k) if kind == "query" else fb.dupes_video_embedded(bank, vemb)
+
+    def split(uploads: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], list[int]]:
+        """(the image uploads, the positions of the video uploads)."""
+        videos = [i for i, (name, data) in enumerate(uploads) if is_video(name, data[:SNIFF_BYTES])]
+        return [u for i, u in enumerate(uploads) if i not in videos], videos
+
+    async def with_videos(uploads, videos: list[int], image_records: list[dict], one) -> list[dict]:
+        """Image records and video records (`one(name, data)` in a thread) back in upload order."""
+        images = iter(image_records)
+        return [await run_in_threadpool(one, *uploads[i]) if i in videos else next(images) for i in range(len(uploads))]
 
     async def embed_uploads(uploads: list[tuple[str, bytes]], *, mirror: bool = True) -> list[Embedding | FakebankError]:
         """Decode in threads, then embed through the shared batcher; per-file errors are kept in place.
@@ -294,11 +331,16 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         uploads = await read_uploads(file)
         bank = await run_in_threadpool(fb.snapshot)
         check_model(bank.manifest, fb.model_info, fb.store.location)
+        uploads, videos = split(everything := uploads)
         results = await embed_uploads(uploads)
-        all_failed(results)
+        if not videos:
+            all_failed(results)
         records = [fb.query_error_record(name, str(r)) if isinstance(r, FakebankError)
                    else await run_in_threadpool(query_one, bank, r, k, data, explain, provenance)
                    for (name, data), r in zip(uploads, results)]
+        records = await with_videos(everything, videos, records, lambda n, d: video_record("query", bank, n, d, k))
+        if videos and all(r.get("error") for r in records):
+            raise InputError("; ".join(r["error"] for r in records))
         return {"results": records}
 
     def query_one(bank, emb: Embedding, k: int, data: bytes, explain: bool, provenance: bool) -> dict:
@@ -314,14 +356,19 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
                         campaign: Annotated[str | None, Form()] = None,
                         note: Annotated[str | None, Form()] = None) -> dict:
         check_label(label)
-        uploads = await read_uploads(file)
+        uploads, videos = split(everything := await read_uploads(file))
         results = await embed_uploads(uploads, mirror=False)
-        all_failed(results)
+        if not videos:
+            all_failed(results)
         embs = [r for r in results if isinstance(r, Embedding)]
         added = iter(await run_in_threadpool(
-            fb.add_embedded, embs, label=label, source=source, campaign=campaign, note=note))
+            fb.add_embedded, embs, label=label, source=source, campaign=campaign, note=note) if embs else [])
         records = [fb._add_record(name, None, None, "error", None, None, str(r)) if isinstance(r, FakebankError)
                    else next(added) for (name, _), r in zip(uploads, results)]
+        records = await with_videos(everything, videos, records, lambda n, d: video_record(
+            "add", None, n, d, label=label, source=source, campaign=campaign, note=note))
+        if videos and all(r.get("error") for r in records):
+            raise InputError("; ".join(r["error"] for r in records))
         return {"results": records}
 
     @app.post("/v1/dupes", dependencies=[Auth])
@@ -329,14 +376,18 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
                     ) -> dict:
         if not file:
             return {"results": await run_in_threadpool(lambda: list(fb.dupe_groups()))}
-        uploads = await read_uploads(file)
         bank = await run_in_threadpool(fb.snapshot)
         check_model(bank.manifest, fb.model_info, fb.store.location)
+        uploads, videos = split(everything := await read_uploads(file))
         results = await embed_uploads(uploads)
-        all_failed(results)
+        if not videos:
+            all_failed(results)
         records = [{"path": name, "duplicates": [], "error": str(r)} if isinstance(r, FakebankError)
                    else await run_in_threadpool(fb.dupes_embedded, bank, r)
                    for (name, _), r in zip(uploads, results)]
+        records = await with_videos(everything, videos, records, lambda n, d: video_record("dupes", bank, n, d))
+        if videos and all(r.get("error") for r in records):
+            raise InputError("; ".join(r["error"] for r in records))
         return {"results": records}
 
     @app.get("/v1/campaigns", dependencies=[Auth])
