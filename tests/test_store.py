@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from bankutil import DIM, MODEL_INFO, make_item
+from fakebank.bank import items_schema
 from fakebank.dedup import DedupParams, find, groups
 from fakebank.errors import BankError, UsageError
 from fakebank.store import FolderStore, open_store
@@ -127,6 +128,8 @@ def test_writer_operations_read_back_the_same(kind, tmp_path, photos):
     t = pa.concat_tables(b.batches(["id", "label", "pdq"]))
     assert t.column("id").to_pylist() == [1, 2, 3, 4] and t.column("label").to_pylist()[1] == "unknown"
     assert b.recent_ids(2) == [4, 3]
+    every = b.read_columns([1, 3], [f.name for f in items_schema(DIM)])  # each column a store must answer
+    assert every["sha256"] == [items[0].sha256, items[2].sha256] and every["local"][0] == items[0].local
     with store.writer(create=False) as w:
         w.remove([4])
         w.commit_campaigns(pa.table({"id": [1], "campaign": ["C-7"], "origin": ["computed"]}), {"next_number": 8})

@@ -57,6 +57,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
 # Metadata kept in the JSON `meta` field, each possibly null
 _JSON_COLUMNS = ("path", "source", "campaign", "note", "p_fake", "logit", "width", "height", "tags",
                  "external_id", "pdq_trim_quality")
+_VIDEO_COLUMNS = ("duration_s", "fps", "frames", "frame_pdq")  # bank.items_schema's, null for every non-video
 _HEAVY = ("cls", "patch", "local", "thumbnail", "pdq_dihedral", "pdq_trim")  # read in bulk, never cached
 _ROW_FIELDS = ["id", "sha256", "label", "media", "added_at", "pdq", "pdq_quality", "meta"]
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
@@ -337,6 +338,8 @@ class MilvusBank:
             return _unb64(self._field(item_id, name))
         if name in VECTOR_KINDS:
             return None if row["media"] == HASH_ONLY else self.vector(name, item_id).tolist()
+        if name in _VIDEO_COLUMNS:
+            return None  # no videos on this store (MilvusWriter refuses them)
         raise KeyError(name)
 
     def read_columns(self, ids: Sequence[int], names: Sequence[str]) -> dict[str, list]:
