@@ -831,15 +831,15 @@ class Fakebank:
 def _export_vpdq(bank: Bank, folder: Path, flt) -> dict:
     """`export --format vpdq`: one `<id>.txt` of vPDQ lines (frame_number,quality,pdq_hex,timestamp) per
     banked video that passes the filter, as Meta's vpdq-hash-video writes them (images have none)."""
-    from fakebank.hashlists import export_rows
+    from fakebank.hashlists import export_batches
     from fakebank.video import item_vpdq, write_vpdq
 
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder}: --format vpdq writes one file per video; name a folder")
     folder.mkdir(parents=True, exist_ok=True)
     written = 0
-    for seg, rows in export_rows(bank, flt):
-        for item_id in seg.ids[rows].tolist():
+    for t in export_batches(bank, flt, ("id",)):
+        for item_id in t.column("id").to_pylist():
             features = item_vpdq(bank, item_id)
             if features:
                 write_vpdq(features, folder / f"{item_id}.txt")
