@@ -97,7 +97,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_stores-"))
     data = items(args.items)
-    spec = f"milvus-lite:{work / 'bank.db'}" if args.milvus == "milvus-lite" else args.milvus
+    spec = f"milvus-lite:{work / 'milvus.db'}" if args.milvus == "milvus-lite" else args.milvus
     results = {}
     for name, s in (("folder", "folder"), (args.milvus, spec)):
         results[name] = run(s, work, data, args.probes)

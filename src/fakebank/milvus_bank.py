@@ -31,6 +31,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from functools import cached_property
@@ -51,6 +52,8 @@ TOKEN_ENV = "FAKEBANK_MILVUS_TOKEN"
 CONSISTENCY = "Strong"
 MAX_LIMIT = 16_384  # Milvus' cap on a search's `limit` (and so on one range search's hits)
 MAX_VARCHAR = 65_535
+# Milvus Lite starts a server process per file; on a loaded machine its first connection can time out
+LITE_START_TRIES = 3
 BATCH = 1_000  # rows per insert/query request and ids per `in [...]` filter
 LOCAL_MAX = 1 << LOCAL_ID_BITS
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
@@ -78,12 +81,15 @@ def _client(uri: str, token: str | None):
         raise BankError("the Milvus store needs pymilvus: pip install 'fakebank[milvus]'") from e
     # pymilvus logs a warning per Milvus Lite iterator ("failed to get mvccTs"): its fallback is the one wanted
     logging.getLogger("pymilvus").setLevel(logging.ERROR)
-    try:
-        client = _CLIENTS[uri, token] = MilvusClient(uri=uri, token=token or "")
-        return client
-    except Exception as e:  # pymilvus raises its own kinds for refused connections, missing milvus-lite …
-        raise BankError(f"cannot reach Milvus at {uri} ({e}); check the URI (--store) and that the server "
-                        f"runs, and {TOKEN_ENV} for a server with authentication") from e
+    for attempt in range(LITE_START_TRIES if "://" not in uri else 1):
+        try:
+            client = _CLIENTS[uri, token] = MilvusClient(uri=uri, token=token or "")
+            return client
+        except Exception as e:  # pymilvus raises its own kinds for refused connections, missing milvus-lite …
+            error = e
+            time.sleep(1.0 + attempt)
+    raise BankError(f"cannot reach Milvus at {uri} ({error}); check the URI (--store) and that the server "
+                    f"runs, and {TOKEN_ENV} for a server with authentication") from error
 
 
 class MilvusStore:
