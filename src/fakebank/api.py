@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -20,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fakebank.bank import (
-    HASH_ONLY_COUNT, LABELS, MANIFEST, VIDEO, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path,
-    read_manifest,
+    HASH_ONLY_COUNT, LABELS, VIDEO, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path,
 )
 from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
 from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
@@ -30,6 +28,7 @@ from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
 from fakebank.pdq import PDQ_MATCH_THRESHOLD
 from fakebank.signals import LOCAL_BANK_FEATURES
+from fakebank.store import open_store
 from fakebank.errors import BankError, FakebankError, InputError, UsageError
 from fakebank import video as vid
 
@@ -69,17 +68,18 @@ class Fakebank:
         max_frames: int = vid.DEFAULT_MAX_FRAMES,
         video_rate: float = vid.DEFAULT_RATE,
         video_strategy: str = "auto",
+        store: str | None = None,
     ) -> None:
+        """`store`: a store spec (store.open_store; None: FAKEBANK_STORE, else the folder `bank`)."""
         self.max_frames, self.video_rate, self.video_strategy = max_frames, video_rate, video_strategy
         self.bank_path = Path(bank) if bank else default_bank_path()
+        self.store = open_store(store, self.bank_path)
         self._weights = weights
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
         self.positive_label = positive_label
-        self._lock = threading.Lock()
-        self._snapshot: tuple[tuple | None, Bank] | None = None
-        self._write_lock = threading.Lock()  # one writer per process; the bank's flock covers processes
+        self._write_lock = self.store.write_lock  # one writer per process; the store covers processes
 
     # -- model --------------------------------------------------------------------------------------
 
@@ -88,7 +88,7 @@ class Fakebank:
         if self._weights:
             return self._weights
         try:
-            model = read_manifest(self.bank_path).get("model") or {}
+            model = self.store.read_manifest().get("model") or {}
         except BankError:
             model = {}
         return model.get("spec")
@@ -122,39 +122,20 @@ class Fakebank:
     # -- bank snapshot ------------------------------------------------------------------------------
 
     def open_bank(self) -> Bank:
-        """The latest commit. A bank of format 1 is migrated first (once, under the writer's lock): read as
-        is it would rebuild every index in memory in every process. A read-only folder is read as is."""
-        if read_manifest(self.bank_path).get("format_version") == 1:
-            try:
-                with self._write_lock, self.writer(with_model=False):
-                    pass  # the writer migrates on entry
-            except PermissionError:
-                pass
-        return Bank.open(self.bank_path)
+        """The latest commit of the store (a folder of format 1 is migrated first)."""
+        return self.store.open()
 
     def snapshot(self) -> Bank:
-        """The latest committed bank, reopened only when the manifest changed; never waits for a writer."""
-        try:
-            st = (self.bank_path / MANIFEST).stat()
-            key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            key = None
-        current = self._snapshot
-        if current is not None and current[0] == key:
-            return current[1]
-        with self._lock:
-            if self._snapshot is None or self._snapshot[0] != key:
-                self._snapshot = (key, self.open_bank())
-            return self._snapshot[1]
+        """The latest committed bank, reopened only when it changed; never waits for a writer."""
+        return self.store.snapshot()
 
     def _publish(self, bank: Bank) -> None:
-        st = (self.bank_path / MANIFEST).stat()
-        self._snapshot = ((st.st_ino, st.st_mtime_ns, st.st_size), bank)
+        self.store.publish(bank)
 
     def writer(self, *, with_model: bool = True) -> BankWriter:
         if with_model:
-            return BankWriter(self.bank_path, model_info=self.model_info, embedding_dim=self.extractor.model.embed_dim)
-        return BankWriter(self.bank_path, create=False)
+            return self.store.writer(model_info=self.model_info, embedding_dim=self.extractor.model.embed_dim)
+        return self.store.writer(create=False)
 
     # -- add ------------------------------------------------------------------------------------------
 
@@ -167,11 +148,13 @@ class Fakebank:
         campaign: str | None = None,
         note: str | None = None,
         sources: Iterable | None = None,
+        results: Iterable | None = None,
     ) -> Iterator[dict]:
         """Embed and add images; yields one record per input once its outcome is durable.
 
         Commits every COMMIT_EVERY_ITEMS images or COMMIT_EVERY_S seconds, so a crash loses little and a
-        rerun skips (as `duplicate`) every image already committed.
+        rerun skips (as `duplicate`) every image already committed. `results`: extraction done elsewhere
+        (embed.Embedding / Skipped / FailedInput per input, e.g. `add_ray`'s), written the same way.
         """
         from fakebank.embed import Embedding, FailedInput, Source
 
@@ -192,8 +175,10 @@ class Fakebank:
                 pending = []
                 last_commit = time.monotonic()
 
-            for result in self.extractor.extract(inputs, skip=lambda sha: w.bank.id_of_sha256(sha) is not None or sha in seen,
-                                                 mirror=False, thumbnail=True):
+            if results is None:
+                results = self.extractor.extract(inputs, skip=lambda sha: w.bank.id_of_sha256(sha) is not None
+                                                 or sha in seen, mirror=False, thumbnail=True)
+            for result in results:
                 if isinstance(result, FailedInput):
                     yield self._add_record(result.path, None, None, "error", None, None, result.error)
                     continue
@@ -213,14 +198,28 @@ class Fakebank:
             if w.bank.manifest.get("dedup") is None and len(w.bank):
                 w.set_manifest_entry("dedup", DedupParams().to_dict())  # the thresholds the bank matches with
 
+    def add_ray(self, paths: Sequence[str], *, address: str = "local", workers: int = 2, gpus: float = 0.0,
+                recursive: bool = False, **labels) -> Iterator[dict]:
+        """`add --ray`: extraction on a Ray cluster (raydata.py), writing here as `add` does. `paths`: files,
+        folders, listings (.txt, one path or URI a line) and pyarrow filesystem URIs."""
+        from fakebank import raydata
+
+        files = raydata.inputs_of(paths, recursive, expand_inputs)
+        videos = [f for f in files if Path(f).suffix.lower() in vid.VIDEO_SUFFIXES]  # sampled here, after the images
+        results = raydata.extract(
+            [f for f in files if f not in set(videos)], address=address, weights=self.weights_spec() or self.model_info["spec"], device=self.device,
+            precision=self.precision, batch_size=self.extractor.batch_size, workers=workers, gpus=gpus,
+            store=self.store.spec, bank_path=str(self.bank_path), skip_known=self.store.shared_readers)
+        yield from self.add(videos, results=results, **labels)
+
     def add_embedded(self, embs: Sequence, *, label: str = "fake", source: str | None = None,
                      campaign: str | None = None, note: str | None = None) -> list[dict]:
         """Add already-embedded images in one commit (the HTTP service's path); records as `add`'s."""
         check_label(label)
         records: list[dict | None] = [None] * len(embs)
-        with self._write_lock, BankWriter(self.bank_path, model_info=self.model_info,
-                                          embedding_dim=self.extractor.model.embed_dim,
-                                          snapshot=self._snapshot[1] if self._snapshot else None) as w:
+        with self._write_lock, self.store.writer(model_info=self.model_info,
+                                                 embedding_dim=self.extractor.model.embed_dim,
+                                                 snapshot=self.store.held()) as w:
             fresh, seen = [], set()
             for i, e in enumerate(embs):
                 existing = w.bank.id_of_sha256(e.sha256)
@@ -254,7 +253,7 @@ class Fakebank:
         if k < 1:
             raise UsageError(f"-k must be ≥ 1, not {k}")
         bank = self.open_bank()
-        check_model(bank.manifest, self.model_info, self.bank_path)
+        check_model(bank.manifest, self.model_info, self.store.location)
         inputs = sources if sources is not None else (Source(f) for f in files)
         inputs, videos = split_videos(inputs)
         for result in self.extractor.extract(inputs):
@@ -390,7 +389,7 @@ class Fakebank:
         from fakebank.embed import FailedInput, Source
 
         bank = self.open_bank()
-        check_model(bank.manifest, self.model_info, self.bank_path)
+        check_model(bank.manifest, self.model_info, self.store.location)
         params = params or self.dedup_params(bank)
         inputs = sources if sources is not None else (Source(f) for f in files)
         inputs, videos = split_videos(inputs)
@@ -553,7 +552,7 @@ class Fakebank:
     def _list_writer(self) -> BankWriter:
         """A writer of the bank, created with the model's identity when it does not exist yet (a bank of
         hashes only still records the model its images will be embedded with)."""
-        if (self.bank_path / MANIFEST).is_file():
+        if self.store.exists():
             return self.writer(with_model=False)
         return self.writer()
 
@@ -597,7 +596,7 @@ class Fakebank:
 
         for collab in exchanges.read_config(config):
             try:
-                stored = (read_manifest(self.bank_path).get(exchanges.MANIFEST_KEY) or {}).get(collab.name)
+                stored = (self.store.read_manifest().get(exchanges.MANIFEST_KEY) or {}).get(collab.name)
             except BankError:
                 stored = None
             fetched = exchanges.fetch(collab, stored)
@@ -637,12 +636,10 @@ class Fakebank:
 
     def info(self) -> dict:
         """What the manifest says (no segment is opened: this costs the same at any size)."""
-        m = read_manifest(self.bank_path)
-        size = sum(p.stat().st_size for p in self.bank_path.iterdir() if p.is_file())
+        m = self.store.read_manifest()
         model = m.get("model") or {}
-        segments = m["segments"]
         return {
-            "bank": str(self.bank_path),
+            "bank": self.store.location,
             "format_version": m["format_version"],
             "items": m["counts"]["items"],
             "labels": {k: v for k, v in m["counts"].items() if k in LABELS},
@@ -650,17 +647,17 @@ class Fakebank:
             "model": {k: model.get(k) for k in ("name", "revision", "trained", "arch", "spec", "identity_hash")},
             "embedding_dim": m["embedding_dim"],
             "indexes": {k: v["factory"] for k, v in m.get("indexes", {}).items()} if m["format_version"] == 1 else {
+                "cls": "FLAT (IP)", "pdq": "BIN_FLAT (HAMMING)", "pdq_trim": "BIN_FLAT (HAMMING)",
+                "local": "BIN_FLAT (HAMMING)"} if self.store.kind != "folder" else {
                 "cls": f"{ANN_FACTORY} per segment of ≥ {ANN_MIN_ROWS} items, exact below; re-ranked exactly",
                 "pdq": f"multi-index hashing per segment of ≥ {MIH_MIN_ROWS} items, BinaryFlat below",
                 "pdq_trim": f"multi-index hashing per segment of ≥ {MIH_MIN_ROWS} items, BinaryFlat below",
                 "local": ("BinaryIVF per segment over the bank's " + f"{m['local_quantizer']['nlist']} cells"
                           if m.get("local_quantizer") else "BinaryFlat per segment")},
-            "storage": {"segments": len(segments), "largest_segment": max((s["rows"] for s in segments), default=0),
-                        "delta_files": len(m.get("deltas", []))},
+            **self.store.info_storage(m),
             "fusion": FusionParams.from_dict(m.get("fusion")).to_dict(),
             "created_at": m["created_at"],
             "updated_at": m["updated_at"],
-            "bytes_on_disk": size,
         }
 
     def label(self, ids: Sequence[int], label: str) -> list[dict]:
@@ -720,7 +717,7 @@ class Fakebank:
     def compact(self, progress=None) -> dict:
         """Merge every segment and fold the delta files in (explicit: costs the bank's size)."""
         with self._write_lock, self.writer(with_model=False) as w:
-            return {"bank": str(self.bank_path), **w.compact(progress=progress)}
+            return {"bank": self.store.location, **w.compact(progress=progress)}
 
     # -- campaigns (DESIGN §1.6) ---------------------------------------------------------------------
 
@@ -797,7 +794,7 @@ class Fakebank:
         if not fake or not real:
             raise UsageError(f"{folder}: need images in both fake/ ({len(fake)}) and real/ ({len(real)})")
         bank = self.open_bank()
-        check_model(bank.manifest, self.model_info, self.bank_path)
+        check_model(bank.manifest, self.model_info, self.store.location)
         base = FusionParams.from_dict(bank.manifest.get("fusion"))
         truth = {p: 1 for p in fake} | {p: 0 for p in real}
         logits, knn, ys, failed = [], [], [], []
@@ -830,15 +827,15 @@ class Fakebank:
 def _export_vpdq(bank: Bank, folder: Path, flt) -> dict:
     """`export --format vpdq`: one `<id>.txt` of vPDQ lines (frame_number,quality,pdq_hex,timestamp) per
     banked video that passes the filter, as Meta's vpdq-hash-video writes them (images have none)."""
-    from fakebank.hashlists import export_rows
+    from fakebank.hashlists import export_batches
     from fakebank.video import item_vpdq, write_vpdq
 
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder}: --format vpdq writes one file per video; name a folder")
     folder.mkdir(parents=True, exist_ok=True)
     written = 0
-    for seg, rows in export_rows(bank, flt):
-        for item_id in seg.ids[rows].tolist():
+    for t in export_batches(bank, flt, ("id",)):
+        for item_id in t.column("id").to_pylist():
             features = item_vpdq(bank, item_id)
             if features:
                 write_vpdq(features, folder / f"{item_id}.txt")

@@ -47,7 +47,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -908,6 +908,68 @@ class Bank:
         return pa.table({"id": pa.array(list(rows), pa.int64()),
                          "campaign": pa.array([c for c, _ in rows.values()], pa.string()),
                          "origin": pa.array([o for _, o in rows.values()], pa.string())}, schema=CAMPAIGNS_SCHEMA)
+
+    # -- bulk reads that every store offers (bank.Bank and milvus_bank.MilvusBank) ------------------------
+
+    @property
+    def location(self) -> str:
+        """Where the bank lives, for messages and export provenance."""
+        return str(self.path.resolve())
+
+    def read_columns(self, ids: Sequence[int], names: Sequence[str]) -> dict[str, list]:
+        """Columns of many items at once, as `value` reads them (labels and edits applied), in the order of
+        `ids`: one bulk read per segment. Every id must be in the bank."""
+        ids = [int(i) for i in ids]
+        out: dict[str, list] = {n: [None] * len(ids) for n in names}
+        by_seg: dict[int, list[tuple[int, int]]] = {}
+        for p, i in enumerate(ids):
+            _, r = self._need(i)
+            by_seg.setdefault(bisect.bisect_right(self._starts, i) - 1, []).append((p, r))
+        for k, pos_rows in by_seg.items():
+            seg = self.segments[k]
+            take = pa.array([r for _, r in pos_rows], pa.int64())
+            for n in names:
+                for (p, _), v in zip(pos_rows, seg.column(n).take(take).to_pylist()):
+                    out[n][p] = v
+        for p, i in enumerate(ids):
+            edits = self.deltas.edits.get(i)
+            for n in names:
+                if n == "label" and i in self.deltas.labels:
+                    out[n][p] = self.deltas.labels[i]
+                elif edits and n in edits:
+                    out[n][p] = edits[n]
+        return out
+
+    def batches(self, names: Sequence[str]) -> Iterator[pa.Table]:
+        """The live items' columns `names` (items_schema types; labels and edits applied), id-ordered, a
+        segment at a time: whole-bank exports without holding the bank in memory."""
+        schema = items_schema(self.dim)
+        for seg, live in zip(self.segments, self._live):
+            if not live.any():
+                continue
+            t = pa.Table.from_arrays([seg.column(n) for n in names],
+                                     schema=pa.schema([schema.field(n) for n in names])).filter(pa.array(live))
+            ids = t.column("id").to_pylist() if "id" in names else seg.ids[live].tolist()
+            for n in names:
+                if n != "label" and n not in EDIT_OPS:
+                    continue
+                over = self.deltas.labels if n == "label" else {i: e[n] for i, e in self.deltas.edits.items() if n in e}
+                if over and any(i in over for i in ids):
+                    col = t.column(n).to_pylist()
+                    t = t.set_column(t.schema.get_field_index(n), schema.field(n),
+                                     pa.array([over.get(i, v) for i, v in zip(ids, col)], pa.string()))
+            yield t
+
+    def recent_ids(self, n: int) -> list[int]:
+        """The ids of the n newest live items, newest first (ids grow with time): newest segments only."""
+        out: list[int] = []
+        for seg in reversed(self.segments):
+            for item_id in reversed(seg.ids.tolist()):
+                if item_id not in self.deltas.removed:
+                    out.append(item_id)
+                    if len(out) == n:
+                        return out
+        return out
 
     # -- whole-bank arrays (campaigns, duplicate groups): built on first use -----------------------------
 

@@ -752,7 +752,7 @@ def write_report(path: str | Path, bank, records: list[dict], events: list[dict]
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<header><h1>{e(title)}</h1><p class='meta'>bank <code>{e(str(bank.path))}</code> · {len(bank)} items · "
+        f"<header><h1>{e(title)}</h1><p class='meta'>bank <code>{e(bank.location)}</code> · {len(bank)} items · "
         f"model {e(str(model.get('name')))}{'' if model.get('trained', True) else ' (untrained: p_fake is meaningless)'}"
         f" · generated {now}</p>",
         f"<p class='meta'>{len(records)} campaigns, {sum(r['size'] for r in records)} items"

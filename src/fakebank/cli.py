@@ -63,10 +63,21 @@ def _command(fn):
     return app.command()(wrapper)
 
 
+_store: dict[str, str | None] = {"spec": None}  # set by the app's callback (`fakebank --store SPEC COMMAND`)
+
+
+@app.callback()
+def _options(store: Annotated[Optional[str], typer.Option(
+        "--store", envvar="FAKEBANK_STORE",
+        help="Where the bank lives: folder (the default: --bank), milvus-lite:FILE or milvus-lite:FILE#NAME, "
+             "milvus://HOST:PORT or milvus://HOST:PORT/NAME (token in env FAKEBANK_MILVUS_TOKEN).")] = None) -> None:
+    _store["spec"] = store
+
+
 def _fb(bank, weights=None, device="auto", precision="auto", batch_size=None, positive_label=None,
         max_frames: int = DEFAULT_MAX_FRAMES) -> Fakebank:
     return Fakebank(bank, weights=weights, device=device, precision=precision, batch_size=batch_size,
-                    positive_label=positive_label, max_frames=max_frames)
+                    positive_label=positive_label, max_frames=max_frames, store=_store["spec"])
 
 
 def _emit(record: dict, as_json: bool, human) -> None:
@@ -97,7 +108,7 @@ def _warn_untrained(fb: Fakebank) -> None:
 
 @_command
 def add(
-    paths: Annotated[list[Path], typer.Argument(help="Image or video files and/or folders.")],
+    paths: Annotated[list[str], typer.Argument(help="Image or video files and/or folders.")],
     recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")] = False,
     label: Annotated[str, typer.Option("--label", help="fake | real | unknown")] = "fake",
     source: Annotated[Optional[str], typer.Option("--source", help="Where these came from.")] = None,
@@ -106,10 +117,15 @@ def add(
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
     max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", help="Extract on a Ray cluster: local (start one here), auto, or ray://HEAD:10001. PATHS may then "
+        "also be listings (.txt, a path or URI a line) and URIs (s3://…); images only.")] = None,
+    ray_workers: Annotated[int, typer.Option("--ray-workers", min=1, help="Extraction actors (with --ray).")] = 2,
+    ray_gpus: Annotated[float, typer.Option("--ray-gpus", min=0, help="GPUs per actor (with --ray).")] = 0,
 ) -> None:
     """Embed images and videos and add them to the bank (resumable: what is already there is skipped)."""
     fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames)
-    files = expand_inputs(paths, recursive)
+    files = list(paths) if ray else expand_inputs(paths, recursive)
     if not files:
         raise typer.BadParameter("no images found (folders are searched for image files; use -r for sub-folders)")
     _warn_untrained(fb)
@@ -125,12 +141,15 @@ def add(
                 f"  (video: {r['frames']['count']} frames)" if r.get("media") == "video" else ""))
 
     with _progress(len(files), "adding", as_json) as tick:
-        for r in fb.add(files, label=label, source=source, campaign=campaign, note=note):
+        records = fb.add_ray(files, address=ray, workers=ray_workers, gpus=ray_gpus, recursive=recursive, label=label,
+                             source=source, campaign=campaign, note=note) if ray else \
+            fb.add(files, label=label, source=source, campaign=campaign, note=note)
+        for r in records:
             counts[r["status"]] += 1
             _emit(r, as_json, human)
             tick()
     err.print(f"{counts['added']} added, {counts['duplicate']} already in the bank, {counts['error']} failed "
-              f"→ {fb.bank_path}")
+              f"→ {fb.store.location}")
     if counts["error"]:
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -268,9 +287,11 @@ def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
     out.print(f"fusion      w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f} "
               f"min_sim={f['min_similarity']} dup_sim={f['duplicate_similarity']} ({f['source']})")
     out.print(f"updated     {r['updated_at']}")
-    if "storage" in r:
-        st = r["storage"]
+    st = r.get("storage")
+    if st and "segments" in st:
         out.print(f"storage     {st['segments']} segments (largest {st['largest_segment']}), {st['delta_files']} delta files")
+    elif st:
+        out.print(f"storage     Milvus {st['uri']} collections {st['collection']}_*: {st['rows']}")
 
 
 @_command
@@ -300,7 +321,8 @@ def compact(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
     r = _fb(bank).compact()
     _emit(r, as_json, lambda r: out.print(
         f"{r['bank']}: {r['segments_before']} → {r['segments_after']} segments, "
-        f"{r['delta_files_before']} → {r['delta_files_after']} delta files, {r['items']} items"))
+        f"{r['delta_files_before']} → {r['delta_files_after']} delta files, {r['items']} items"
+        if r["segments_before"] is not None else f"{r['bank']}: {r['compaction']}, {r['items']} items"))
 
 
 FormatOpt = Annotated[Optional[str], typer.Option(
@@ -460,7 +482,7 @@ def serve(
     _warn_untrained(fb)
     if not api_key:
         err.print(f"no {API_KEY_ENV} set: the API is open to anyone who can reach {host}")
-    err.print(f"fakebank serving {fb.bank_path} with {fb.model_info['name']} on http://{host}:{port} (docs: /docs)")
+    err.print(f"fakebank serving {fb.store.location} with {fb.model_info['name']} on http://{host}:{port} (docs: /docs)")
     config = ServiceConfig(api_key=api_key, max_upload_bytes=max_upload_mb * 1024 * 1024, max_pixels=max_pixels,
                            max_batch=fb.extractor.batch_size, max_video_upload_bytes=max_upload_mb_video * 1024 * 1024)
     run_server(fb, host, port, config)
@@ -548,7 +570,7 @@ def dupes(
         raise typer.BadParameter(str(e)) from None
     if save:
         fb.save_dedup_params(params)
-        err.print(f"thresholds stored in {fb.bank_path}/manifest.json: {params.to_dict()}", markup=False)
+        err.print(f"thresholds stored in {fb.store.location}: {params.to_dict()}", markup=False)
     if not paths:
         with _progress(len(b), "grouping", as_json) as tick:
             n = 0

@@ -22,7 +22,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from fakebank.bank import (
     HASH_ONLY,
     PDQ_BYTES,
+    SHARED_HASH_QUALITY,
     Bank,
     NewItem,
     check_label,
@@ -236,8 +237,8 @@ def plan_import(bank: Bank, hl: HashList, *, model_identity: str | None) -> Impo
         latest[_key_of(s, hl, n, full)] = n
     duplicates = len(hl.signals) - len(latest)
     keys = list(latest)
-    known, seg_of, row_of = bank.locate_sha256(keys)
-    current = _current_values(bank, seg_of, row_of, known)
+    known = bank.ids_of_sha256(keys)
+    current = _current_values(bank, known)
     items, changes, unchanged = [], [], 0
     for p, (key, item_id) in enumerate(zip(keys, known.tolist())):
         n = latest[key]
@@ -258,18 +259,11 @@ def plan_import(bank: Bank, hl: HashList, *, model_identity: str | None) -> Impo
     return ImportPlan(items, changes, unchanged, duplicates, hash_only=hl.rows is not None and not full)
 
 
-def _current_values(bank: Bank, seg_of: np.ndarray, row_of: np.ndarray, ids: np.ndarray) -> dict[int, tuple]:
-    """position → (label, tags, note) of the known items as the bank reads them now, read in bulk per segment."""
-    out: dict[int, tuple] = {}
-    for k in np.unique(seg_of[seg_of >= 0]).tolist():
-        pos = np.flatnonzero(seg_of == k)
-        seg = bank.segments[k]
-        take = pa.array(row_of[pos])
-        cols = [seg.column(c).take(take).to_pylist() for c in ("label", "tags", "note")]
-        for p, i, label, tags, note in zip(pos.tolist(), ids[pos].tolist(), *cols):
-            edits = bank.deltas.edits.get(i, {})
-            out[p] = (bank.deltas.labels.get(i, label), edits.get("tags", tags), edits.get("note", note))
-    return out
+def _current_values(bank: Bank, ids: np.ndarray) -> dict[int, tuple]:
+    """position → (label, tags, note) of the known items (id ≥ 0) as the bank reads them now, in one bulk read."""
+    pos = np.flatnonzero(ids >= 0).tolist()
+    cols = bank.read_columns(ids[pos].tolist(), ("label", "tags", "note"))
+    return {p: v for p, v in zip(pos, zip(cols["label"], cols["tags"], cols["note"]))}
 
 
 def _key_of(s: Signal, hl: HashList, n: int, full: bool) -> str:
@@ -308,37 +302,37 @@ class ExportFilter:
     campaign: str | None = None
     min_quality: int = 50  # a hash below PDQ's quality bar matches noise at a partner
 
-    def rows(self, bank: Bank, seg) -> np.ndarray:
-        """The segment's rows (live, with the analyst's labels) that pass the filter."""
-        ids = seg.ids
-        keep = np.ones(seg.rows, bool)
-        if bank.deltas.removed:
-            keep &= ~np.isin(ids, np.fromiter(bank.deltas.removed, np.int64))
-        labels = np.asarray(seg.column("label").to_pylist(), dtype=object)
-        for i, label in bank.deltas.labels.items():
-            r = seg.row_of(i)
-            if r >= 0:
-                labels[r] = label
-        keep &= np.isin(labels, list(self.labels))
-        keep &= seg.pdq_quality >= self.min_quality
+    # the columns `keep` reads
+    COLUMNS = ("id", "label", "pdq_quality", "source", "campaign")
+
+    def keep(self, t: pa.Table, computed: set[int]) -> np.ndarray:
+        """Which rows of a batch of live items (labels as the bank reads them now) pass the filter;
+        `computed`: the ids that clustering assigned to the wanted campaign."""
+        keep = np.isin(np.asarray(t.column("label").to_pylist(), dtype=object), list(self.labels))
+        keep &= t.column("pdq_quality").fill_null(SHARED_HASH_QUALITY).to_numpy(zero_copy_only=False) >= self.min_quality
         if self.source is not None:
-            keep &= np.asarray(seg.column("source").to_pylist(), dtype=object) == self.source
+            keep &= np.asarray(t.column("source").to_pylist(), dtype=object) == self.source
         if self.campaign is not None:
-            stored = bank.campaign_assignments()
-            computed = set()
-            if stored is not None:
-                t = stored.filter(pa.compute.equal(stored.column("campaign"), self.campaign))
-                computed = set(t.column("id").to_pylist())
-            analyst = np.asarray(seg.column("campaign").to_pylist(), dtype=object) == self.campaign
-            keep &= analyst | np.isin(ids, np.fromiter(computed, np.int64, len(computed)))
-        return np.flatnonzero(keep)
+            analyst = np.asarray(t.column("campaign").to_pylist(), dtype=object) == self.campaign
+            keep &= analyst | np.isin(t.column("id").to_numpy(zero_copy_only=False),
+                                      np.fromiter(computed, np.int64, len(computed)))
+        return keep
+
+    def computed_ids(self, bank: Bank) -> set[int]:
+        stored = bank.campaign_assignments() if self.campaign is not None else None
+        if stored is None:
+            return set()
+        return set(stored.filter(pa.compute.equal(stored.column("campaign"), self.campaign)).column("id").to_pylist())
 
 
-def export_rows(bank: Bank, flt: ExportFilter) -> Iterator[tuple[object, np.ndarray]]:
-    for seg in bank.segments:
-        rows = flt.rows(bank, seg)
-        if len(rows):
-            yield seg, rows
+def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str]) -> Iterator[pa.Table]:
+    """The live items that pass `flt`, columns `names` (besides the filter's own), a batch at a time."""
+    computed = flt.computed_ids(bank)
+    cols = list(dict.fromkeys([*ExportFilter.COLUMNS, *names]))
+    for t in bank.batches(cols):
+        t = t.filter(pa.array(flt.keep(t, computed)))
+        if len(t):
+            yield t.select(list(names))
 
 
 def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, model: dict | None,
@@ -352,15 +346,10 @@ def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, mod
     written = 0
     if fmt == "fakebank":
         schema = items_schema(bank.dim).with_metadata({PARQUET_META_KEY: json.dumps(
-            {"format": 1, "model": model, "embedding_dim": bank.dim, "bank_id": str(bank.path.resolve())}).encode()})
+            {"format": 1, "model": model, "embedding_dim": bank.dim, "bank_id": bank.location}).encode()})
         with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
-            for seg, rows in export_rows(bank, flt):
-                t = seg.table.take(pa.array(rows))
-                t = _with_edits(bank, t)
-                for f in schema:
-                    if f.name not in t.schema.names:  # a hash-only segment's pixel columns
-                        t = t.append_column(f, pa.nulls(len(t), f.type))
-                w.write_table(t.select(schema.names).cast(schema))
+            for t in export_batches(bank, flt, schema.names):
+                w.write_table(t.cast(schema))
                 written += len(t)
     else:
         seen: set[tuple[str, str | None]] = set()
@@ -368,35 +357,19 @@ def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, mod
             writer = csv.writer(f) if fmt == "csv" else None
             if writer is not None:
                 writer.writerow(CSV_COLUMNS)
-            for seg, rows in export_rows(bank, flt):
-                take = pa.array(rows)
-                ids = seg.ids[rows].tolist()
-                hashes = [c.tobytes().hex() for c in seg.pdq_codes[rows]]
-                sources = seg.column("source").take(take).to_pylist()
-                labels = seg.column("label").take(take).to_pylist()
-                tags = seg.column("tags").take(take).to_pylist()
-                for i, h, src, label, tag in zip(ids, hashes, sources, labels, tags):
+            for t in export_batches(bank, flt, ("pdq", "source", "label", "tags")):
+                hashes = [h.hex() for h in t.column("pdq").to_pylist()]
+                for h, src, label, tag in zip(hashes, *(t.column(c).to_pylist() for c in ("source", "label", "tags"))):
                     if (h, src) in seen:
                         continue
                     seen.add((h, src))
                     if writer is None:
                         f.write(f"{SIGNAL_TYPE} {h}\n")
                     else:
-                        tag = bank.deltas.edits.get(i, {}).get("tags", tag)
-                        writer.writerow([SIGNAL_TYPE, h, src or collab,
-                                         CATEGORY_OF_LABEL[bank.deltas.labels.get(i, label)], tag or ""])
+                        writer.writerow([SIGNAL_TYPE, h, src or collab, CATEGORY_OF_LABEL[label], tag or ""])
                     written += 1
     tmp.replace(path)
     return {"path": str(path), "format": fmt, "signals": written}
-
-
-def _with_edits(bank: Bank, t: pa.Table) -> pa.Table:
-    """Rows as the bank reads them now: the analyst's labels and the lists' tag/note edits applied."""
-    ids = t.column("id").to_pylist()
-    for name in ("label", "tags", "note"):
-        values = [bank.value(i, name) for i in ids]
-        t = t.set_column(t.schema.get_field_index(name), name, pa.array(values, pa.string()))
-    return t
 
 
 # -- look-up by hash ----------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fakebank.api import DEFAULT_K, Fakebank
-from fakebank.bank import MANIFEST, check_label, check_model
+from fakebank.bank import check_label, check_model
 from fakebank.embed import Decoded, Embedding, Extractor, Source
 from fakebank.errors import BankError, FakebankError, InputError, TooLargeError, UsageError
 from fakebank.hma import HmaError, hma_error_response, hma_router
@@ -183,7 +183,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
     # Room for a full request of images and one video beside them.
     max_request_bytes = config.max_upload_bytes * MAX_FILES_PER_REQUEST + config.max_video_upload_bytes + (1 << 20)
 
-    if not (fb.bank_path / MANIFEST).exists():
+    if not fb.store.exists():
         with fb.writer():  # an empty bank, so that queries work before the first upload
             pass
 
@@ -330,7 +330,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
                     ) -> dict:
         uploads = await read_uploads(file)
         bank = await run_in_threadpool(fb.snapshot)
-        check_model(bank.manifest, fb.model_info, fb.bank_path)
+        check_model(bank.manifest, fb.model_info, fb.store.location)
         uploads, videos = split(everything := uploads)
         results = await embed_uploads(uploads)
         if not videos:
@@ -377,7 +377,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         if not file:
             return {"results": await run_in_threadpool(lambda: list(fb.dupe_groups()))}
         bank = await run_in_threadpool(fb.snapshot)
-        check_model(bank.manifest, fb.model_info, fb.bank_path)
+        check_model(bank.manifest, fb.model_info, fb.store.location)
         uploads, videos = split(everything := await read_uploads(file))
         results = await embed_uploads(uploads)
         if not videos:
@@ -449,7 +449,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
     async def query_uploads(uploads: list[tuple[str, bytes]], k: int, explain: bool, provenance: bool) -> list[dict]:
         """POST /v1/query's path for the web UI: one snapshot, the shared batcher, the same records."""
         bank = await run_in_threadpool(fb.snapshot)
-        check_model(bank.manifest, fb.model_info, fb.bank_path)
+        check_model(bank.manifest, fb.model_info, fb.store.location)
         results = await embed_uploads(uploads)
         return [fb.query_error_record(name, str(r)) if isinstance(r, FakebankError)
                 else await run_in_threadpool(query_one, bank, r, k, data, explain, provenance)

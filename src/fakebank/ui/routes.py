@@ -267,15 +267,8 @@ def _computed_campaign(bank: Bank, item_id: int) -> str | None:
 
 
 def _recent(bank: Bank, n: int) -> list[dict]:
-    """The n newest live items (ids grow with time), reading only the newest segments' id columns."""
-    out: list[dict] = []
-    for seg in reversed(bank.segments):
-        for item_id in reversed(seg.ids.tolist()):
-            if bank.has(item_id):
-                out.append(bank.item(item_id))
-                if len(out) == n:
-                    return out
-    return out
+    """The n newest live items (ids grow with time)."""
+    return [bank.item(i) for i in bank.recent_ids(n)]
 
 
 def _search(bank: Bank, q: str) -> list[dict]:
