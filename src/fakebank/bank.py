@@ -230,6 +230,17 @@ def check_label(label: str) -> str:
     return label
 
 
+def check_new_item(it: NewItem, dim: int, where) -> None:
+    """A row fit for a bank of embedding width `dim` (either store): a label, and a hash or embeddings."""
+    check_label(it.label)
+    if it.hash_only:
+        if it.pdq is None or len(it.pdq) != PDQ_BYTES:
+            raise BankError("a hash-only item needs a 256-bit PDQ hash")
+    elif it.cls is None or it.cls.shape != (dim,) or it.patch.shape != (dim,):
+        raise BankError(f"{where}: embeddings of width {None if it.cls is None else it.cls.shape} "
+                        f"do not fit this bank's {dim}")
+
+
 # -- segments ----------------------------------------------------------------------------------------------
 
 class Segment:
@@ -1177,13 +1188,7 @@ class BankWriter:
         manifest.update(settings or {})
         dim = self.bank.dim
         for it in items:
-            check_label(it.label)
-            if it.hash_only:
-                if it.pdq is None or len(it.pdq) != PDQ_BYTES:
-                    raise BankError("a hash-only item needs a 256-bit PDQ hash")
-            elif it.cls is None or it.cls.shape != (dim,) or it.patch.shape != (dim,):
-                raise BankError(f"{self.path}: embeddings of width {None if it.cls is None else it.cls.shape} "
-                                f"do not fit this bank's {dim}")
+            check_new_item(it, dim, self.path)
         # ids follow the input order; a run of one kind is one segment (id ranges stay disjoint and sorted)
         runs: list[list[NewItem]] = []
         for it in items:

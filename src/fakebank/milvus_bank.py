@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from fakebank.bank import (
     CAMPAIGNS_SCHEMA, EDIT_OPS, HASH_ONLY, HASH_ONLY_COUNT, LABELS, LOCAL_ID_BITS, PDQ_BYTES, PDQ_DIHEDRAL_BYTES,
-    SHARED_HASH_QUALITY, VECTOR_KINDS, VIDEO, NewItem, check_label, check_model, items_schema,
+    SHARED_HASH_QUALITY, VECTOR_KINDS, VIDEO, NewItem, check_label, check_model, check_new_item, items_schema,
 )
 from fakebank.errors import BankError, UsageError
 
@@ -612,16 +612,10 @@ class MilvusWriter:
             return []
         dim = self.bank.dim
         for it in items:
-            check_label(it.label)
             if it.media == VIDEO:
                 raise BankError(f"{it.path}: videos are not stored on the Milvus store yet (their frame hashes "
                                 "need a collection of their own); add videos to a bank folder (--store folder)")
-            if it.hash_only:
-                if it.pdq is None or len(it.pdq) != PDQ_BYTES:
-                    raise BankError("a hash-only item needs a 256-bit PDQ hash")
-            elif it.cls is None or it.cls.shape != (dim,) or it.patch.shape != (dim,):
-                raise BankError(f"{self.store.location}: embeddings of width "
-                                f"{None if it.cls is None else it.cls.shape} do not fit this bank's {dim}")
+            check_new_item(it, dim, self.store.location)
         for i, op, v in changes:
             if op == "label":
                 check_label(v)
