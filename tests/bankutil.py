@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fakebank.bank import NewItem
+
+FORMAT_1_FIXTURE = Path(__file__).parent / "data" / "bank-v1"
 
 DIM = 16
 MODEL_INFO = {
@@ -59,3 +64,39 @@ def meme_picture(seed: int, size: int = 512) -> Image.Image:
     draw.text((10, size // 2 - 20), "they don't want you to see", fill="white",
               font=ImageFont.load_default(size=40), stroke_width=3, stroke_fill="black")
     return img
+
+
+def format_1_bank(dst: Path) -> Path:
+    """A copy of tests/data/bank-v1, the bank format 1's code wrote (its Parquet segment, manifest and the
+    answers that code gave), completed with the whole-bank FAISS files its manifest names. Those are
+    rebuilt here from the segment, as format 1 built them (IDMap2 over exact indexes, keyed by item id),
+    instead of being kept in git: today's code never reads them, it only sweeps them after migrating."""
+    import faiss
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from fakebank.bank import LOCAL_ID_BITS, local_rows
+
+    shutil.copytree(FORMAT_1_FIXTURE, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    table = pq.read_table(dst / manifest["segments"][0]["file"])
+    ids = table.column("id").to_numpy()
+    for kind, entry in manifest["indexes"].items():
+        if kind in ("cls", "patch"):
+            vectors = np.stack(table.column(kind).to_numpy(zero_copy_only=False)).astype(np.float32)
+            index = faiss.index_factory(vectors.shape[1], "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
+            index.add_with_ids(vectors, ids)
+            faiss.write_index(index, str(dst / entry["file"]))
+            continue
+        if kind == "local":
+            codes, rows = local_rows(table.column("local").combine_chunks())
+            keys = ids[rows >> LOCAL_ID_BITS] << LOCAL_ID_BITS | (rows & ((1 << LOCAL_ID_BITS) - 1))
+        else:
+            col = table.column(kind).to_pylist()
+            keep = [i for i, c in enumerate(col) if c is not None]
+            codes = np.frombuffer(b"".join(col[i] for i in keep), np.uint8).reshape(-1, 32)
+            keys = ids[keep]
+        index = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(256))
+        index.add_with_ids(np.ascontiguousarray(codes), keys.astype(np.int64))
+        faiss.write_index_binary(index, str(dst / entry["file"]))
+    return dst

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bankutil import DIM, MODEL_INFO, make_item
+from bankutil import DIM, MODEL_INFO, format_1_bank, make_item
 from fakebank.bank import MANIFEST, Bank, BankWriter, read_manifest
 from fakebank.errors import BankError, UsageError
 
@@ -197,7 +197,7 @@ CRASH_CHILD = textwrap.dedent(
     """
     import os, signal, sys
     sys.path.insert(0, {tests!r})
-    from bankutil import DIM, MODEL_INFO, make_item
+    from bankutil import DIM, MODEL_INFO, format_1_bank, make_item
     from fakebank.bank import BankWriter
     kill_at = int(sys.argv[2])
     real_replace, calls = os.replace, [0]
@@ -371,9 +371,8 @@ def test_format_1_bank_answers_as_before_read_as_is_and_after_migration(tmp_path
     """tests/data/bank-v1 was written by format 1's code (Parquet segments, whole-bank FAISS files): 12
     items added in two commits, #2 relabelled unknown, #7 removed; expected.json holds what that code
     answered (cls top-4, PDQ ≤ 31, local 2-NN, every item's metadata)."""
-    import shutil
-    shutil.copytree(HERE / "data" / "bank-v1", tmp_path / "b")
-    path = tmp_path / "b"
+    path = format_1_bank(tmp_path / "b")
+    assert len(list(path.glob("*-000004.faiss"))) == 5  # format 1's whole-bank indexes, as it left them
     expected = json.loads((path / "expected.json").read_text())
     (path / "expected.json").unlink()
 
@@ -396,7 +395,7 @@ def test_format_1_bank_answers_as_before_read_as_is_and_after_migration(tmp_path
         assert w.bank.manifest["format_version"] == 2
     migrated = Bank.open(path)
     assert migrated.manifest["format_version"] == 2
-    assert not list(path.glob("*.parquet")) and not list(path.glob("cls-*.faiss"))  # format 1's files swept
+    assert not list(path.glob("*.parquet")) and not list(path.glob("*-000004.faiss"))  # format 1's files swept
     same(migrated)
     assert migrated.manifest["counts"] == {"items": 11, "fake": 7, "real": 3, "unknown": 1}
     with writer(path) as w:
@@ -407,11 +406,8 @@ def test_format_1_bank_answers_as_before_read_as_is_and_after_migration(tmp_path
 def test_the_api_migrates_a_format_1_bank_when_it_first_opens_it(tmp_path):
     """A read-only command (`query`, `dupes`, `info` aside) migrates once instead of rebuilding every
     index in memory in every process."""
-    import shutil
-
     from fakebank.api import Fakebank
-    shutil.copytree(HERE / "data" / "bank-v1", tmp_path / "b")
-    bank = Fakebank(tmp_path / "b").open_bank()
+    bank = Fakebank(format_1_bank(tmp_path / "b")).open_bank()
     assert bank.manifest["format_version"] == 2 and len(bank) == 11
     assert read_manifest(tmp_path / "b")["format_version"] == 2
 

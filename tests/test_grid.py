@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from bankutil import format_1_bank
 from fakebank.dedup import EMBEDDING_THRESHOLD, GRID_MIN_AGREEMENT, DedupParams, Probe, find
 from fakebank.grid import GRID_CELLS, GRID_WIDTH, PatchGrid, agreement, agreements, dihedral
 
@@ -160,8 +160,7 @@ def test_items_banked_without_a_grid_never_match_by_embedding_alone(tmp_path):
     dropped for them (even at cls 1.0 with PDQ unable to judge), while the other signals are unchanged."""
     from fakebank.bank import Bank
 
-    shutil.copytree(DATA / "bank-v1", tmp_path / "b")
-    bank = Bank.open(tmp_path / "b")
+    bank = Bank.open(format_1_bank(tmp_path / "b"))
     grid = PatchGrid.quantise(np.random.default_rng(0).normal(size=(GRID_CELLS, GRID_CELLS, GRID_WIDTH)))
     for item_id in bank.ids.tolist():
         assert bank.value(item_id, "patch_grid") is None
