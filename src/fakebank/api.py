@@ -21,7 +21,7 @@ import numpy as np
 from fakebank.bank import (
     HASH_ONLY_COUNT, LABELS, VIDEO, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path,
 )
-from fakebank.decide import Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
+from fakebank.decide import HASH_ONLY_RECORD, Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
 from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
 from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
@@ -415,7 +415,7 @@ class Fakebank:
                    "pdq_distance": m.pdq_distance, "signal": m.signal, "inliers": m.inliers,
                    "spatial_agreement": m.spatial_agreement}
             if bank.is_hash_only(m.id):
-                rec.update(similarity=None, media="hash", judged_on=["pdq"])
+                rec.update(HASH_ONLY_RECORD)
             return rec
 
         return {"path": path, "duplicates": [record(m) for m in matches]}

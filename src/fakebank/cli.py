@@ -49,8 +49,11 @@ PositiveOpt = Annotated[Optional[str], typer.Option(
     "--positive-label", help="Which checkpoint label is the fake/positive class, when it cannot be told.")]
 
 
-def _command(fn):
-    """Register a command whose FakebankErrors become a message on stderr and their exit code."""
+def _command(fn=None, *, name: str | None = None):
+    """Register a command whose FakebankErrors become a message on stderr and their exit code (`name`: when
+    the command's name is not its function's, e.g. a Python keyword)."""
+    if fn is None:
+        return functools.partial(_command, name=name)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -60,7 +63,7 @@ def _command(fn):
             err.print("error: " + str(e), highlight=False, markup=False)
             raise typer.Exit(e.exit_code) from None
 
-    return app.command()(wrapper)
+    return app.command(name)(wrapper)
 
 
 _store: dict[str, str | None] = {"spec": None}  # set by the app's callback (`fakebank --store SPEC COMMAND`)
@@ -329,7 +332,7 @@ FormatOpt = Annotated[Optional[str], typer.Option(
     "--format", help="local_file | csv | fakebank (import: detected from the file when not given).")]
 
 
-@app.command("import")
+@_command(name="import")
 def import_(
     file: Annotated[Path, typer.Argument(help="A hash list: pytx local_file lines, pytx dataset CSV, or a "
                                                "fakebank Parquet export.")],
@@ -342,11 +345,7 @@ def import_(
     bank: BankOpt = None, weights: WeightsOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Import a shared hash list as hash-only items (one commit; re-importing updates, never duplicates)."""
-    try:
-        r = _fb(bank, weights).import_list(file, fmt=fmt, signal_type=signal_type, label=label, source=source)
-    except FakebankError as e:
-        err.print("error: " + str(e), highlight=False, markup=False)
-        raise typer.Exit(e.exit_code) from None
+    r = _fb(bank, weights).import_list(file, fmt=fmt, signal_type=signal_type, label=label, source=source)
     if as_json:
         _emit(r, True, None)
     else:

@@ -64,6 +64,10 @@ class FusionParams:
         return cls(**known)
 
 
+# What a record of a hash-only item says in place of a similarity: it was judged on its PDQ hash alone.
+HASH_ONLY_RECORD = {"similarity": None, "media": "hash", "judged_on": ["pdq"]}
+
+
 @dataclass(frozen=True)
 class Neighbor:
     id: int
@@ -88,9 +92,7 @@ class Neighbor:
     def to_dict(self) -> dict:
         """The JSON contract of a neighbour (DESIGN §2): how it was judged is not part of it."""
         rec = {k: getattr(self, k) for k in ("id", "path", "label", "campaign", "similarity", "pdq_distance")}
-        if self.hash_only:
-            rec.update(similarity=None, media="hash", judged_on=["pdq"])
-        return rec
+        return rec | HASH_ONLY_RECORD if self.hash_only else rec
 
     def match_dict(self) -> dict:
         """The JSON of a `match`: a neighbour's fields plus the evidence strength of the copy decision —

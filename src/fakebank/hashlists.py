@@ -87,18 +87,13 @@ class HashList:
 
 # -- reading ------------------------------------------------------------------------------------------------
 
-def detect_format(path: Path) -> str:
-    """`fakebank` for Parquet, `csv` when the first line is the pytx CSV header, else `local_file`."""
-    with open(path, "rb") as f:
-        head = f.read(_SNIFF_BYTES)
+def detect_format(head: bytes) -> str:
+    """From a file's first bytes: `fakebank` for Parquet, `csv` when the first line is the pytx CSV
+    header, else `local_file`."""
     if head.startswith(b"PAR1"):
         return "fakebank"
-    if b"\0" in head:
-        raise InputError(f"{path}: binary data, not a hash list (formats: {', '.join(FORMATS)})")
     first = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
-    if first.startswith("signal_type,") or first.split(",")[0] == "signal_type":
-        return "csv"
-    return "local_file"
+    return "csv" if first.split(",")[0] == "signal_type" else "local_file"
 
 
 def read_list(path: str | Path, fmt: str | None = None, *, signal_type: str | None = None,
@@ -110,16 +105,17 @@ def read_list(path: str | Path, fmt: str | None = None, *, signal_type: str | No
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     check_label(label)
-    fmt = fmt or detect_format(path)
-    if fmt not in FORMATS:
+    if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    fmt = fmt or detect_format(head)
     if fmt == "fakebank":
         return _read_parquet(path, source)
-    if path.stat().st_size == 0:
+    if not head:
         raise InputError(f"{path}: empty file, no signals to import")
-    with open(path, "rb") as f:
-        if b"\0" in f.read(_SNIFF_BYTES):
-            raise InputError(f"{path}: binary data, not a {fmt} hash list")
+    if b"\0" in head:
+        raise InputError(f"{path}: binary data, not a {fmt} hash list (formats: {', '.join(FORMATS)})")
     out = HashList(str(path), fmt)
     with open(path, encoding="utf-8", errors="strict", newline="") as f:
         try:
@@ -281,7 +277,7 @@ def _hash_item(key: str, s: Signal) -> NewItem:
 
 def _full_item(rows: pa.Table, n: int, s: Signal) -> NewItem:
     """An exported row with its embeddings and signals, as the partner's bank held it."""
-    r = {c: rows.column(c)[n].as_py() for c in rows.schema.names}
+    r = rows.slice(n, 1).to_pylist()[0]
     if r.get("media") == HASH_ONLY or r.get("cls") is None:
         return _hash_item(r["sha256"], s)
     return NewItem(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fakebank.bank import Bank, check_label, signal_key
+from fakebank.bank import HASH_ONLY, Bank, check_label, signal_key
 from fakebank.errors import UsageError
 from fakebank.hashlists import LABEL_OF_CATEGORY, SIGNAL_TYPE, HashList, Signal
 
@@ -155,19 +155,17 @@ def fetch(collab: Collab, stored: dict | None) -> Fetched:
 def removals(bank: Bank, fetched: Fetched) -> list[int]:
     """Ids of the collaboration's items that the exchange deleted, or (snapshots) no longer holds."""
     source = fetched.collab.name
-    gone = set(fetched.deleted)
+    gone: set[int] = set()
     if fetched.snapshot:
         held = {s.hash for s in fetched.signals.signals}
         t = bank.table
-        mask = [src == source and media == "hash" for src, media in
-                zip(t.column("source").to_pylist(), t.column("media").to_pylist())]
-        ids = t.column("id").to_numpy()[mask] if len(t) else []
-        current = {i: bank.value(int(i), "pdq").hex() for i in ids}
-        gone |= {h for h in current.values() if h not in held}
-    if not gone:
-        return []
-    found = bank.ids_of_sha256([signal_key(SIGNAL_TYPE, h, source) for h in sorted(gone)])
-    return [int(i) for i in found if i >= 0]
+        for item_id, src, media, pdq in zip(*(t.column(c).to_pylist() for c in ("id", "source", "media", "pdq"))):
+            if src == source and media == HASH_ONLY and pdq.hex() not in held:
+                gone.add(item_id)
+    if fetched.deleted:
+        found = bank.ids_of_sha256([signal_key(SIGNAL_TYPE, h, source) for h in sorted(fetched.deleted)])
+        gone |= {int(i) for i in found if i >= 0}
+    return sorted(gone)
 
 
 def sync_state(fetched: Fetched, stored: dict | None) -> dict:
