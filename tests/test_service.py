@@ -44,14 +44,18 @@ class Server:
 
     def start(self, timeout: float = 90) -> "Server":
         env = {**os.environ, "FAKEBANK_API_KEY": self.key or ""}
+        # a file, not a pipe: nobody drains a pipe while the test runs, and a full one would stall the server
+        self.bank.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.bank.parent / f"server-{self.port}.log"
+        self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fakebank", "serve", "--bank", str(self.bank), "--weights", WEIGHTS,
              "--port", str(self.port), *self.extra],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            env=env, stdout=subprocess.DEVNULL, stderr=self._log, text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
+                raise RuntimeError(f"server exited: {self.log()}")
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
@@ -59,6 +63,10 @@ class Server:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError("server did not come up")
+
+    def log(self) -> str:
+        """The server's stderr so far (its tracebacks), for assertion messages."""
+        return self.log_path.read_text(errors="replace")[-6000:]
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -323,7 +331,7 @@ def test_concurrent_writers_and_readers(tmp_path):
             t.start()
         for t in threads:
             t.join(120)
-        assert not errors, errors[:3]
+        assert not errors, (errors[:3], srv.log())
         assert added and httpx.get(srv.url + "/v1/info", headers=AUTH).json()["items"] == len(set(added))
     finally:
         srv.stop()

@@ -97,7 +97,19 @@ class FolderStore:
         segments = manifest["segments"]
         return {"storage": {"segments": len(segments), "largest_segment": max((s["rows"] for s in segments), default=0),
                             "delta_files": len(manifest.get("deltas", []))},
-                "bytes_on_disk": sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())}
+                "bytes_on_disk": folder_bytes(self.path)}
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files in a folder; a file a writer sweeps while we count is skipped, not an error."""
+    total = 0
+    for entry in os.scandir(path):
+        try:
+            if entry.is_file():
+                total += entry.stat().st_size
+        except FileNotFoundError:
+            continue
+    return total
 
 
 def open_store(spec: str | None, bank_path: str | os.PathLike):
