@@ -21,6 +21,7 @@ from fakebank.pdq import (
     hex_to_bytes,
     min_dihedral_distance,
     pdq_hash,
+    pdq_view,
 )
 from fakebank.preprocess import load_rgb
 
@@ -283,3 +284,22 @@ def test_pdq_hash_needs_rgb():
 def test_max_side_below_the_pdq_grid_is_refused():
     with pytest.raises(ValueError, match="max_side"):
         pdq_hash(Image.new("RGB", (200, 100)), max_side=32)
+
+
+COMMFOR = sorted((Path(__file__).parent / "data/commfor").glob("*.png"))
+
+
+@pytest.mark.parametrize("path", [*DIH[:2], *COMMFOR[:3], DATA / "bridge-mods/square-512x512.jpg"],
+                         ids=lambda p: p.name)
+def test_the_view_is_hashed_as_pdqhash_hashes_it(path):
+    """Up to PDQ_MAX_SIDE, pdq_hash computes Meta's algorithm itself (banded matrices); pdqhash on the same
+    pixels is the oracle: same bits for all 8 dihedral hashes, same quality, on originals, odd-sized crops
+    and shrunk copies."""
+    img = pdq_view(load_rgb(path))
+    for variant in (img, img.crop((3, 1, img.width - 2, img.height - 5)), img.resize((97, 131), Image.BILINEAR)):
+        ours = pdq_hash(variant)
+        assert max(variant.size) <= PDQ_MAX_SIDE
+        vectors, quality = pdqhash.compute_dihedral(np.asarray(variant))
+        theirs = [np.packbits(np.asarray(v, dtype=np.uint8)).tobytes() for v in vectors]
+        assert ours.quality == quality >= PDQ_MIN_QUALITY
+        assert [hamming(a, b) for a, b in zip(ours.dihedral, theirs)] == [0] * 8
