@@ -291,8 +291,11 @@ def main() -> None:
     ptx_s = time.perf_counter() - t
 
     rows = defaultdict(lambda: defaultdict(int))
+    mistakes = []
     for (owner, in_bank, fam, _), ms, pm in zip(queries, found, ptx):
         got = {id_name[m.id] for m in ms}
+        mistakes += [(fam, owner, id_name[m.id], m.signal, m.pdq_distance, m.inliers, m.spatial_agreement)
+                     for m in ms if id_name[m.id] != owner]
         r = rows[fam]
         if in_bank:
             r["n"] += 1
@@ -323,6 +326,9 @@ def main() -> None:
     print(f"{'all':15} {tot['n']:6d} | {tot['fb'] / tot['n']:8.3f} {tot['ptx'] / tot['n']:6.3f} | {'':6} | "
           f"{tot['fb_wrong']:5d}/{tot['ptx_wrong']:<6d} | {tot['d']:10d} {tot['fb_fp'] / tot['d']:8.4f} "
           f"{tot['ptx_fp'] / tot['d']:6.4f} |")
+    for fam, owner, other, signal, distance, inliers, agreement in mistakes:
+        print(f"  false copy: a {fam} copy of {owner} matched {other} by {signal} (PDQ distance {distance}, "
+              f"inliers {inliers}, spatial agreement {agreement})")
 
     print("\nablation (fakebank recall / false-match rate with only some signals):")
     subsets = [("pdq",), ("pdq", "pdq_trim"), ("pdq", "pdq_trim", "embedding"), ("pdq", "pdq_trim", "local"), SIGNALS]

@@ -35,6 +35,7 @@ from fakebank.model import load_model
 from fakebank.pdq import pdq_hash, pdq_view
 from fakebank.preprocess import content_box, load_rgb, model_view, to_array
 from fakebank.signals import LOCAL_QUERY_FEATURES, LOCAL_SIDE, image_signals, orb_features
+from fakebank.thumbnails import make_thumbnail
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +115,7 @@ def stage_costs(datas: list[bytes], model, rounds: int) -> dict[str, tuple[float
     """Median over rounds of the mean thread-CPU ms per image of each decode-side stage, as `add` runs
     them now (decode once, share the view; no mirror keypoints) and as it ran them before this change
     (de200f8: full-resolution PDQ, signals from the full image), interleaved image by image."""
-    stages = ("decode", "model input", "PDQ", "signals")
+    stages = ("decode", "model input", "PDQ", "signals", "thumbnail")
     now: dict[str, list[float]] = {k: [] for k in stages}
     before: dict[str, list[float]] = {k: [] for k in stages}
     pre = model.preprocessing
@@ -129,15 +130,20 @@ def stage_costs(datas: list[bytes], model, rounds: int) -> dict[str, tuple[float
             view = pdq_view(img)
             pdq_hash(view)
             t3 = time.thread_time()
-            image_signals(img, mirror=False)
+            image_signals(img, view=view, mirror=False)
             t4 = time.thread_time()
+            make_thumbnail(view)
+            t4b = time.thread_time()
             _before_model_input(img, pre)
             t5 = time.thread_time()
             pdq_hash(img, max_side=None)  # the old default (bilinear to 1536 px) left 1024-px images as they are
             t6 = time.thread_time()
             _before_signals(img)
             t7 = time.thread_time()
-            for k, a, b in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), (t1 - t0, t5 - t4, t6 - t5, t7 - t6)):
+            make_thumbnail(img)
+            t8 = time.thread_time()
+            for k, a, b in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4b - t4),
+                               (t1 - t0, t5 - t4b, t6 - t5, t7 - t6, t8 - t7)):
                 s_now[k] += a
                 s_before[k] += b
         for k in stages:

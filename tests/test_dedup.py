@@ -18,7 +18,7 @@ from fakebank.bank import LOCAL_INDEX_FEATURES_LARGE, Bank, BankWriter, NewItem,
 from fakebank.dedup import DedupParams, Probe, find, groups, ransac_inliers
 from fakebank.errors import UsageError
 from fakebank.grid import GRID_CELLS, GRID_WIDTH, PatchGrid
-from fakebank.pdq import PDQ_MATCH_THRESHOLD, min_dihedral_distance, pdq_hash
+from fakebank.pdq import PDQ_MATCH_THRESHOLD, min_dihedral_distance, pdq_hash, pdq_view
 from fakebank.preprocess import content_box, load_rgb
 from fakebank.signals import LOCAL_BANK_FEATURES, LocalFeatures, image_signals
 
@@ -173,6 +173,17 @@ def test_content_box_stops_at_a_photo_whose_tones_run_into_the_frame(photos):
         l, t, r, b = content_box(shot)
         h = round(im.height * 540 / im.width)
         assert abs(t - 160) <= 6 and abs(b - (160 + h)) <= 6 and l <= 4 and r >= 536, (dark, (l, t, r, b))
+
+
+def test_content_box_found_on_the_shared_view_is_the_full_images_box(photos):
+    """`add` looks for the box on the PDQ view (box-averaged) instead of the full image: the same bars and
+    frames come off, to within the analysis copy's resolution (1/256 of the longer side)."""
+    big = photos["bridge"].resize((1600, round(1600 * photos["bridge"].height / photos["bridge"].width)))
+    for im in (jpeg(letterbox(big, 0.3, (0, 0, 0))), jpeg(screenshot(big)), big):
+        view = pdq_view(im)
+        assert view.size != im.size
+        tolerance = 2 * max(im.size) / 256
+        assert all(abs(a - b) <= tolerance for a, b in zip(content_box(im, view), content_box(im)))
 
 
 # -- one metamorphic test per signal ---------------------------------------------------------------------

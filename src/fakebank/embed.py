@@ -374,14 +374,14 @@ def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max
         if img.info.get("fakebank_draft"):  # decoded at 1/2 … 1/8 here; the GPU decodes it in full
             view = pdq_view(img)
             width, height = img.info["fakebank_draft"]
-            signals = image_signals(img, mirror=mirror)
+            signals = image_signals(img, view=view, mirror=mirror)
             sx, sy = width / img.width, height / img.height  # the content box in full-resolution pixels
             box = signals.box
             signals = dataclasses.replace(signals, box=(
                 round(box[0] * sx), round(box[1] * sy), min(width, round(box[2] * sx)), min(height, round(box[3] * sy))))
             return Decoded(path=name, sha256=sha256, width=width, height=height, pdq=pdq_hash(view),
                            pixels=None, signals=signals, jpeg=data,
-                           thumbnail=make_thumbnail(img) if thumbnail else None)
+                           thumbnail=make_thumbnail(view) if thumbnail else None)
     else:
         img = load_rgb(data, name=name, max_pixels=max_pixels)
     view = pdq_view(img)  # decoded once: the model input, PDQ (from this shrunk view) and the signals share it
@@ -392,9 +392,9 @@ def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max
         height=img.height,
         pdq=pdq_hash(view),
         pixels=None if on_device else to_array(img, pre),
-        signals=image_signals(img, mirror=mirror),
+        signals=image_signals(img, view=view, mirror=mirror),
         rgb=np.asarray(img) if on_device else None,
-        thumbnail=make_thumbnail(img) if thumbnail else None,
+        thumbnail=make_thumbnail(view) if thumbnail else None,
     )
 
 

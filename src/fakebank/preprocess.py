@@ -528,17 +528,20 @@ _BORDER_SIDE = 256  # analysed on a copy with this longer side (a box to within 
 _BORDER_ROUNDS = 12  # the 1-px blends between a status bar, the background and the photo are bands too
 
 
-def content_box(img: Image.Image) -> tuple[int, int, int, int]:
+def content_box(img: Image.Image, view: Image.Image | None = None) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the image without uniform border bands; the whole image if none.
 
     Deterministic in the pixels, so a bank image and its copy are cut alike: a photo that ends in flat sky
-    loses the sky on both sides of the comparison.
+    loses the sky on both sides of the comparison. ``view``: the same image already box-averaged (the
+    shared PDQ view); the analysis copy is made from it, ≈ 2 ms cheaper than from a 1024-px original.
     """
     w, h = img.size
     scale = min(1.0, _BORDER_SIDE / max(w, h))
-    small = img if scale == 1 else img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                              Image.Resampling.BILINEAR)
+    source = view if view is not None else img
+    small = img if scale == 1 else source.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                 Image.Resampling.BILINEAR)
     a = np.asarray(small.convert("RGB"), dtype=np.int16)
+    by_axis = (a, np.ascontiguousarray(a.transpose(1, 0, 2)))  # columns scanned as contiguous rows
     H, W = a.shape[:2]
     gap_h, gap_w = max(1, round(BORDER_GAP * H)), max(1, round(BORDER_GAP * W))
     box = [0, H, 0, W]  # top, bottom, left, right
@@ -549,7 +552,7 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int]:
                 moved = False
                 for far in (False, True):
                     t, b, l, r = box
-                    v = a[t:b, l:r] if axis == 0 else a[t:b, l:r].transpose(1, 0, 2)
+                    v = by_axis[0][t:b, l:r] if axis == 0 else by_axis[1][l:r, t:b]
                     d = _band(v[::-1] if far else v, gap_h if axis == 0 else gap_w)
                     if d == 0 or d > BORDER_MAX_BAND * len(v) or len(v) - d < 0.1 * (H if axis == 0 else W):
                         continue  # nothing to peel, or the band would eat the image: keep this side
@@ -569,11 +572,16 @@ def _band(lines: np.ndarray, gap: int) -> int:
     """How many lines from index 0 of ``lines`` [n, length, 3] belong to the band of line 0's colour."""
     if len(lines) == 0:
         return 0
-    colour = np.median(lines[0], axis=0)
+    colour = np.median(lines[0], axis=0)  # per channel: an integer or a half
+    # |x − colour| ≤ tolerance on integers x, as integer bounds (cheaper than float differences)
+    low = np.ceil(colour - BORDER_TOLERANCE).astype(lines.dtype)
+    high = np.floor(colour + BORDER_TOLERANCE).astype(lines.dtype)
     end = run = 0
     chunk = 16
     for start in range(0, len(lines), chunk):  # most bands are short: look only as deep as needed
-        frac = (np.abs(lines[start:start + chunk] - colour).max(axis=2) <= BORDER_TOLERANCE).mean(axis=1)
+        part = lines[start:start + chunk]
+        near = (part >= low) & (part <= high)
+        frac = (near[..., 0] & near[..., 1] & near[..., 2]).mean(axis=1)  # all 3 channels near the colour
         if start == 0 and frac[0] < BORDER_EDGE_UNIFORM:
             return 0
         for i, f in enumerate(frac, start):

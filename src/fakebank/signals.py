@@ -92,16 +92,17 @@ class ImageSignals:
         return self.pdq_trim is not None
 
 
-def image_signals(img: Image.Image, *, n_features: int = LOCAL_QUERY_FEATURES, mirror: bool = True) -> ImageSignals:
+def image_signals(img: Image.Image, *, view: Image.Image | None = None, n_features: int = LOCAL_QUERY_FEATURES,
+                  mirror: bool = True) -> ImageSignals:
     """Content box, its PDQ hash and ORB features (and the mirror's) of an upright RGB image.
 
-    The box and ORB read the full image. (Finding the box on the extractor's shared PDQ view and shrinking
-    ORB's input as luma were ≈ 4 ms cheaper, but moved ORB's keypoints enough for one more false match in
-    470 distractor copies in scripts/bench_dedup.py: 2 instead of 1.)
+    ``view``: the image box-averaged for PDQ (``pdq.pdq_view``), when the caller has it: the content box
+    is looked for on it (≈ 2.5 ms cheaper for a 1024-px photo; scripts/bench_dedup.py: the same recall and
+    false matches per family). ORB reads the full image.
     """
     if img.mode != "RGB":
         raise ValueError(f"image_signals needs an RGB image (use preprocess.load_rgb), got mode {img.mode!r}")
-    box = content_box(img)
+    box = content_box(img, view)
     whole = box == (0, 0, img.width, img.height)
     content = img if whole else img.crop(box)
     gray = _gray(content)
@@ -114,7 +115,11 @@ def image_signals(img: Image.Image, *, n_features: int = LOCAL_QUERY_FEATURES, m
 
 
 def _gray(img: Image.Image) -> np.ndarray:
-    """Luma of the image shrunk (area-averaged) so that its longer side is at most LOCAL_SIDE."""
+    """Luma of the image shrunk (area-averaged) so that its longer side is at most LOCAL_SIDE.
+
+    Shrunk in RGB, then converted, as banks already hold features made this way. (Luma first, in Pillow or
+    OpenCV, is 1.5–2 ms cheaper per 1024-px photo, but the ±1 rounding moves ORB's keypoints: on
+    scripts/bench_dedup.py one more or one fewer copy found and false match, depending on the variant.)"""
     scale = LOCAL_SIDE / max(img.size)
     if scale < 1:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
