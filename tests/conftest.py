@@ -8,11 +8,16 @@ tiny (2 blocks, width 64–128, 64-px input) and built once per session.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The same embeddings whatever extras are installed: under `auto` an extractor switches to OpenVINO
+# mid-run where that extra is there (backends.Switchover). Tests of that path ask for it by name.
+os.environ.setdefault("FAKEBANK_BACKEND", "torch")
 
 TINY_IMG = 64  # input side of every tiny checkpoint
 TINY_PATCH = 16

@@ -14,6 +14,7 @@ from fakebank.backends import openvino_available, resolve_backend
 from fakebank.device_input import model_input
 from fakebank.embed import Decoded, Embedding, Extractor, FailedInput, Skipped, decode_image
 from fakebank.errors import UsageError
+from fakebank.grid import PatchGrid, agreement
 from fakebank.model import load_model
 from fakebank.pdq import hamming, pdq_hash
 from fakebank.preprocess import load_rgb, to_array
@@ -104,7 +105,9 @@ def test_backend_choice(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.delenv("FAKEBANK_BACKEND", raising=False)
     assert resolve_backend("torch", cpu, "bf16") == "torch"
-    assert resolve_backend("auto", cpu, "bf16") == "torch"  # OpenVINO is opt-in: its start-up cost
+    # auto: OpenVINO where the extra is installed, built in the background (eager torch meanwhile)
+    assert resolve_backend("auto", cpu, "bf16") == ("auto-openvino" if openvino_available() else "torch")
+    assert resolve_backend("auto", cpu, "fp16") == "torch"
     with pytest.raises(UsageError, match="backend"):
         resolve_backend("tensorrt", cpu, "bf16")
     with pytest.raises(UsageError, match="CPU"):
@@ -121,15 +124,34 @@ def test_backend_choice(monkeypatch):
 def test_openvino_agrees_with_eager_fp32_and_caches_the_converted_model(model, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKEBANK_CACHE", str(tmp_path / "cache"))
     pixels = np.stack([to_array(load_rgb(p), model.preprocessing) for p in COMMFOR])
-    ref = Extractor(model, device="cpu", precision="fp32", backend="torch").embed_pixels(pixels)
+    ref = Extractor(model, device="cpu", precision="fp32", backend="torch").embed_pixels_with_grid(pixels)
     for precision, min_cos, max_dlogit in (("fp32", 0.999999, 1e-4), ("bf16", 0.9999, 0.01)):
         ex = Extractor(model, device="cpu", precision=precision, backend="openvino")
-        logit, p_fake, cls, patch = ex.embed_pixels(pixels)
+        logit, p_fake, cls, patch, grid = ex.embed_pixels_with_grid(pixels)
+        # the patch grid comes from the same compiled pass, so embedding copies stay verifiable (grid.py)
+        assert grid.shape == ref[4].shape
+        for ours, theirs in zip(grid, ref[4]):
+            assert agreement(PatchGrid.quantise(ours), PatchGrid.quantise(theirs)) >= 0.95
         assert cls.shape == ref[2].shape and np.allclose(np.linalg.norm(cls, axis=1), 1, atol=1e-5)
         assert float((cls * ref[2]).sum(1).min()) >= min_cos
         assert float(np.abs(logit - ref[0]).max()) <= max_dlogit
         assert np.allclose(p_fake, 1 / (1 + np.exp(-logit)), atol=1e-6)
     assert list((tmp_path / "cache" / "openvino").glob("*.xml"))  # converted once, reused
+
+
+@pytest.mark.skipif(not openvino_available(), reason="openvino extra not installed")
+def test_auto_runs_eager_torch_until_the_openvino_forward_is_built(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKEBANK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FAKEBANK_BACKEND")
+    pixels = np.stack([to_array(load_rgb(p), model.preprocessing) for p in COMMFOR])
+    eager = Extractor(model, device="cpu", precision="bf16", backend="torch").embed_pixels(pixels)
+    ex = Extractor(model, device="cpu", precision="bf16")
+    assert ex.backend == "auto-openvino"
+    first = ex.embed_pixels(pixels)  # starts the build; this batch is eager torch's
+    assert np.array_equal(first[2], eager[2])
+    assert ex.switchover.wait(600) is not None
+    switched = ex.embed_pixels(pixels)
+    assert not np.array_equal(switched[2], eager[2]) and float((switched[2] * eager[2]).sum(1).min()) >= 0.9999
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -10,13 +10,16 @@ scripts/bench_extract.py, interleaved rounds on a machine loaded ≈ 7× over it
 figures are inflated) at the same agreement with fp32 (untrained vit_small_patch16_384 on real photos:
 CLS cosine ≥ 0.99996, |Δlogit| ≤ 0.0063; eager bf16 0.99996 / 0.0061).
 
-Why it is not the default: a fresh process pays for it before its first forward — converting the model
-takes tens of seconds the first time (then it is kept on disk, one per model identity, with OpenVINO's
-compiled-blob cache beside it) and loading it ≈ 1 s after that. A service restarted after a crash then
-acknowledged no upload within its first 3.5 s under load (tests/test_service.py's kill -9 test; eager
-torch passes it), and a one-image `query` pays more than it saves. So it is opt-in, for bulk work:
-``Extractor(backend="openvino")`` or ``FAKEBANK_BACKEND=openvino`` (bf16 or fp32, CPU, with the
-``openvino`` extra installed); ``auto`` is eager torch.
+How it is the default without its start-up cost: a fresh process pays for OpenVINO before its first
+forward — converting the model takes tens of seconds the first time (then it is kept on disk, one per
+model identity, with OpenVINO's compiled-blob cache beside it) and loading it ≈ 1 s after that. Made
+synchronously, a service restarted after a crash acknowledged no upload within its first 3.5 s under load
+(tests/test_service.py's kill -9 test), and a one-image `query` paid more than it saved. So under
+``auto`` (the default) with the ``openvino`` extra installed, the extractor runs eager torch while a
+background thread builds the OpenVINO forward, and switches to it once it is ready (:class:`Switchover`);
+without the extra, ``auto`` is eager torch. ``backend="openvino"`` (or ``FAKEBANK_BACKEND=openvino``)
+waits for it instead; ``torch`` never uses it. The two agree to CLS cosine ≥ 0.9999, so items embedded
+before and after the switch compare as one.
 
 Never imports the bank or anything above embed.
 """
@@ -24,6 +27,7 @@ Never imports the bank or anything above embed.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import tempfile
 import threading
@@ -38,7 +42,8 @@ from fakebank.errors import UsageError
 from fakebank.model import LoadedModel
 
 BACKENDS = ("auto", "torch", "openvino")
-Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+log = logging.getLogger("fakebank.backends")
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def openvino_available() -> bool:
@@ -46,8 +51,9 @@ def openvino_available() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device, precision: str) -> str:
-    """`auto` → $FAKEBANK_BACKEND when set, else `torch` (see the module docstring for why OpenVINO,
-    though faster per image, is opt-in)."""
+    """The backend to run: `torch`, `openvino` (wait for it), or `auto-openvino` (eager torch until a
+    background build of the OpenVINO forward is ready). `auto` → $FAKEBANK_BACKEND when set, else
+    `auto-openvino` on a CPU where the extra is installed and the precision is bf16 or fp32, else `torch`."""
     if backend not in BACKENDS:
         raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == "auto":
@@ -55,7 +61,8 @@ def resolve_backend(backend: str, device: torch.device, precision: str) -> str:
         if backend not in BACKENDS:
             raise UsageError(f"FAKEBANK_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == "auto":
-        return "torch"
+        usable = device.type == "cpu" and precision in ("bf16", "fp32") and openvino_available()
+        return "auto-openvino" if usable else "torch"
     if backend == "openvino":
         if device.type != "cpu":
             raise UsageError("the openvino backend runs on the CPU; use --device cpu or the torch backend")
@@ -83,7 +90,7 @@ class _Outputs(torch.nn.Module):
         self.module = model.module
 
     def forward(self, pixels: torch.Tensor):
-        return self.model.forward(pixels)
+        return self.model.forward_with_grid(pixels)
 
 
 def openvino_forward(model: LoadedModel, precision: str, *, cache: Path | None = None) -> Forward:
@@ -93,12 +100,15 @@ def openvino_forward(model: LoadedModel, precision: str, *, cache: Path | None =
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     size = model.preprocessing.input_size
-    ir = cache / f"{model.identity_hash[:24]}.xml"
+    ir = cache / f"{model.identity_hash[:24]}-grid.xml"  # four outputs: logit, cls, patch, patch grid
     core = ov.Core()
     core.set_property({"CACHE_DIR": str(cache / "blobs")})
     if ir.exists() and ir.with_suffix(".bin").exists():
         converted = core.read_model(ir)
     else:
+        # the grid's basis is computed by a forward pass of its own: made now, it is a constant of the trace
+        with torch.no_grad():
+            model.forward_with_grid(torch.zeros(1, 3, size, size))
         # the tracer warns about timm's shape checks becoming constants: true, and harmless at one input size
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -120,7 +130,40 @@ def openvino_forward(model: LoadedModel, precision: str, *, cache: Path | None =
     def forward(pixels: torch.Tensor):
         with lock:
             result = request.infer({0: np.ascontiguousarray(pixels.numpy(), dtype=np.float32)})
-            logit, cls, patch = (torch.from_numpy(np.array(result[compiled.output(i)])) for i in range(3))
-        return logit, cls, patch
+            logit, cls, patch, grid = (torch.from_numpy(np.array(result[compiled.output(i)])) for i in range(4))
+        return logit, cls, patch, grid
 
     return forward
+
+
+class Switchover:
+    """The OpenVINO forward, built in a background thread on first use; `ready()` is None until then (and
+    for good when the build failed: the failure is logged once and eager torch carries on)."""
+
+    def __init__(self, model: LoadedModel, precision: str) -> None:
+        self._model, self._precision = model, precision
+        self._forward: Forward | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def ready(self) -> Forward | None:
+        if self._forward is None and self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._build, name="fakebank-openvino", daemon=True)
+                    self._thread.start()
+        return self._forward
+
+    def wait(self, timeout: float | None = None) -> Forward | None:
+        """Block until the build has finished (tests, benchmarks); the forward, or None if it failed."""
+        self.ready()
+        assert self._thread is not None
+        self._thread.join(timeout)
+        return self._forward
+
+    def _build(self) -> None:
+        try:
+            self._forward = openvino_forward(self._model, self._precision)
+        except Exception as e:  # noqa: BLE001 - an optional speed-up: report it and keep eager torch
+            log.warning("OpenVINO backend unavailable (%s: %s); carrying on with eager torch. Set "
+                        "FAKEBANK_BACKEND=torch to skip it", type(e).__name__, e)

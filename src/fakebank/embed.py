@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fakebank.backends import Forward, openvino_forward, resolve_backend
+from fakebank.backends import Forward, Switchover, openvino_forward, resolve_backend
 from fakebank.device_input import batch_size_for, decode_jpegs, model_input
 from fakebank.errors import InputError, UsageError
 from fakebank.grid import PatchGrid
@@ -173,6 +173,7 @@ class Extractor:
         self.on_device = self.device.type == "cuda"  # the model input is made on the GPU
         self.backend = resolve_backend(backend, self.device, self.precision)
         self._compiled: Forward | None = None  # the OpenVINO forward, built on first use
+        self.switchover = Switchover(model, self.precision) if self.backend == "auto-openvino" else None
         if batch_size is None:
             batch_size = (batch_size_for(self.device, model.preprocessing.input_size) if self.on_device
                           else DEFAULT_BATCH_SIZE)
@@ -198,20 +199,18 @@ class Extractor:
         return self.embed_pixels_with_grid(pixels)[:4]
 
     def embed_pixels_with_grid(self, pixels: np.ndarray) -> tuple:
-        """`embed_pixels`' outputs and the patch grids [B, cells, cells, width] of the same forward pass
-        (None under the OpenVINO backend, whose compiled model returns no patch tokens: items embedded
-        there carry no grid, so dedup judges them without the embedding signal)."""
+        """`embed_pixels`' outputs and the patch grids [B, cells, cells, width] of the same forward pass."""
         x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
         if self.on_device:
             x = x.pin_memory()
         return self._forward(x.to(self.device, non_blocking=True))
 
     def _forward(self, x: torch.Tensor) -> tuple:
-        grid = None
-        if self.backend == "openvino":
-            if self._compiled is None:
-                self._compiled = openvino_forward(self.model, self.precision)
-            logit, cls, patch = self._compiled(x)
+        if self.backend == "openvino" and self._compiled is None:
+            self._compiled = openvino_forward(self.model, self.precision)
+        compiled = self.switchover.ready() if self.switchover is not None else self._compiled
+        if compiled is not None:
+            logit, cls, patch, grid = compiled(x)
         else:
             with torch.inference_mode(), self._autocast():
                 logit, cls, patch, grid = self.model.forward_with_grid(x)

@@ -127,8 +127,8 @@ class LoadedModel:
         (`_pooled_grid`), less its component in the span of plain images' grids (`_grid_basis`)."""
         x = self._pooled_grid(tokens)
         basis = _grid_basis(self, x.device)
-        flat = x.reshape(len(x), -1)
-        return (flat - (flat @ basis) @ basis.T).reshape(x.shape)
+        flat = x.flatten(1)  # not reshape(len(x), …): a traced batch size would become a constant
+        return (flat - (flat @ basis) @ basis.T).view_as(x)
 
     def _pooled_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """Patch tokens average-pooled to GRID_CELLS² cells, centred on their mean over the cells, projected to
@@ -138,10 +138,10 @@ class LoadedModel:
         h, w = self.module.patch_embed.grid_size if not getattr(self.module, "dynamic_img_size", False) else (0, 0)
         if h * w != n:  # a dynamic-size model: square inputs only (the preprocessing crops square)
             h = w = math.isqrt(n)
-        x = patches.reshape(b, h, w, d).permute(0, 3, 1, 2)
+        x = patches.unflatten(1, (h, w)).permute(0, 3, 1, 2)
         x = torch.nn.functional.adaptive_avg_pool2d(x, GRID_CELLS).permute(0, 2, 3, 1)
         x = x - x.mean(dim=(1, 2), keepdim=True)
-        return x @ _grid_projection(d, x.device)
+        return x @ _grid_projection(int(d), x.device)  # int: under a tracer a shape may be a tensor
 
 
 # Plain images whose patch grids span what every image's grid shares: a featureless frame still differs
