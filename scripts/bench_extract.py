@@ -72,8 +72,7 @@ def bare_forward(ex: Extractor, pixels: np.ndarray, batch: int) -> tuple[float, 
 def end_to_end(weights: str, files: list[Path], precision: str, batch: int | None, bank: Path,
                decode_threads: int | None, backend: str = "auto", device: str = "auto") -> tuple[float, float]:
     """(images/s, core-ms per image) of `fakebank add` on the files."""
-    fb = Fakebank(bank, weights=weights, precision=precision, batch_size=batch, device=device)
-    fb.extractor.backend = backend if backend != "auto" else fb.extractor.backend
+    fb = Fakebank(bank, weights=weights, precision=precision, batch_size=batch, device=device, backend=backend)
     if decode_threads:
         fb.extractor.decode_threads = decode_threads
     # model load and warm-up are not part of the throughput

@@ -69,8 +69,10 @@ class Fakebank:
         video_rate: float = vid.DEFAULT_RATE,
         video_strategy: str = "auto",
         store: str | None = None,
+        backend: str = "auto",
     ) -> None:
-        """`store`: a store spec (store.open_store; None: FAKEBANK_STORE, else the folder `bank`)."""
+        """`store`: a store spec (store.open_store; None: FAKEBANK_STORE, else the folder `bank`);
+        `backend`: the CPU inference backend (backends.resolve_backend)."""
         self.max_frames, self.video_rate, self.video_strategy = max_frames, video_rate, video_strategy
         self.bank_path = Path(bank) if bank else default_bank_path()
         self.store = open_store(store, self.bank_path)
@@ -78,6 +80,7 @@ class Fakebank:
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+        self.backend = backend
         self.positive_label = positive_label
         self._write_lock = self.store.write_lock  # one writer per process; the store covers processes
 
@@ -100,7 +103,8 @@ class Fakebank:
 
         model = load_model(self.weights_spec(), positive_label=self.positive_label)
         # batch_size None: 8 on the CPU, sized from free memory on CUDA (the extractor decides)
-        return Extractor(model, device=self.device, precision=self.precision, batch_size=self.batch_size)
+        return Extractor(model, device=self.device, precision=self.precision, batch_size=self.batch_size,
+                         backend=self.backend)
 
     @cached_property
     def model_info(self) -> dict:
