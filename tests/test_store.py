@@ -18,7 +18,8 @@ from bankutil import DIM, MODEL_INFO, make_item
 from fakebank.bank import items_schema
 from fakebank.dedup import DedupParams, find, groups
 from fakebank.errors import BankError, UsageError
-from fakebank.store import FolderStore, open_store
+from fakebank import store as store_module
+from fakebank.store import FolderStore, folder_bytes, open_store
 import test_dedup
 from test_dedup import COMMFOR, caption_overlay, crop, item_of, jpeg, letterbox, phone_frame, probe_of
 
@@ -448,3 +449,19 @@ def test_hash_lists_import_lookup_and_export_on_each_store(kind, tmp_path):
     rows = sorted(out.read_text().splitlines()[1:])
     assert rows == sorted([f"pdq,{hashes[0]},partner,NEGATIVE_CLASS,a b", f"pdq,{hashes[1]},partner,POSITIVE_CLASS,",
                            f"pdq,{hashes[2]},partner,POSITIVE_CLASS,"])
+
+
+def test_folder_bytes_skips_a_file_swept_while_it_is_counted(tmp_path, monkeypatch):
+    """`info` counts a folder that a writer may be sweeping (the CI failure of test_concurrent_writers_and_
+    readers: a merged segment's shard vanished between listing and stat, and `/v1/info` answered 500)."""
+    (tmp_path / "seg-000001.arrow").write_bytes(b"x" * 10)
+    (tmp_path / "seg-000002.cls.faiss").write_bytes(b"y" * 5)
+    listed = os.scandir
+
+    def listing_then_sweep(path):
+        entries = list(listed(path))
+        (tmp_path / "seg-000002.cls.faiss").unlink()  # the writer's sweep, after the listing
+        return iter(entries)
+
+    monkeypatch.setattr(store_module.os, "scandir", listing_then_sweep)
+    assert folder_bytes(tmp_path) == 10
