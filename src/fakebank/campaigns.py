@@ -56,7 +56,7 @@ from fakebank import dedup
 from fakebank import index as _faiss_setup  # noqa: F401 - sets FAISS's BLAS threshold (DESIGN §5)
 from fakebank.bank import CAMPAIGNS_SCHEMA
 from fakebank.errors import UsageError
-from fakebank.grid import agreements
+from fakebank.grid import agreements, required_agreement, smoothnesses
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY
 
 # Mean cls/patch cosine at or above which two items are linked. Measured on edited copies of real photos
@@ -431,8 +431,9 @@ def find_clusters(bank, params: CampaignParams) -> Clusters:
 
 class GridCheck:
     """`similarity_graph`'s `verify`: keeps a close-embedding pair of selected items (positions in `ids`)
-    only when both have a stored patch grid and the grids agree (grid.agreements ≥ `min_agreement`, best of
-    the 8 rotations/mirrors): a campaign never grows by global look alone. Counts what it drops."""
+    only when both have a stored patch grid and the grids agree (grid.agreements, best of the 8
+    rotations/mirrors, ≥ grid.required_agreement: `min_agreement`, higher for smooth grids): a campaign never
+    grows by global look alone. Counts what it drops."""
 
     def __init__(self, bank, ids: np.ndarray, min_agreement: float) -> None:
         self.bank, self.ids, self.min_agreement = bank, ids, min_agreement
@@ -450,6 +451,7 @@ class GridCheck:
         for k, g in enumerate(grids):
             if have[k]:
                 table[k] = g.values
+        smooth = smoothnesses(table)
         a, b = np.searchsorted(ends, i), np.searchsorted(ends, j)
         ok = have[a] & have[b]
         for start in range(0, len(i), RESCORE_CHUNK):
@@ -458,7 +460,7 @@ class GridCheck:
             if m.any():
                 agree = agreements(table[a[sl][m]], table[b[sl][m]])
                 part = ok[sl].copy()
-                part[m] = agree >= self.min_agreement
+                part[m] = agree >= required_agreement(self.min_agreement, smooth[a[sl][m]], smooth[b[sl][m]])
                 ok[sl] = part
         self.dropped += int(len(i) - ok.sum())
         return ok

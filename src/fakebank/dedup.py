@@ -41,7 +41,7 @@ import numpy as np
 
 from fakebank.bank import LOCAL_ID_BITS, PDQ_BYTES, Bank
 from fakebank.errors import UsageError
-from fakebank.grid import PatchGrid, agreement
+from fakebank.grid import PatchGrid, agreement, verified
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY, PdqHash
 from fakebank.signals import EMPTY_LOCAL, LOCAL_SIDE, LocalFeatures
 
@@ -251,8 +251,7 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
         sims, ids = cls_hits if cls_hits is not None else bank.search("cls", probe.cls[None, :], EMBEDDING_K + 1)
         for s, i in zip(sims[0][: EMBEDDING_K + 1], ids[0][: EMBEDDING_K + 1]):
             if i >= 0 and s >= params.embedding_threshold and pdq_distance(bank, probe, int(i)) is None:
-                agree = spatial(int(i)) if bank.has(int(i)) else None
-                if agree is not None and agree >= params.grid_min_agreement:
+                if bank.has(int(i)) and verified(probe.grid, grid_of(bank, int(i)), params.grid_min_agreement)[1]:
                     note(int(i), "embedding")
     order = {s: n for n, s in enumerate(SIGNALS)}
     matches = [
