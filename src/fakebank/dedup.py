@@ -43,7 +43,7 @@ from fakebank.bank import LOCAL_ID_BITS, PDQ_BYTES, Bank
 from fakebank.errors import UsageError
 from fakebank.grid import PatchGrid, agreement, verified
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY, PdqHash
-from fakebank.signals import EMPTY_LOCAL, LOCAL_SIDE, LocalFeatures
+from fakebank.signals import EMPTY_LOCAL, LOCAL_FEATURE_BYTES, LOCAL_SIDE, LocalFeatures
 
 SIGNALS = ("pdq", "pdq_trim", "local", "embedding")
 
@@ -91,6 +91,11 @@ EMBEDDING_K = 16  # nearest items by cls looked at for the embedding signal
 # without the check), 0.6 two. Known gap: with untrained vit_small, generated star fields reach 0.88
 # (false copies on the bench 2,704 → 90, all but 3 of them star fields). Trained weights: re-measure.
 GRID_MIN_AGREEMENT = 0.6
+# The embedding signal speaks only for pairs where one side has fewer ORB keypoints than this: ORB cannot
+# judge those, and where both have more, `local` is the judge. Measured on scripts/bench_hard_negatives.py
+# (untrained vit_small): star fields and text carry the full 128 stored keypoints, dark frames 34–128,
+# gradients none; at 64 the star-field and plain-text look-alikes that still passed the grid check are gone.
+EMBEDDING_MAX_KEYPOINTS = 64
 _MAX_SCALE = 8.0  # a similarity transform that scales by more (or less than 1/8) is not a copy
 
 
@@ -248,9 +253,14 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
         # photos come within 0.005 of the threshold, and where PDQ can speak it is the better judge
         # (bench: cls ≥ 0.99 alone matched 10 % of the distractors' edits with the 160-px test ViT).
         # And only when the patch grids agree: close global embeddings are not the same picture.
+        # Likewise only where ORB cannot judge it: with enough keypoints on both sides `local` is the better
+        # judge, and it found no geometric agreement (two texts whose lines lie outside the model's centre
+        # crop look the same to the model: cls 1.0, grids identical).
         sims, ids = cls_hits if cls_hits is not None else bank.search("cls", probe.cls[None, :], EMBEDDING_K + 1)
+        few_keypoints = len(probe.local) < EMBEDDING_MAX_KEYPOINTS
         for s, i in zip(sims[0][: EMBEDDING_K + 1], ids[0][: EMBEDDING_K + 1]):
-            if i >= 0 and s >= params.embedding_threshold and pdq_distance(bank, probe, int(i)) is None:
+            if i >= 0 and s >= params.embedding_threshold and pdq_distance(bank, probe, int(i)) is None \
+                    and (few_keypoints or stored_keypoints(bank, int(i)) < EMBEDDING_MAX_KEYPOINTS):
                 if bank.has(int(i)) and verified(probe.grid, grid_of(bank, int(i)), params.grid_min_agreement)[1]:
                     note(int(i), "embedding")
     order = {s: n for n, s in enumerate(SIGNALS)}
@@ -262,6 +272,12 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
     matches.sort(key=lambda m: (order[m.signal], m.pdq_distance if m.pdq_distance is not None else 257,
                                 -(m.inliers or 0), -m.similarity, m.id))
     return matches
+
+
+def stored_keypoints(bank: Bank, item_id: int) -> int:
+    """How many ORB keypoints an item stores (counted from the packed bytes, not decoded)."""
+    data = bank.value(item_id, "local")
+    return len(data) // LOCAL_FEATURE_BYTES if data else 0
 
 
 def grid_of(bank: Bank, item_id: int) -> PatchGrid | None:
