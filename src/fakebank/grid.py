@@ -18,10 +18,11 @@ same cells; distinct pictures that only share a global look do not. Pure numpy: 
 
 How close two grids must agree depends on how much they can say (:func:`required_agreement`). A grid that
 agrees with itself moved by one cell (:func:`smoothness`: a glow, a gradient, a star field's brightness map)
-has few independent cells, and distinct pictures of that kind agree by chance: generated star fields reached
-0.97 with each other, gradients 0.91, while a photo's grid moved by one cell agrees with itself ≈ 0. So the
-bar rises from the base threshold towards 1 with the smoother of the two grids: a copy must agree better
-than the grid agrees with itself misaligned.
+has few independent cells, and distinct pictures of that kind agree by chance: generated star fields with a
+glow reached 0.97 with each other, gradients 0.91. So the bar rises from the base threshold towards 1 with
+the smoother of the two grids: a copy must agree better than the grid agrees with itself misaligned. Used by
+dedup's embedding-only copies; campaign edges keep the base threshold (photos' grids are smooth too, median
+0.64, and the rising bar cut the campaign benchmark's F1 from 0.987 to 0.917).
 """
 
 from __future__ import annotations
