@@ -263,9 +263,12 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
         sims, ids = cls_hits if cls_hits is not None else bank.search("cls", probe.cls[None, :], EMBEDDING_K + 1)
         few_keypoints = len(probe.local) < EMBEDDING_MAX_KEYPOINTS
         for s, i in zip(sims[0][: EMBEDDING_K + 1], ids[0][: EMBEDDING_K + 1]):
-            if i >= 0 and s >= params.embedding_threshold and pdq_distance(bank, probe, int(i)) is None \
+            if i >= 0 and s >= params.embedding_threshold and bank.has(int(i)) \
+                    and pdq_distance(bank, probe, int(i)) is None \
                     and (few_keypoints or stored_keypoints(bank, int(i)) < EMBEDDING_MAX_KEYPOINTS):
-                if bank.has(int(i)) and verified(probe.grid, grid_of(bank, int(i)), params.grid_min_agreement)[1]:
+                agree, ok = verified(probe.grid, grid_of(bank, int(i)), params.grid_min_agreement)
+                grids[int(i)] = None if agree is None else round(agree, 4)
+                if ok:
                     note(int(i), "embedding")
     order = {s: n for n, s in enumerate(SIGNALS)}
     matches = [
