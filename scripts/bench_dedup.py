@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
+import pickle
 import random
 import sys
 import tempfile
@@ -229,6 +230,8 @@ def main() -> None:
                     help="comma-separated families of edits to run (default: all)")
     ap.add_argument("--store", choices=["folder", "milvus-lite"], default="folder",
                     help="milvus-lite: also copy the bank to Milvus Lite (export → import) and match there")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep the bank and the query embeddings here; a rerun on it skips the extraction")
     args = ap.parse_args()
     families = args.families.split(",")
     unknown = set(families) - set(FAMILIES)
@@ -243,13 +246,15 @@ def main() -> None:
     print(f"{len(bank_names)} originals in the bank, {len(distractors)} distractors; "
           f"{sum(len(v) for v in FAMILIES.values())} edits each; weights {args.weights}", file=sys.stderr)
 
-    work = Path(tempfile.mkdtemp(prefix="bench_dedup-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_dedup-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "queries.pkl"
     fb = Fakebank(work / "bank", weights=args.weights, batch_size=args.batch_size)
     originals = {n: _enc(pool[n], "PNG") for n in bank_names}
     t = time.perf_counter()
     ids = {}
     for r in fb.add([], sources=[Source(f"{n}.png", b) for n, b in originals.items()]):
-        ids[r["path"][:-4]] = r["id"]
+        ids[r["path"][:-4]] = r["id"]  # added, or already there (a rerun on the same --workdir)
     add_s = time.perf_counter() - t
     bank = fb.open_bank()
     id_name = {v: k for k, v in ids.items()}
@@ -267,16 +272,22 @@ def main() -> None:
             queries.append((n, n in ids, fam, data))
     print(f"{len(queries)} edited copies; extracting (model forward + signals) …", file=sys.stderr)
 
-    t = time.perf_counter()
-    embs: list[Embedding | None] = []
-    sources = (Source(f"q{k}", q[3]) for k, q in enumerate(queries))
-    for k, e in enumerate(fb.extractor.extract(sources)):
-        embs.append(e if isinstance(e, Embedding) else None)
-        if (k + 1) % 100 == 0:
-            print(f"  {k + 1}/{len(queries)}", file=sys.stderr)
-    extract_s = time.perf_counter() - t
-    by_name = {e.path: e for e in embs if e is not None}
-    embs = [by_name.get(f"q{k}") for k in range(len(queries))]
+    if cache.exists():  # a rerun on the same --workdir: the same queries, no extraction
+        embs, extract_s = pickle.loads(cache.read_bytes())
+        print(f"reusing {len(embs)} query embeddings from {cache}", file=sys.stderr)
+    else:
+        t = time.perf_counter()
+        embs: list[Embedding | None] = []
+        sources = (Source(f"q{k}", q[3]) for k, q in enumerate(queries))
+        for k, e in enumerate(fb.extractor.extract(sources)):
+            embs.append(e if isinstance(e, Embedding) else None)
+            if (k + 1) % 100 == 0:
+                print(f"  {k + 1}/{len(queries)}", file=sys.stderr)
+        extract_s = time.perf_counter() - t
+        by_name = {e.path: e for e in embs if e is not None}
+        embs = [by_name.get(f"q{k}") for k in range(len(queries))]
+        if args.workdir:
+            cache.write_bytes(pickle.dumps((embs, extract_s)))
 
     params = DedupParams()
     t = time.perf_counter()

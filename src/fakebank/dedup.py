@@ -12,10 +12,12 @@ A bank item is a near-duplicate of an image when one of these signals says so, c
    best-voted items are checked geometrically (RANSAC similarity transform, ≥ ``local_min_inliers``
    consistent correspondences). Survives crops, overlays, small rotations and screenshots, none of which
    leave PDQ a chance (a 2 % crop already moves a PDQ hash by ≈ 60 bits);
-4. ``embedding`` — cls cosine ≥ ``embedding_threshold``, for pairs PDQ cannot judge (a hash of quality
-   < 50): copies of images too flat for PDQ and ORB — **verified**: the two images' patch grids
-   (:mod:`fakebank.grid`) must agree spatially, ``spatial_agreement ≥ grid_min_agreement`` under the best of
-   the 8 rotations/mirrors. Global cosine alone ignores where things are in the frame (every edited copy of a
+4. ``embedding`` — cls cosine ≥ ``embedding_threshold``, for pairs neither PDQ nor ORB can judge (a hash
+   of quality < 50, and fewer than ``EMBEDDING_MAX_KEYPOINTS`` keypoints on one side): copies of images too
+   flat for both — **verified**: the two images' patch grids (:mod:`fakebank.grid`) must agree spatially
+   under the best of the 8 rotations/mirrors, ``spatial_agreement ≥ grid_min_agreement``, and closer still
+   for smooth grids (``grid.required_agreement``: a grid that agrees with itself one cell over says little).
+   Global cosine alone ignores where things are in the frame (every edited copy of a
    dark star-field photo once matched a dark abstract image at cls 0.999). An item banked before grids were
    stored (a null ``patch_grid``), or a query without one, gets no embedding-only match at all: the signal
    is dropped for it rather than trusted unverified.
@@ -41,9 +43,9 @@ import numpy as np
 
 from fakebank.bank import LOCAL_ID_BITS, PDQ_BYTES, Bank
 from fakebank.errors import UsageError
-from fakebank.grid import PatchGrid, agreement
+from fakebank.grid import PatchGrid, agreement, verified
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY, PdqHash
-from fakebank.signals import EMPTY_LOCAL, LOCAL_SIDE, LocalFeatures
+from fakebank.signals import EMPTY_LOCAL, LOCAL_FEATURE_BYTES, LOCAL_SIDE, LocalFeatures
 
 SIGNALS = ("pdq", "pdq_trim", "local", "embedding")
 
@@ -84,13 +86,20 @@ LOCAL_MIRROR_SEARCH_FEATURES = 192
 LOCAL_REDUCED_SEARCH_FEATURES = 128
 EMBEDDING_K = 16  # nearest items by cls looked at for the embedding signal
 # Patch-grid agreement (grid.agreement: cosine of the 6×6 grids, best of 8 rotations/mirrors) an
-# embedding-only copy needs. Measured on scripts/bench_hard_negatives.py (untrained test_vit, 360 generated
-# look-alikes, every pair at cls ≥ 0.99 with PDQ unusable): distinct images reach 0.52 (star fields) and
-# 0.55 (gradients), 99th percentile 0.28–0.52 by kind; re-encoded copies 0.9–1.0, turned, mirrored and cropped
-# ones 0.3–0.98 (untrained vit_small on photos). 0.4 let 21 pairs of distinct bank items through (1,714
-# without the check), 0.6 two. Known gap: with untrained vit_small, generated star fields reach 0.88
-# (false copies on the bench 2,704 → 90, all but 3 of them star fields). Trained weights: re-measure.
+# embedding-only copy needs: the base of grid.required_agreement, which rises to 1 with the grids'
+# smoothness. Measured on scripts/bench_hard_negatives.py (untrained test_vit, 360 generated look-alikes,
+# every pair at cls ≥ 0.99 with PDQ unusable): distinct images reach 0.52 (star fields) and 0.55 (gradients),
+# 99th percentile 0.28–0.52 by kind; re-encoded copies 0.9–1.0, turned, mirrored and cropped ones 0.3–0.98
+# (untrained vit_small on photos). 0.4 let 21 pairs of distinct bank items through (1,714 without the
+# check), 0.6 two. With untrained vit_small at 2,040 items a fixed 0.6 let 941 false copies through
+# (generated star fields agree at up to 0.97, gradients 0.91, texts whose lines lie outside the centre crop
+# at 1.0); the smoothness bar left 27, EMBEDDING_MAX_KEYPOINTS none. Trained weights: re-measure.
 GRID_MIN_AGREEMENT = 0.6
+# The embedding signal speaks only for pairs where one side has fewer ORB keypoints than this: ORB cannot
+# judge those, and where both have more, `local` is the judge. Measured on scripts/bench_hard_negatives.py
+# (untrained vit_small): star fields and text carry the full 128 stored keypoints, dark frames 34–128,
+# gradients none; at 64 the star-field and plain-text look-alikes that still passed the grid check are gone.
+EMBEDDING_MAX_KEYPOINTS = 64
 _MAX_SCALE = 8.0  # a similarity transform that scales by more (or less than 1/8) is not a copy
 
 
@@ -248,11 +257,18 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
         # photos come within 0.005 of the threshold, and where PDQ can speak it is the better judge
         # (bench: cls ≥ 0.99 alone matched 10 % of the distractors' edits with the 160-px test ViT).
         # And only when the patch grids agree: close global embeddings are not the same picture.
+        # Likewise only where ORB cannot judge it: with enough keypoints on both sides `local` is the better
+        # judge, and it found no geometric agreement (two texts whose lines lie outside the model's centre
+        # crop look the same to the model: cls 1.0, grids identical).
         sims, ids = cls_hits if cls_hits is not None else bank.search("cls", probe.cls[None, :], EMBEDDING_K + 1)
+        few_keypoints = len(probe.local) < EMBEDDING_MAX_KEYPOINTS
         for s, i in zip(sims[0][: EMBEDDING_K + 1], ids[0][: EMBEDDING_K + 1]):
-            if i >= 0 and s >= params.embedding_threshold and pdq_distance(bank, probe, int(i)) is None:
-                agree = spatial(int(i)) if bank.has(int(i)) else None
-                if agree is not None and agree >= params.grid_min_agreement:
+            if i >= 0 and s >= params.embedding_threshold and bank.has(int(i)) \
+                    and pdq_distance(bank, probe, int(i)) is None \
+                    and (few_keypoints or stored_keypoints(bank, int(i)) < EMBEDDING_MAX_KEYPOINTS):
+                agree, ok = verified(probe.grid, grid_of(bank, int(i)), params.grid_min_agreement)
+                grids[int(i)] = None if agree is None else round(agree, 4)
+                if ok:
                     note(int(i), "embedding")
     order = {s: n for n, s in enumerate(SIGNALS)}
     matches = [
@@ -263,6 +279,12 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
     matches.sort(key=lambda m: (order[m.signal], m.pdq_distance if m.pdq_distance is not None else 257,
                                 -(m.inliers or 0), -m.similarity, m.id))
     return matches
+
+
+def stored_keypoints(bank: Bank, item_id: int) -> int:
+    """How many ORB keypoints an item stores (counted from the packed bytes, not decoded)."""
+    data = bank.value(item_id, "local")
+    return len(data) // LOCAL_FEATURE_BYTES if data else 0
 
 
 def grid_of(bank: Bank, item_id: int) -> PatchGrid | None:
