@@ -4,11 +4,12 @@ Where it sits in the flow: model (a timm ViT in torch) → **backends** → embe
 asks :func:`cpu_forward` for a callable ``pixels [B, 3, S, S] float32 → (logit [B], cls [B, D],
 patch [B, D])`` with the same meaning as :meth:`fakebank.model.LoadedModel.forward`.
 
-Why OpenVINO: on this project's 2-core AVX512-BF16 machines its bf16 inference ran ViT-S/16-384 with
-0.40× the CPU time per image of torch's eager bf16 autocast (198 vs 495 core-ms; 1.50 vs 0.53 images/s;
-scripts/bench_extract.py, interleaved rounds on a machine loaded ≈ 7× over its cores, so the absolute
-figures are inflated) at the same agreement with fp32 (untrained vit_small_patch16_384 on real photos:
-CLS cosine ≥ 0.99996, |Δlogit| ≤ 0.0063; eager bf16 0.99996 / 0.0061).
+Why OpenVINO: on this project's 2-core AVX512-BF16 machines its bf16 inference runs ViT-S/16-384 with
+0.54× the CPU time per image of torch's eager bf16 autocast (99 vs 184 core-ms; fp32 171 vs 378), and
+`add` at 14.8 instead of 8.6 images/s (scripts/bench_extract.py, quiet machine, 2026-12-02), at the same
+agreement with fp32 (untrained vit_small_patch16_384 on real photos: CLS cosine ≥ 0.99996, |Δlogit| ≤
+0.0063; eager bf16 0.99996 / 0.0069). Its compiled pass returns the patch grid too (grid.py), so items it
+embeds are verified as eager torch's are. (`torch.compile` was measured too: no gain on this model.)
 
 How it is the default without its start-up cost: a fresh process pays for OpenVINO before its first
 forward — converting the model takes tens of seconds the first time (then it is kept on disk, one per
