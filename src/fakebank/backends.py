@@ -16,8 +16,9 @@ forward — converting the model takes tens of seconds the first time (then it i
 model identity, with OpenVINO's compiled-blob cache beside it) and loading it ≈ 1 s after that. Made
 synchronously, a service restarted after a crash acknowledged no upload within its first 3.5 s under load
 (tests/test_service.py's kill -9 test), and a one-image `query` paid more than it saved. So under
-``auto`` (the default) with the ``openvino`` extra installed, the extractor runs eager torch while a
-background thread builds the OpenVINO forward, and switches to it once it is ready (:class:`Switchover`);
+``auto`` (the default) with the ``openvino`` extra installed, the extractor runs eager torch; from its
+third batch on a background thread builds the OpenVINO forward, and it switches once that is ready
+(:class:`Switchover`; a one-image `query` never starts it);
 without the extra, ``auto`` is eager torch. ``backend="openvino"`` (or ``FAKEBANK_BACKEND=openvino``)
 waits for it instead; ``torch`` never uses it. The two agree to CLS cosine ≥ 0.9999, so items embedded
 before and after the switch compare as one.
@@ -137,28 +138,43 @@ def openvino_forward(model: LoadedModel, precision: str, *, cache: Path | None =
     return forward
 
 
+# Batches run on eager torch before the OpenVINO build starts: a one-image `query` never starts it.
+SWITCH_AFTER_BATCHES = 2
+
+
 class Switchover:
-    """The OpenVINO forward, built in a background thread on first use; `ready()` is None until then (and
-    for good when the build failed: the failure is logged once and eager torch carries on)."""
+    """The OpenVINO forward, built in a background thread once the process has run SWITCH_AFTER_BATCHES
+    batches; `ready()` is None until it is built (and for good when the build failed: the failure is logged
+    once and eager torch carries on). The thread is not a daemon: a process that ends while it converts
+    waits for it (OpenVINO aborts a process that exits under a running conversion), and the next process
+    loads the cached result in ≈ 1 s."""
 
     def __init__(self, model: LoadedModel, precision: str) -> None:
         self._model, self._precision = model, precision
         self._forward: Forward | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._batches = 0
 
     def ready(self) -> Forward | None:
+        """The OpenVINO forward when built, else None (call once per batch: it counts them)."""
         if self._forward is None and self._thread is None:
             with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._build, name="fakebank-openvino", daemon=True)
-                    self._thread.start()
+                self._batches += 1
+                if self._thread is None and self._batches > SWITCH_AFTER_BATCHES:
+                    self._start()
         return self._forward
 
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._build, name="fakebank-openvino")
+        self._thread.start()
+
     def wait(self, timeout: float | None = None) -> Forward | None:
-        """Block until the build has finished (tests, benchmarks); the forward, or None if it failed."""
-        self.ready()
-        assert self._thread is not None
+        """Build now if not yet started, and block until it has finished (tests, benchmarks); the forward,
+        or None if it failed."""
+        with self._lock:
+            if self._thread is None:
+                self._start()
         self._thread.join(timeout)
         return self._forward
 
