@@ -485,8 +485,10 @@ def test_video_columns_and_frame_hashes_read_back_the_same(kind, tmp_path):
     b = store.open()
     cols = b.read_columns(ids, VIDEO_COLUMNS)
     assert cols["media"] == [None, "video", "video"]
-    assert cols["frames"] == [None, long.frames, short.frames] and cols["frame_pdq"] == [None, long.frame_pdq, short.frame_pdq]
-    assert cols["fps"] == [None, pytest.approx(29.97), pytest.approx(29.97)] and cols["duration_s"][1] == pytest.approx(700 / 3)
+    assert cols["frames"] == [None, long.frames, short.frames]
+    assert cols["frame_pdq"] == [None, long.frame_pdq, short.frame_pdq]
+    assert cols["fps"] == [None, pytest.approx(29.97), pytest.approx(29.97)]
+    assert cols["duration_s"][1] == pytest.approx(700 / 3)
     assert [b.value(ids[1], n) for n in VIDEO_COLUMNS] == [c[1] for c in cols.values()]
     codes = np.frombuffer(long.frame_pdq, np.uint8).reshape(-1, 32)
     near = codes[[5, 6]].copy()

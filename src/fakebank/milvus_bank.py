@@ -14,8 +14,8 @@ imports torch or the model. Collections of a bank named NAME:
     NAME_trim       the de-bordered PDQ of the ≈ 1 in 5 items whose hash differs from the whole image's
     NAME_local      one row per ORB descriptor: lid = item id << LOCAL_ID_BITS | rank, item, desc (HAMMING)
     NAME_frame_pdq  a video's indexed frame hashes (video.index_codes), one row each: auto pk, item, pdq
-                    (HAMMING, BIN_FLAT); added by the video store, so a bank made before it lacks it until
-                    its first video (read as empty meanwhile)
+                    (HAMMING, BIN_FLAT); a bank made before videos were stored lacks it (and NAME_frames)
+                    until its first video, and reads as holding no videos meanwhile
     NAME_frames     a video's sampled frames (video.pack_frames, up to ≈ 1 MB: more than one VARCHAR's
                     65,535) base64-encoded in parts: id = item id << FRAME_PART_BITS | part, item, data
     NAME_meta       the manifest, one row per top-level key (JSON text); counts are counted, not stored
@@ -23,7 +23,8 @@ imports torch or the model. Collections of a bank named NAME:
 
 Every read and write uses Strong consistency (read-after-write on servers, which default to Bounded).
 An item's row is written last, after its descriptors, de-bordered hash and video frames: a sha256 that
-reads as present has all its signals (rows without an item are never reported), so an `add` killed at any instant loses nothing acknowledged and a rerun completes it.
+reads as present has all its signals (rows without an item are never reported), so an `add` killed at
+any instant loses nothing acknowledged and a rerun completes it. A removal deletes the item row first.
 Ids are reserved in the manifest before rows are written (a crash leaves a gap, never a reused id).
 
 What Milvus does not give: multi-collection transactions (an import's additions and label changes land as
@@ -62,7 +63,8 @@ MAX_VARCHAR = 65_535
 LITE_START_TRIES = 3
 BATCH = 1_000  # rows per insert/query request and ids per `in [...]` filter
 LOCAL_MAX = 1 << LOCAL_ID_BITS
-FRAME_PART_BITS = 16  # parts of one video's frames blob: 65,536 × 49 KB, far above video.DEFAULT_MAX_FRAMES'
+# parts of one video's frames blob: 65,536 × 49 KB ≈ 3 GB (video.DEFAULT_MAX_FRAMES frames make ≈ 1 MB)
+FRAME_PART_BITS = 16
 FRAME_PART_BYTES = MAX_VARCHAR // 4 * 3  # raw bytes whose base64 fits one VARCHAR
 # Frame parts are ≈ 64 KB rows: a few per request, well under gRPC's message limits (BATCH of them is 64 MB)
 FRAME_PART_BATCH = 32
@@ -484,7 +486,8 @@ class MilvusBank:
         out: list[list[tuple[int, int]]] = []
         for part in _chunks(codes):
             res = self.client.search(collection, data=[bytes(c) for c in np.asarray(part, np.uint8)], anns_field=field,
-                                     limit=MAX_LIMIT, consistency_level=CONSISTENCY, output_fields=[key] if key else None,
+                                     limit=MAX_LIMIT, consistency_level=CONSISTENCY,
+                                     output_fields=[key] if key else None,
                                      search_params={"metric_type": "HAMMING",
                                                     "params": {"radius": max_distance + 1, "range_filter": 0}})
             out.extend([(int(h["entity"][key] if key else h["id"]), int(h["distance"])) for h in hits] for hits in res)
@@ -744,8 +747,8 @@ class MilvusWriter:
                                     "data": _b64(it.frames[k:k + FRAME_PART_BYTES]), "_v": [0.0, 0.0]})
         # signals first, the item rows last: a sha256 that reads as present has all its signals
         for coll, data, n in ((self.store.trim, trims, BATCH), (self.store.local, locals_, BATCH),
-                              (self.store.frame_pdq, frame_codes, BATCH), (self.store.frames, frame_parts, FRAME_PART_BATCH),
-                              (self.store.items, rows, BATCH)):
+                              (self.store.frame_pdq, frame_codes, BATCH),
+                              (self.store.frames, frame_parts, FRAME_PART_BATCH), (self.store.items, rows, BATCH)):
             for part in _chunks(data, n):
                 self.store.client.insert(coll, list(part))
 
