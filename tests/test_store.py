@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from bankutil import DIM, MODEL_INFO, make_item
-from fakebank.bank import items_schema
+from fakebank.bank import NewItem, items_schema
 from fakebank.dedup import DedupParams, find, groups
 from fakebank.errors import BankError, UsageError
 from fakebank import store as store_module
@@ -449,6 +449,84 @@ def test_hash_lists_import_lookup_and_export_on_each_store(kind, tmp_path):
     rows = sorted(out.read_text().splitlines()[1:])
     assert rows == sorted([f"pdq,{hashes[0]},partner,NEGATIVE_CLASS,a b", f"pdq,{hashes[1]},partner,POSITIVE_CLASS,",
                            f"pdq,{hashes[2]},partner,POSITIVE_CLASS,"])
+
+
+# -- videos: the frame hashes and sampled frames of a video item, in either store ------------------------------
+
+def video_item(seed: int, frames: int) -> NewItem:
+    """A video item (no model): `frames` sampled frames with random hashes, every third one de-bordered."""
+    from dataclasses import replace
+
+    from fakebank import video as vid
+
+    rng = np.random.default_rng(seed)
+
+    def code() -> bytes:
+        return rng.integers(0, 256, 32, dtype=np.uint8).tobytes()
+
+    records = [vid.FrameRecord(number=10 * n, timestamp=float(n), pdq=code(), quality=100,
+                               pdq_trim=code() if n % 3 == 0 else None, trim_quality=90, logit=float(rng.normal()),
+                               cls=rng.normal(size=DIM).astype(np.float32)) for n in range(frames)]
+    return replace(make_item(seed), sha256=f"{seed:064x}", media="video", duration_s=frames / 3, fps=29.97,
+                   frames=vid.pack_frames(records, DIM), frame_pdq=vid.index_codes(records))
+
+
+VIDEO_COLUMNS = ["media", "duration_s", "fps", "frames", "frame_pdq"]
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_video_columns_and_frame_hashes_read_back_the_same(kind, tmp_path):
+    store = make_store(kind, tmp_path)
+    # more frames than one Milvus VARCHAR holds (65,535 base64 characters): the frames blob spans parts
+    long, short = video_item(1, 700), video_item(2, 3)
+    assert len(long.frames) > 65_535
+    with store.writer(model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        ids = w.add([make_item(3), long, short])
+    b = store.open()
+    cols = b.read_columns(ids, VIDEO_COLUMNS)
+    assert cols["media"] == [None, "video", "video"]
+    assert cols["frames"] == [None, long.frames, short.frames]
+    assert cols["frame_pdq"] == [None, long.frame_pdq, short.frame_pdq]
+    assert cols["fps"] == [None, pytest.approx(29.97), pytest.approx(29.97)]
+    assert cols["duration_s"][1] == pytest.approx(700 / 3)
+    assert [b.value(ids[1], n) for n in VIDEO_COLUMNS] == [c[1] for c in cols.values()]
+    codes = np.frombuffer(long.frame_pdq, np.uint8).reshape(-1, 32)
+    near = codes[[5, 6]].copy()
+    near[0, 0] ^= 0b1111  # 4 bits from one of the long video's frames
+    far = np.frombuffer(short.frame_pdq, np.uint8).reshape(-1, 32)[:1]
+    got = b.frame_pdq_within(np.concatenate([near, far]), 31)
+    assert got == [{ids[1]: 4}, {ids[1]: 0}, {ids[2]: 0}]
+    assert b.frame_pdq_within(near, 3) == [{}, {ids[1]: 0}]  # the bound is inclusive and exact
+    with store.writer(create=False) as w:
+        w.remove([ids[1]])
+    b = store.open()
+    assert b.frame_pdq_within(near, 31) == [{}, {}] and b.frame_pdq_within(far, 31) == [{ids[2]: 0}]
+    if kind == "milvus":  # the removed video's rows are gone, the other's stay
+        assert store.count(store.frame_pdq, f"item == {ids[1]}") == store.count(store.frames, f"item == {ids[1]}") == 0
+        assert store.count(store.frame_pdq, f"item == {ids[2]}") == len(short.frame_pdq) // 32
+
+
+def test_a_milvus_bank_made_before_videos_takes_its_first_video(tmp_path):
+    """A bank without the video collections opens and reads them as empty; its first video makes them; the
+    frame rows of an `add` killed before its item row was written match nothing."""
+    store = make_store("milvus", tmp_path)
+    with store.writer(model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        [image] = w.add([make_item(1)])
+    for c in (store.frame_pdq, store.frames):
+        store.client.drop_collection(c)  # as a bank written before videos were stored
+    b = store.open()
+    probe = np.frombuffer(video_item(2, 4).frame_pdq, np.uint8).reshape(-1, 32)
+    assert b.frame_pdq_within(probe, 31) == [{}] * len(probe) and b.value(image, "frames") is None
+    assert store.info_storage(b.manifest)["storage"]["rows"][store.items] == 1
+    with store.writer(create=False) as w:
+        [video] = w.add([video_item(2, 4)])
+        w._insert([video_item(3, 4)], [999])  # as a killed add leaves them …
+        store.client.delete(store.items, ids=[999])  # … its item row never written
+    b = store.open()
+    assert store.has_video() and store.count(store.frame_pdq, "item == 999") > 0
+    assert b.frame_pdq_within(probe[:1], 31) == [{video: 0}]
+    orphan = np.frombuffer(video_item(3, 4).frame_pdq, np.uint8).reshape(-1, 32)
+    assert b.frame_pdq_within(orphan, 31) == [{}] * len(orphan)
 
 
 def test_folder_bytes_skips_a_file_swept_while_it_is_counted(tmp_path, monkeypatch):

@@ -317,6 +317,56 @@ def test_relabelled_video_corrects_its_copies(tmp_path, videos):
     assert r["verdict"] == "real" and r["match"]["label"] == "real"
 
 
+def _rounded(x, digits: int = 4):
+    """A record with its floats rounded: scores are float32 sums, equal to ~1e-6 across stores."""
+    if isinstance(x, float):
+        return round(x, digits)
+    if isinstance(x, dict):
+        return {k: _rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v, digits) for v in x]
+    return x
+
+
+def _video_round_trip(spec: str, bank: Path, videos, out: Path) -> dict:
+    """add, read back, query/dupes of a re-encoded copy and an unrelated video, vPDQ export, removal."""
+    fb = Fakebank(bank, weights=WEIGHTS, store=spec)
+    rec = {"add": list(fb.add([videos["orig"]], label="fake"))}
+    video_id = rec["add"][0]["id"]
+    names = ["media", "duration_s", "fps", "frames", "frame_pdq", "pdq", "width", "height"]
+    rec["columns"] = fb.open_bank().read_columns([video_id], names)
+    rec["query"] = list(fb.query([videos["small"], videos["unrelated"]]))
+    rec["dupes"] = list(fb.dupes([videos["small"], videos["unrelated"]]))
+    res = CliRunner().invoke(app, ["--store", spec, "export", str(out), "--format", "vpdq", "--bank", str(bank),
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    rec["export"] = [(f.name, f.read_text()) for f in sorted(out.glob("*.txt"))]
+    fb.remove([video_id])
+    rec["query_after"] = list(Fakebank(bank, store=spec).query([videos["small"]]))
+    return rec
+
+
+def test_videos_on_the_milvus_store_give_the_folders_records(tmp_path, videos):
+    """A video added to a bank folder and to a Milvus Lite bank: the same stored columns, the same
+    query/dupes records for a re-encoded copy (vPDQ match) and an unrelated video, the same vPDQ export;
+    once removed, its copy matches nothing on either."""
+    from test_store import make_store
+
+    folder = _video_round_trip("folder", tmp_path / "folder-bank", videos, tmp_path / "folder-vpdq")
+    milvus = _video_round_trip(make_store("milvus", tmp_path).spec, tmp_path / "unused", videos, tmp_path / "m-vpdq")
+    video_id = folder["add"][0]["id"]
+    cols = folder["columns"]
+    assert cols["media"] == ["video"] and cols["fps"] == [10.0] and len(cols["frame_pdq"][0]) % 32 == 0
+    copy, unrelated = folder["query"]
+    assert copy["verdict"] == "fake" and copy["match"]["id"] == video_id and copy["match"]["signal"] == "vpdq"
+    assert unrelated["match"] is None and folder["query_after"][0]["match"] is None
+    assert [d["signal"] for d in folder["dupes"][0]["duplicates"]] == ["vpdq"]
+    assert folder["dupes"][1]["duplicates"] == []
+    assert len(folder["export"]) == 1
+    for key in folder:
+        assert _rounded(milvus[key]) == _rounded(folder[key]), key
+
+
 # -- CLI and HTTP --------------------------------------------------------------------------------------
 
 def test_cli_video_add_query_and_vpdq(tmp_path, videos):
@@ -372,5 +422,23 @@ def test_service_accepts_video_uploads(tmp_path, videos):
         r = httpx.post(server.url + "/v1/query", files=[("file", ("bad.mp4", b"\x00" * 4096, "video/mp4"))],
                        headers=AUTH, timeout=60)
         assert r.status_code == 422 and "bad.mp4" in r.json()["error"]
+    finally:
+        server.stop()
+
+
+def test_service_takes_and_matches_video_uploads_on_the_milvus_store(tmp_path, videos, monkeypatch):
+    from test_service import Server, post
+    from test_store import make_store
+
+    monkeypatch.setenv("FAKEBANK_STORE", make_store("milvus", tmp_path).spec)  # the server owns the Lite file
+    server = Server(tmp_path / "unused").start()
+    try:
+        added = post(server, "/v1/items", [("orig.mp4", videos["orig"].read_bytes())], {"label": "fake"}).json()
+        [a] = added["results"]
+        assert a["status"] == "added" and a["media"] == "video"
+        [q] = post(server, "/v1/query", [("clip.bin", videos["small"].read_bytes())]).json()["results"]
+        assert q["media"] == "video" and q["match"]["id"] == a["id"] and q["match"]["signal"] == "vpdq"
+        [d] = post(server, "/v1/dupes", [("other.mp4", videos["unrelated"].read_bytes())]).json()["results"]
+        assert d["duplicates"] == []
     finally:
         server.stop()

@@ -8,16 +8,23 @@ imports torch or the model. Collections of a bank named NAME:
                     BINARY_VECTOR(256) (HAMMING, BIN_FLAT), pdq_quality (-1: none), cls and patch
                     FLOAT_VECTOR (IP, FLAT; zeros for a hash-only item, which searches skip), the nullable
                     metadata (path, source, campaign, note, p_fake, logit, width, height, tags, external_id,
-                    pdq_trim_quality, pdq_dihedral) in one JSON field `meta` (Milvus Lite has no nullable
-                    scalars), the local features and the WebP thumbnail base64-encoded ("" : none)
+                    pdq_trim_quality, a video's duration_s and fps) in one JSON field `meta` (Milvus Lite has
+                    no nullable scalars), pdq_dihedral hex, the local features and the WebP thumbnail
+                    base64-encoded ("" : none)
     NAME_trim       the de-bordered PDQ of the ≈ 1 in 5 items whose hash differs from the whole image's
     NAME_local      one row per ORB descriptor: lid = item id << LOCAL_ID_BITS | rank, item, desc (HAMMING)
+    NAME_frame_pdq  a video's indexed frame hashes (video.index_codes), one row each: auto pk, item, pdq
+                    (HAMMING, BIN_FLAT); a bank made before videos were stored lacks it (and NAME_frames)
+                    until its first video, and reads as holding no videos meanwhile
+    NAME_frames     a video's sampled frames (video.pack_frames, up to ≈ 1 MB: more than one VARCHAR's
+                    65,535) base64-encoded in parts: id = item id << FRAME_PART_BITS | part, item, data
     NAME_meta       the manifest, one row per top-level key (JSON text); counts are counted, not stored
     NAME_campaigns  the computed campaign assignments (id, campaign, origin)
 
 Every read and write uses Strong consistency (read-after-write on servers, which default to Bounded).
-An item's row is written last, after its descriptors and de-bordered hash: a sha256 that reads as present
-has all its signals, so an `add` killed at any instant loses nothing acknowledged and a rerun completes it.
+An item's row is written last, after its descriptors, de-bordered hash and video frames: a sha256 that
+reads as present has all its signals (rows without an item are never reported), so an `add` killed at
+any instant loses nothing acknowledged and a rerun completes it. A removal deletes the item row first.
 Ids are reserved in the manifest before rows are written (a crash leaves a gap, never a reused id).
 
 What Milvus does not give: multi-collection transactions (an import's additions and label changes land as
@@ -56,11 +63,18 @@ MAX_VARCHAR = 65_535
 LITE_START_TRIES = 3
 BATCH = 1_000  # rows per insert/query request and ids per `in [...]` filter
 LOCAL_MAX = 1 << LOCAL_ID_BITS
+# parts of one video's frames blob: 65,536 × 49 KB ≈ 3 GB (video.DEFAULT_MAX_FRAMES frames make ≈ 1 MB)
+FRAME_PART_BITS = 16
+FRAME_PART_BYTES = MAX_VARCHAR // 4 * 3  # raw bytes whose base64 fits one VARCHAR
+# Frame parts are ≈ 64 KB rows: a few per request, well under gRPC's message limits (BATCH of them is 64 MB)
+FRAME_PART_BATCH = 32
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
 # Metadata kept in the JSON `meta` field, each possibly null
 _JSON_COLUMNS = ("path", "source", "campaign", "note", "p_fake", "logit", "width", "height", "tags",
                  "external_id", "pdq_trim_quality")
 _VIDEO_COLUMNS = ("duration_s", "fps", "frames", "frame_pdq")  # bank.items_schema's, null for every non-video
+_VIDEO_JSON_COLUMNS = ("duration_s", "fps")  # float32 in the folder's table; kept in `meta` as those values
+_VIDEO_BLOBS = ("frames", "frame_pdq")  # in the video collections (NAME_frames, NAME_frame_pdq)
 _HEAVY = ("cls", "patch", "local", "thumbnail", "pdq_dihedral", "pdq_trim", "patch_grid")  # read in bulk, never cached
 _ROW_FIELDS = ["id", "sha256", "label", "media", "added_at", "pdq", "pdq_quality", "meta"]
 _META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
@@ -104,6 +118,7 @@ class MilvusStore:
         self.uri, self.name, self.token = uri, name, token
         self.items, self.trim, self.local = f"{name}_items", f"{name}_trim", f"{name}_local"
         self.meta, self.campaigns = f"{name}_meta", f"{name}_campaigns"
+        self.frame_pdq, self.frames = f"{name}_frame_pdq", f"{name}_frames"
 
     @cached_property
     def client(self):
@@ -172,26 +187,29 @@ class MilvusStore:
 
     def info_storage(self, manifest: dict) -> dict:
         return {"storage": {"store": "milvus", "uri": self.uri, "collection": self.name,
-                            "rows": {c: self.count(c) for c in (self.items, self.trim, self.local, self.campaigns)}},
+                            "rows": {c: self.count(c) for c in (self.items, self.trim, self.local, self.campaigns,
+                                                                self.frame_pdq, self.frames)
+                                     if self.client.has_collection(c)}},
                 "bytes_on_disk": 0}  # the server's to report
 
     # -- creation ----------------------------------------------------------------------------------
 
+    def _make(self, name: str, fields: list, indexes: list, auto_id: bool = False) -> None:
+        from pymilvus import MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=auto_id, enable_dynamic_field=False)
+        for args, kw in fields:
+            schema.add_field(*args, **kw)
+        params = self.client.prepare_index_params()
+        for field, index, metric in indexes:
+            params.add_index(field, index_type=index, metric_type=metric)
+        if not self.client.has_collection(name):
+            self.client.create_collection(name, schema=schema, index_params=params, consistency_level=CONSISTENCY)
+
     def create(self, dim: int) -> None:
-        from pymilvus import DataType, MilvusClient
+        from pymilvus import DataType
 
-        c = self.client
-
-        def make(name, fields, indexes):
-            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-            for args, kw in fields:
-                schema.add_field(*args, **kw)
-            params = c.prepare_index_params()
-            for field, index, metric in indexes:
-                params.add_index(field, index_type=index, metric_type=metric)
-            if not c.has_collection(name):
-                c.create_collection(name, schema=schema, index_params=params, consistency_level=CONSISTENCY)
-
+        make = self._make
         V, B, I64 = DataType.FLOAT_VECTOR, DataType.BINARY_VECTOR, DataType.INT64
         S = DataType.VARCHAR
         make(self.items, [
@@ -214,6 +232,23 @@ class MilvusStore:
         make(self.campaigns, [(("id", I64), {"is_primary": True}), (("campaign", S), {"max_length": 512}),
                               (("origin", S), {"max_length": 32}), (("_v", V), {"dim": 2})],
              [("_v", "FLAT", "L2")])
+        self.create_video()
+
+    def has_video(self) -> bool:
+        return self.client.has_collection(self.frame_pdq) and self.client.has_collection(self.frames)
+
+    def create_video(self) -> None:
+        """The two video collections (a bank made before videos were stored gets them at its first video)."""
+        from pymilvus import DataType
+
+        I64 = DataType.INT64
+        self._make(self.frame_pdq, [(("pk", I64), {"is_primary": True}), (("item", I64), {}),
+                                    (("pdq", DataType.BINARY_VECTOR), {"dim": PDQ_BYTES * 8})],
+                   [("pdq", "BIN_FLAT", "HAMMING")], auto_id=True)
+        self._make(self.frames, [(("id", I64), {"is_primary": True}), (("item", I64), {}),
+                                 (("data", DataType.VARCHAR), {"max_length": MAX_VARCHAR}),
+                                 (("_v", DataType.FLOAT_VECTOR), {"dim": 2})],
+                   [("_v", "FLAT", "L2")])
 
     def put_manifest(self, entries: dict) -> None:
         rows = []
@@ -226,7 +261,7 @@ class MilvusStore:
             self.client.upsert(self.meta, rows)
 
     def drop(self) -> None:
-        for c in (self.items, self.trim, self.local, self.meta, self.campaigns):
+        for c in (self.items, self.trim, self.local, self.meta, self.campaigns, self.frame_pdq, self.frames):
             if self.client.has_collection(c):
                 self.client.drop_collection(c)
 
@@ -331,7 +366,7 @@ class MilvusBank:
             return _binary(row["pdq"])
         if name == "pdq_quality":
             return None if row["pdq_quality"] < 0 else row["pdq_quality"]
-        if name in _JSON_COLUMNS:
+        if name in _JSON_COLUMNS or name in _VIDEO_JSON_COLUMNS:
             return row["meta"].get(name)
         if name == "pdq_trim":
             if row["media"] == HASH_ONLY:
@@ -345,9 +380,30 @@ class MilvusBank:
             return _unb64(self._field(item_id, name))
         if name in VECTOR_KINDS:
             return None if row["media"] == HASH_ONLY else self.vector(name, item_id).tolist()
-        if name in _VIDEO_COLUMNS:
-            return None  # no videos on this store (MilvusWriter refuses them)
+        if name in _VIDEO_BLOBS:
+            return self._video_blobs([int(item_id)], [name])[name][0]
         raise KeyError(name)
+
+    @cached_property
+    def _has_video(self) -> bool:
+        return self.store.has_video()
+
+    def _video_blobs(self, ids: Sequence[int], names: Sequence[str]) -> dict[str, list]:
+        """`frames` and/or `frame_pdq` of `ids` (None for a non-video, as the folder reads them), gathered
+        from the video collections' rows of each video in their key order."""
+        videos = [i for i in ids if self._need(i)["media"] == VIDEO] if self._has_video else []
+        got: dict[str, dict[int, list]] = {n: {} for n in names}
+        for part in _chunks(videos):
+            expr = f"item in {_in(part)}"
+            if "frames" in names:
+                rows = self._scan(self.store.frames, expr, ["id", "item", "data"], FRAME_PART_BATCH)
+                for r in sorted(rows, key=lambda r: r["id"]):
+                    got["frames"].setdefault(r["item"], []).append(base64.b64decode(r["data"]))
+            if "frame_pdq" in names:
+                rows = self._scan(self.store.frame_pdq, expr, ["pk", "item", "pdq"])
+                for r in sorted(rows, key=lambda r: r["pk"]):  # auto keys ascend in insertion order
+                    got["frame_pdq"].setdefault(r["item"], []).append(_binary(r["pdq"]))
+        return {n: [b"".join(got[n][i]) if i in got[n] else None for i in ids] for n in names}
 
     def read_columns(self, ids: Sequence[int], names: Sequence[str]) -> dict[str, list]:
         """Columns of many items at once, in the order of `ids` (every id must be in the bank): the scalar
@@ -356,7 +412,8 @@ class MilvusBank:
         self.prefetch(ids)
         for i in ids:
             self._need(i)
-        out = {n: [self.value(i, n) for i in ids] for n in names if n not in _HEAVY}
+        out = {n: [self.value(i, n) for i in ids] for n in names if n not in _HEAVY and n not in _VIDEO_BLOBS}
+        out.update(self._video_blobs(ids, [n for n in names if n in _VIDEO_BLOBS]))
         heavy = [n for n in names if n in _HEAVY and n != "pdq_trim"]
         if heavy:
             got: dict[int, dict] = {}
@@ -423,16 +480,17 @@ class MilvusBank:
         return sims, ids
 
     def _range(self, collection: str, field: str, codes: np.ndarray, max_distance: int,
-               pk: str = "id") -> list[list[tuple[int, int]]]:
-        """Per query code, every (primary key, Hamming distance ≤ max_distance): a range search
-        (`radius` exclusive, `range_filter` inclusive)."""
+               key: str | None = None) -> list[list[tuple[int, int]]]:
+        """Per query code, every (primary key, or the hit row's field `key`; Hamming distance ≤ max_distance):
+        a range search (`radius` exclusive, `range_filter` inclusive)."""
         out: list[list[tuple[int, int]]] = []
         for part in _chunks(codes):
             res = self.client.search(collection, data=[bytes(c) for c in np.asarray(part, np.uint8)], anns_field=field,
                                      limit=MAX_LIMIT, consistency_level=CONSISTENCY,
+                                     output_fields=[key] if key else None,
                                      search_params={"metric_type": "HAMMING",
                                                     "params": {"radius": max_distance + 1, "range_filter": 0}})
-            out.extend([(int(h["id"]), int(h["distance"])) for h in hits] for hits in res)
+            out.extend([(int(h["entity"][key] if key else h["id"]), int(h["distance"])) for h in hits] for hits in res)
         return out
 
     def binary_within(self, kind: str, codes: np.ndarray, max_distance: int) -> list[list[tuple[int, int]]]:
@@ -451,8 +509,19 @@ class MilvusBank:
         return self.binary_within("pdq", query_codes, max_distance)
 
     def frame_pdq_within(self, codes: np.ndarray, max_distance: int) -> list[dict[int, int]]:
-        """Video frames' hashes: a Milvus bank holds no videos (its writer refuses them), so none match."""
-        return [{} for _ in range(len(codes))]
+        """Per query code, {video item id: smallest distance ≤ max_distance to any of its indexed frame
+        hashes} (exact: BIN_FLAT), as bank.Bank's."""
+        out: list[dict[int, int]] = [{} for _ in range(len(codes))]
+        if not len(codes) or not self._has_video:
+            return out
+        hits = self._range(self.store.frame_pdq, "pdq", codes, max_distance, key="item")
+        self.prefetch(i for q in hits for i, _ in q)
+        for best, q in zip(out, hits):
+            for i, d in q:
+                # rows of an `add` killed before its item was written, or of a removal cut short: no item
+                if self._rows[i] is not None and d < best.get(i, 1 << 30):
+                    best[i] = d
+        return out
 
     def local_quantizer(self):
         return None
@@ -494,8 +563,8 @@ class MilvusBank:
 
     # -- whole-bank reads ----------------------------------------------------------------------------
 
-    def _scan(self, collection: str, expr: str, fields: list[str]) -> list[dict]:
-        it = self.client.query_iterator(collection, batch_size=BATCH, filter=expr, output_fields=fields,
+    def _scan(self, collection: str, expr: str, fields: list[str], batch_size: int = BATCH) -> list[dict]:
+        it = self.client.query_iterator(collection, batch_size=batch_size, filter=expr, output_fields=fields,
                                         consistency_level=CONSISTENCY)
         out: list[dict] = []
         try:
@@ -612,10 +681,13 @@ class MilvusWriter:
             return []
         dim = self.bank.dim
         for it in items:
-            if it.media == VIDEO:
-                raise BankError(f"{it.path}: videos are not stored on the Milvus store yet (their frame hashes "
-                                "need a collection of their own); add videos to a bank folder (--store folder)")
             check_new_item(it, dim, self.store.location)
+            if it.frame_pdq and len(it.frame_pdq) % PDQ_BYTES:
+                raise BankError(f"{it.path}: frame_pdq of {len(it.frame_pdq)} bytes is not whole "
+                                f"{PDQ_BYTES}-byte hashes (video.index_codes makes it)")
+            if it.frames and len(it.frames) > FRAME_PART_BYTES << FRAME_PART_BITS:
+                raise BankError(f"{it.path}: {len(it.frames)} bytes of sampled frames; the Milvus store keeps at "
+                                f"most {FRAME_PART_BYTES << FRAME_PART_BITS} a video (lower --max-frames)")
         for i, op, v in changes:
             if op == "label":
                 check_label(v)
@@ -625,6 +697,8 @@ class MilvusWriter:
         for key in settings or {}:
             if key in ("format_version", "generation", "next_id", "counts", "model"):
                 raise BankError(f"{key!r} is bank bookkeeping, not a setting")
+        if any(it.frames or it.frame_pdq for it in items) and not self.bank._has_video:
+            self.store.create_video()  # a bank made before videos were stored: its first video
         ids: list[int] = []
         if items:
             first = int(self.bank.manifest["next_id"])
@@ -641,11 +715,14 @@ class MilvusWriter:
 
         now = int(datetime.now(timezone.utc).timestamp() * 1e6)
         zeros = [0.0] * self.bank.dim
-        rows, trims, locals_ = [], [], []
+        rows, trims, locals_, frame_codes, frame_parts = [], [], [], [], []
         for item_id, it in zip(ids, items):
             meta = {c: getattr(it, c) for c in _JSON_COLUMNS}
             for c in ("p_fake", "logit"):  # float32, as the folder's columns hold them: both stores answer alike
                 meta[c] = None if meta[c] is None else float(np.float32(meta[c]))
+            for c in _VIDEO_JSON_COLUMNS:  # videos only: image rows keep the JSON they always had
+                if getattr(it, c) is not None:
+                    meta[c] = float(np.float32(getattr(it, c)))
             thumb = _b64(it.thumbnail)
             rows.append({
                 "id": item_id, "sha256": it.sha256, "label": it.label, "media": it.media or "image",
@@ -663,9 +740,16 @@ class MilvusWriter:
             if it.local:
                 for rank, d in enumerate(LocalFeatures.from_bytes(it.local).desc[:LOCAL_MAX]):
                     locals_.append({"lid": item_id << LOCAL_ID_BITS | rank, "item": item_id, "desc": d.tobytes()})
+            for k in range(0, len(it.frame_pdq or b""), PDQ_BYTES):
+                frame_codes.append({"item": item_id, "pdq": it.frame_pdq[k:k + PDQ_BYTES]})
+            for n, k in enumerate(range(0, len(it.frames or b""), FRAME_PART_BYTES)):
+                frame_parts.append({"id": item_id << FRAME_PART_BITS | n, "item": item_id,
+                                    "data": _b64(it.frames[k:k + FRAME_PART_BYTES]), "_v": [0.0, 0.0]})
         # signals first, the item rows last: a sha256 that reads as present has all its signals
-        for coll, data in ((self.store.trim, trims), (self.store.local, locals_), (self.store.items, rows)):
-            for part in _chunks(data):
+        for coll, data, n in ((self.store.trim, trims, BATCH), (self.store.local, locals_, BATCH),
+                              (self.store.frame_pdq, frame_codes, BATCH),
+                              (self.store.frames, frame_parts, FRAME_PART_BATCH), (self.store.items, rows, BATCH)):
+            for part in _chunks(data, n):
                 self.store.client.insert(coll, list(part))
 
     def _full_rows(self, ids: Sequence[int]) -> list[dict]:
@@ -705,6 +789,9 @@ class MilvusWriter:
             self.store.client.delete(self.store.trim, filter=expr)
             self.store.client.delete(self.store.local, filter=f"item in {_in(part)}")
             self.store.client.delete(self.store.campaigns, filter=expr)
+            if self.store.has_video():
+                self.store.client.delete(self.store.frame_pdq, filter=f"item in {_in(part)}")
+                self.store.client.delete(self.store.frames, filter=f"item in {_in(part)}")
 
     def set_label(self, ids: Iterable[int], label: str) -> None:
         check_label(label)
@@ -758,8 +845,10 @@ class MilvusWriter:
         own too); Milvus Lite has no compaction."""
         server = self.store.shared_readers
         if server:
-            for c in (self.store.items, self.store.trim, self.store.local, self.store.campaigns):
-                self.store.client.compact(c)
+            for c in (self.store.items, self.store.trim, self.store.local, self.store.campaigns,
+                      self.store.frame_pdq, self.store.frames):
+                if self.store.client.has_collection(c):
+                    self.store.client.compact(c)
         self._committed()
         return {"segments_before": None, "segments_after": None, "delta_files_before": None,
                 "delta_files_after": None, "items": len(self.bank),
