@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from fakebank.bank import NewItem
 
 FORMAT_1_FIXTURE = Path(__file__).parent / "data" / "bank-v1"
+FORMAT_2_FIXTURE = Path(__file__).parent / "data" / "bank-v2"
 
 DIM = 16
 MODEL_INFO = {
@@ -99,4 +100,31 @@ def format_1_bank(dst: Path) -> Path:
         index = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(256))
         index.add_with_ids(np.ascontiguousarray(codes), keys.astype(np.int64))
         faiss.write_index_binary(index, str(dst / entry["file"]))
+    return dst
+
+
+def format_2_bank(dst: Path) -> Path:
+    """A copy of tests/data/bank-v2: a bank written by the code at 13f1544 (format 2 before the columns
+    media, tags, external_id, thumbnail, video and patch_grid existed; two deltas: a relabel and a removal),
+    its edited query images and what that code answered to `query` and `dupes`. What the segments' files
+    derive from their rows (the sha256 look-up table, the index shards) is rebuilt by today's builders
+    instead of being kept in git."""
+    import pyarrow as pa
+
+    from fakebank import index as faiss_index
+    from fakebank.bank import MIH_KINDS, Segment, build_shard, sha_keys
+
+    shutil.copytree(FORMAT_2_FIXTURE, dst)
+    bank = dst / "bank"
+    manifest = json.loads((bank / "manifest.json").read_text())
+    for entry in manifest["segments"]:
+        rows = pa.ipc.open_file(pa.memory_map(str(bank / entry["file"]))).read_all()
+        np.save(bank / entry["sha"], sha_keys(rows.column("sha256").to_pylist()))
+        seg = Segment(bank, entry, int(manifest["embedding_dim"]))
+        for kind, name in entry["shards"].items():
+            shard = build_shard(seg, kind)
+            if kind in MIH_KINDS:
+                np.save(bank / name, shard)
+            else:
+                faiss_index.save(shard, bank / name)
     return dst

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bankutil import DIM, MODEL_INFO, format_1_bank, make_item
+from bankutil import DIM, MODEL_INFO, format_1_bank, format_2_bank, make_item
 from fakebank.bank import MANIFEST, Bank, BankWriter, read_manifest
 from fakebank.errors import BankError, UsageError
 
@@ -474,3 +474,29 @@ def test_a_segment_written_before_a_column_existed_reads_it_as_nulls(tmp_path):
         w.compact()
     bank = Bank.open(tmp_path)
     assert len(bank) == 6 and bank.item(6)["note"] == "new" and bank.item(1)["note"] is None
+
+
+def test_a_bank_written_before_the_new_columns_answers_query_and_dupes_as_it_did(tmp_path):
+    """tests/data/bank-v2 was written by the code at 13f1544 (format 2, before the columns media, tags,
+    external_id, thumbnail, duration_s/fps/frames/frame_pdq and patch_grid): 7 real images added in three
+    commits, one relabelled real, one removed. Today's code answers its edited queries as that code did:
+    the same verdicts, reasons, matches and kNN neighbours, and the same near-duplicates."""
+    from fakebank.api import Fakebank
+
+    root = format_2_bank(tmp_path / "v2")
+    expected = json.loads((root / "expected.json").read_text())
+    fb = Fakebank(root / "bank")  # the bank's own model spec
+    queries = [str(root / "queries" / r["path"]) for r in expected["query"]]
+    info = fb.info()
+    assert {k: info[k] for k in expected["info"]} == expected["info"]
+    for got, want in zip(fb.query(queries), expected["query"], strict=True):
+        assert (got["verdict"], got["reason"]) == (want["verdict"], want["reason"]), want["path"]
+        assert (got["match"] or {}).get("id") == (want["match"] or {}).get("id"), want["path"]
+        assert [n["id"] for n in got["neighbors"]] == [n["id"] for n in want["neighbors"]], want["path"]
+        assert got["p_model"] == pytest.approx(want["p_model"], abs=1e-4)
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+    for got, want in zip(fb.dupes(queries), expected["dupes"], strict=True):
+        assert [(d["id"], d["signal"]) for d in got["duplicates"]] == \
+            [(d["id"], d["signal"]) for d in want["duplicates"]], want["path"]
+    bank, first = fb.open_bank(), expected["ids"]["00000274.png"]
+    assert [bank.value(first, c) for c in ("media", "patch_grid", "thumbnail", "frames")] == [None] * 4
