@@ -134,7 +134,7 @@ class LoadedModel:
         """Patch tokens average-pooled to GRID_CELLS² cells, centred on their mean over the cells, projected to
         GRID_WIDTH by a fixed seeded Gaussian matrix."""
         patches = tokens[:, self.module.num_prefix_tokens :].float()
-        b, n, d = patches.shape
+        _, n, d = patches.shape
         h, w = self.module.patch_embed.grid_size if not getattr(self.module, "dynamic_img_size", False) else (0, 0)
         if h * w != n:  # a dynamic-size model: square inputs only (the preprocessing crops square)
             h = w = math.isqrt(n)
