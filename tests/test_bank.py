@@ -500,3 +500,16 @@ def test_a_bank_written_before_the_new_columns_answers_query_and_dupes_as_it_did
             [(d["id"], d["signal"]) for d in want["duplicates"]], want["path"]
     bank, first = fb.open_bank(), expected["ids"]["00000274.png"]
     assert [bank.value(first, c) for c in ("media", "patch_grid", "thumbnail", "frames")] == [None] * 4
+
+
+def test_changes_to_one_id_in_one_commit_are_counted_once(tmp_path):
+    """An import or sync may name an id twice: a relabel then a removal, or the same removal twice. The
+    counts follow the net effect, and the bank still opens (the check of counts against rows passes)."""
+    with writer(tmp_path) as w:
+        w.add([make_item(i, label="fake") for i in range(3)])
+    with writer(tmp_path) as w:
+        w.apply((), [(1, "label", "real"), (1, "remove", None), (2, "remove", None), (2, "remove", None),
+                     (3, "label", "real"), (3, "label", "unknown")])
+    bank = Bank.open(tmp_path)
+    assert bank.manifest["counts"] == {"items": 1, "fake": 0, "real": 0, "unknown": 1}
+    assert bank.ids.tolist() == [3] and bank.label_of(3) == "unknown"

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from bankutil import DIM, MODEL_INFO, make_item
-from fakebank.bank import NewItem, items_schema
+from fakebank.bank import NewItem, items_schema, table_columns
 from fakebank.dedup import DedupParams, find, groups
 from fakebank.errors import BankError, UsageError
 from fakebank import store as store_module
@@ -73,6 +73,16 @@ def test_pdq_and_trim_match_edited_copies_not_other_photos(photo_bank, photos):
         assert matched(b, probe_of(copy), only_pdq) == {ids["bridge"]: "pdq_trim"}
     for other in ("q0291", "q0746"):
         assert matched(b, probe_of(jpeg(photos[other]))) == {}
+
+
+def test_the_whole_bank_table_has_the_same_columns_on_each_store(photo_bank):
+    """Campaigns read de-bordered hashes from `table` (campaigns.pdq_hashes): the Milvus table once lacked
+    pdq_trim, and its campaigns silently had no de-bordered edges."""
+    b, _ = photo_bank
+    table = b.table
+    assert table.column_names == table_columns(DIM)
+    ids = table.column("id").to_pylist()
+    assert table.column("pdq_trim").to_pylist() == [b.value(i, "pdq_trim") for i in ids]
 
 
 def test_framed_and_cropped_copies_match_through_local_features(photo_bank, photos):
@@ -245,7 +255,7 @@ def test_cli_round_trip_gives_the_same_records_on_both_stores(tmp_path, cli_phot
     for key in folder:
         a, b = folder[key], milvus[key]
         if key in ("query", "query_after"):
-            for x, y in zip(a, b):  # scores are float32 sums: equal to 1e-5 across stores
+            for x, y in zip(a, b, strict=True):  # scores are float32 sums: equal to 1e-5 across stores
                 assert {k: v for k, v in x.items() if k != "neighbors"} == \
                     {k: v for k, v in y.items() if k != "neighbors"} | {"score": x["score"], "p_knn": x["p_knn"]}
                 assert abs(x["score"] - y["score"]) < 1e-4
@@ -348,7 +358,7 @@ def test_http_endpoints_give_the_same_records_on_both_stores(tmp_path, monkeypat
     assert a["ui"] == [200, 200, 200, 200, 200, 404] and a["ui_lists_the_item"]
     for key in a:
         if key in ("query", "add"):
-            for x, y in zip(a[key]["results"], b[key]["results"]):
+            for x, y in zip(a[key]["results"], b[key]["results"], strict=True):
                 assert {k: v for k, v in x.items() if k not in ("neighbors", "score", "p_knn", "p_fake", "p_model")} == \
                     {k: v for k, v in y.items() if k not in ("neighbors", "score", "p_knn", "p_fake", "p_model")}
                 for k in ("score", "p_knn", "p_fake", "p_model"):

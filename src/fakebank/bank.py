@@ -59,6 +59,7 @@ import pyarrow.parquet as pq
 
 from fakebank import index as faiss_index
 from fakebank.errors import BankError, UsageError
+from fakebank.pdq import PDQ_MIN_QUALITY
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -154,9 +155,9 @@ def items_schema(dim: int) -> pa.Schema:
 
 HASH_ONLY = "hash"
 VIDEO = "video"  # media of a video item: one row, many frames (video.py)
-_BOOKKEEPING = ("format_version", "segments", "deltas", "counts", "generation", "next_id", "model")
-HASH_ONLY_COUNT = "hash_only"
-SHARED_HASH_QUALITY = 50  # PDQ's own usability bar (pdq.PDQ_MIN_QUALITY), for a shared hash of unknown quality  # manifest["counts"] key: hash-only items among `items`
+BOOKKEEPING = ("format_version", "segments", "deltas", "counts", "generation", "next_id", "model")
+HASH_ONLY_COUNT = "hash_only"  # manifest["counts"] key: hash-only items among `items`
+SHARED_HASH_QUALITY = PDQ_MIN_QUALITY  # the quality a shared hash of unknown quality is read as: usable
 # A segment of hash-only items stores none of the columns that come from pixels (nulls of a fixed-width
 # column still take their width: the embeddings alone would cost 3 KB an item); it has no `cls` shard,
 # reads its vectors as zeros and those columns as nulls.
@@ -557,8 +558,13 @@ def thumbs_table(thumbs: dict[int, bytes]) -> pa.Table:
 # -- the reader ----------------------------------------------------------------------------------------------
 
 _BULK_COLUMNS = ("cls", "patch", "local", "pdq_dihedral", "thumbnail", "frames", "frame_pdq", "patch_grid")  # kept out of the whole-bank `table`
-_META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
-                 "logit", "pdq", "pdq_quality", "width", "height", "media", "tags", "external_id")
+META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
+                "logit", "pdq", "pdq_quality", "width", "height", "media", "tags", "external_id")  # `item`'s
+
+
+def table_columns(dim: int) -> list[str]:
+    """The columns of the whole-bank `table` (every store's): the item schema less the bulk columns."""
+    return [f.name for f in items_schema(dim) if f.name not in _BULK_COLUMNS]
 
 
 class Bank:
@@ -657,16 +663,11 @@ class Bank:
         return None
 
     def ids_of_sha256(self, shas: Sequence[str]) -> np.ndarray:
-        """`id_of_sha256` for many at once (-1: not in the bank)."""
-        return self.locate_sha256(shas)[0]
-
-    def locate_sha256(self, shas: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, segment indexes, rows) of many sha256s at once (-1 where not in the bank): a vectorised
-        search of each segment's key table and one bulk read of the candidates' sha256 to confirm them."""
-        n = len(shas)
-        ids, segs, rows = np.full(n, -1, np.int64), np.full(n, -1, np.int64), np.full(n, -1, np.int64)
-        if not n:
-            return ids, segs, rows
+        """`id_of_sha256` for many at once (-1: not in the bank): a vectorised search of each segment's key
+        table and one bulk read of the candidates' sha256 to confirm them."""
+        ids = np.full(len(shas), -1, np.int64)
+        if not len(shas):
+            return ids
         keys = sha_keys(shas)  # sorted (key, position)
         removed = self._removed_ids
         for k in range(len(self.segments) - 1, -1, -1):  # newest first, as id_of_sha256
@@ -691,8 +692,8 @@ class Bank:
                 item_id = int(seg.ids[r])
                 if len(removed) and removed[min(np.searchsorted(removed, item_id), len(removed) - 1)] == item_id:
                     continue
-                ids[p], segs[p], rows[p] = item_id, k, r
-        return ids, segs, rows
+                ids[p] = item_id
+        return ids
 
     def value(self, item_id: int, name: str):
         """One column's value for one item (its label with the analyst's override)."""
@@ -716,7 +717,7 @@ class Bank:
     def item(self, item_id: int) -> dict:
         """An item's metadata (no vectors), JSON-friendly."""
         seg, r = self._need(item_id)
-        rec = {c: seg.value(r, c) for c in _META_COLUMNS}
+        rec = {c: seg.value(r, c) for c in META_COLUMNS}
         rec["label"] = self.deltas.labels.get(int(item_id), rec["label"])
         rec.update(self.deltas.edits.get(int(item_id), {}))
         rec["added_at"] = rec["added_at"].isoformat() if rec["added_at"] else None
@@ -1004,7 +1005,7 @@ class Bank:
     @cached_property
     def table(self) -> pa.Table:
         """Every live item's metadata columns (vectors: `vectors`; local features and dihedral hashes: by id)."""
-        names = [f.name for f in items_schema(self.dim) if f.name not in _BULK_COLUMNS]
+        names = table_columns(self.dim)
         parts = [pa.Table.from_arrays([s.column(n) for n in names], names=names).filter(pa.array(m))
                  for s, m in zip(self.segments, self._live)]
         table = pa.concat_tables(parts) if parts else items_schema(self.dim).empty_table().select(names)
@@ -1166,24 +1167,9 @@ class BankWriter:
         if not items and not changes and not settings:
             return []
         manifest = dict(self.bank.manifest)
-        counts = dict(manifest["counts"])
-        for i, op, v in changes:
-            if op == "label":
-                check_label(v)
-                old = self.bank.label_of(i)
-                counts[old] -= 1
-                counts[v] += 1
-            elif op == "remove":
-                counts[self.bank.label_of(i)] -= 1
-                counts["items"] -= 1
-                if self.bank.is_hash_only(i):
-                    counts[HASH_ONLY_COUNT] -= 1
-            elif op in EDIT_OPS:
-                self.bank._need(i)
-            else:
-                raise BankError(f"unknown change {op!r}")
+        counts = self._counts_after(changes)
         for key in settings or {}:
-            if key in _BOOKKEEPING:
+            if key in BOOKKEEPING:
                 raise BankError(f"{key!r} is bank bookkeeping, not a setting")
         manifest.update(settings or {})
         dim = self.bank.dim
@@ -1232,27 +1218,39 @@ class BankWriter:
             self._merge_tiers()
         return list(range(first, next_id))
 
-    def set_label(self, ids: Iterable[int], label: str) -> None:
-        check_label(label)
+    def _counts_after(self, changes: Sequence[tuple[int, str, str | None]]) -> dict:
+        """The manifest's counts once `changes` apply, each id counted once for its net effect (later
+        changes win; a removed id stays removed, as Deltas.apply reads them)."""
         assert self.bank is not None
-        ids = list(dict.fromkeys(int(i) for i in ids))
+        final: dict[int, str | None] = {}  # id → its label after the changes; None: removed
+        for i, op, v in changes:
+            if op == "label":
+                check_label(v)
+            elif op == "remove":
+                v = None
+            elif op in EDIT_OPS:
+                self.bank._need(i)  # raises UsageError naming an unknown id
+                continue
+            else:
+                raise BankError(f"unknown change {op!r}")
+            if final.get(i, "") is not None:
+                final[i] = v
         counts = dict(self.bank.manifest["counts"])
-        for i in ids:
-            old = self.bank.label_of(i)  # raises UsageError naming an unknown id
-            counts[old] -= 1
-            counts[label] += 1
-        self._commit_delta([(i, "label", label) for i in ids], counts)
-
-    def remove(self, ids: Iterable[int]) -> None:
-        assert self.bank is not None
-        ids = list(dict.fromkeys(int(i) for i in ids))
-        counts = dict(self.bank.manifest["counts"])
-        for i in ids:
-            counts[self.bank.label_of(i)] -= 1
+        for i, label in final.items():
+            counts[self.bank.label_of(i)] -= 1  # raises UsageError naming an unknown id
+            if label is not None:
+                counts[label] += 1
+                continue
             counts["items"] -= 1
             if self.bank.is_hash_only(i):
                 counts[HASH_ONLY_COUNT] -= 1
-        self._commit_delta([(i, "remove", None) for i in ids], counts)
+        return counts
+
+    def set_label(self, ids: Iterable[int], label: str) -> None:
+        self.apply((), [(i, "label", label) for i in dict.fromkeys(int(i) for i in ids)])
+
+    def remove(self, ids: Iterable[int]) -> None:
+        self.apply((), [(i, "remove", None) for i in dict.fromkeys(int(i) for i in ids)])
 
     def set_campaigns(self, assignments: dict[int, str | None]) -> None:
         """Set (None: clear) the computed campaign of the given items, as a delta over the stored run.
@@ -1310,7 +1308,7 @@ class BankWriter:
     def set_manifest_entry(self, key: str, value: dict) -> None:
         """Store a settings record (e.g. the near-duplicate thresholds, "dedup") in the manifest, one commit."""
         assert self.bank is not None
-        if key in _BOOKKEEPING:
+        if key in BOOKKEEPING:
             raise BankError(f"{key!r} is bank bookkeeping, not a setting")
         manifest = dict(self.bank.manifest)
         manifest[key] = value

@@ -50,6 +50,7 @@ import pyarrow as pa
 from fakebank.bank import (
     CAMPAIGNS_SCHEMA, EDIT_OPS, HASH_ONLY, HASH_ONLY_COUNT, LABELS, LOCAL_ID_BITS, PDQ_BYTES, PDQ_DIHEDRAL_BYTES,
     SHARED_HASH_QUALITY, VECTOR_KINDS, VIDEO, NewItem, check_label, check_model, check_new_item, items_schema,
+    BOOKKEEPING, META_COLUMNS, table_columns,
 )
 from fakebank.errors import BankError, UsageError
 
@@ -72,13 +73,10 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
 # Metadata kept in the JSON `meta` field, each possibly null
 _JSON_COLUMNS = ("path", "source", "campaign", "note", "p_fake", "logit", "width", "height", "tags",
                  "external_id", "pdq_trim_quality")
-_VIDEO_COLUMNS = ("duration_s", "fps", "frames", "frame_pdq")  # bank.items_schema's, null for every non-video
 _VIDEO_JSON_COLUMNS = ("duration_s", "fps")  # float32 in the folder's table; kept in `meta` as those values
 _VIDEO_BLOBS = ("frames", "frame_pdq")  # in the video collections (NAME_frames, NAME_frame_pdq)
 _HEAVY = ("cls", "patch", "local", "thumbnail", "pdq_dihedral", "pdq_trim", "patch_grid")  # read in bulk, never cached
 _ROW_FIELDS = ["id", "sha256", "label", "media", "added_at", "pdq", "pdq_quality", "meta"]
-_META_COLUMNS = ("id", "sha256", "path", "label", "source", "campaign", "note", "added_at", "p_fake",
-                 "logit", "pdq", "pdq_quality", "width", "height", "media", "tags", "external_id")
 
 
 _CLIENTS: dict[tuple[str, str | None], object] = {}
@@ -438,7 +436,7 @@ class MilvusBank:
         return self._need(item_id)["label"]
 
     def item(self, item_id: int) -> dict:
-        rec = {c: self.value(item_id, c) for c in _META_COLUMNS}
+        rec = {c: self.value(item_id, c) for c in META_COLUMNS}
         rec["added_at"] = rec["added_at"].isoformat()
         rec["pdq"] = rec["pdq"].hex()
         return rec
@@ -609,7 +607,7 @@ class MilvusBank:
     @cached_property
     def table(self) -> pa.Table:
         """Every live item's metadata columns (as bank.Bank.table)."""
-        return self._table_of(self.ids.tolist(), [f.name for f in items_schema(self.dim) if f.name in _META_COLUMNS])
+        return self._table_of(self.ids.tolist(), table_columns(self.dim))
 
     @cached_property
     def vectors(self) -> dict[str, np.ndarray]:
@@ -695,7 +693,7 @@ class MilvusWriter:
                 raise BankError(f"unknown change {op!r}")
             self.bank._need(i)
         for key in settings or {}:
-            if key in ("format_version", "generation", "next_id", "counts", "model"):
+            if key in BOOKKEEPING:
                 raise BankError(f"{key!r} is bank bookkeeping, not a setting")
         if any(it.frames or it.frame_pdq for it in items) and not self.bank._has_video:
             self.store.create_video()  # a bank made before videos were stored: its first video
@@ -833,7 +831,7 @@ class MilvusWriter:
         self._committed()
 
     def set_manifest_entry(self, key: str, value: dict) -> None:
-        if key in ("format_version", "generation", "next_id", "counts", "model"):
+        if key in BOOKKEEPING:
             raise BankError(f"{key!r} is bank bookkeeping, not a setting")
         self._committed(**{key: value})
 
