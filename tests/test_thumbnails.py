@@ -80,7 +80,8 @@ def test_thumbnails_outlive_the_originals_in_the_api_and_the_report(added_bank, 
     try:
         fb = Fakebank(bank_path)
         bank = fb.open_bank()
-        assert all(fb.item_thumbnail(bank, r["id"]) == bank.thumbnail(r["id"]) for r in records)
+        for r in records:  # the stored thumbnails: the originals are gone
+            assert max(webp(fb.item_thumbnail(bank, r["id"])).size) <= THUMB_MAX_SIDE
         # an analyst campaign: its members are a campaign whatever their pixels (embedding-only edges would
         # need the patch grids to agree, which four distinct photos never do)
         snap, result = fb.campaign_run(save=False)

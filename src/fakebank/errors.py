@@ -37,3 +37,14 @@ class InputError(FakebankError):
 
 class TooLargeError(InputError):
     """An input over a size bound (bytes or decoded pixels): refused before it can exhaust memory."""
+
+
+def http_status(e: FakebankError) -> int:
+    """The HTTP status the service and its web UI answer an error with."""
+    if isinstance(e, TooLargeError):
+        return 413
+    if isinstance(e, InputError):
+        return 422
+    if "no item with id" in str(e):
+        return 404
+    return 400 if isinstance(e, UsageError) else 409

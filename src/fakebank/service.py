@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-import hmac
 import ipaddress
 import logging
 import os
@@ -26,17 +25,19 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fakebank.api import DEFAULT_K, Fakebank
 from fakebank.bank import check_label, check_model
 from fakebank.embed import Decoded, Embedding, Extractor, Source
-from fakebank.errors import BankError, FakebankError, InputError, TooLargeError, UsageError
+from fakebank.errors import BankError, FakebankError, InputError, UsageError, http_status
 from fakebank.hma import HmaError, hma_error_response, hma_router
 from fakebank.pdq import PDQ_MATCH_THRESHOLD
+from fakebank.thumbnails import THUMB_MIME
 from fakebank.ui import ui_router
+from fakebank.ui.session import bearer_ok
 from fakebank.video import SNIFF_BYTES, is_video
 
 log = logging.getLogger("fakebank.service")
@@ -221,9 +222,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
 
     @app.exception_handler(FakebankError)
     async def _fakebank_error(request: Request, e: FakebankError):
-        status = 413 if isinstance(e, TooLargeError) else 422 if isinstance(e, InputError) else (
-            404 if "no item with id" in str(e) else 400 if isinstance(e, UsageError) else 409)
-        return JSONResponse({"error": str(e)}, status_code=status)
+        return JSONResponse({"error": str(e)}, status_code=http_status(e))
 
     app.add_exception_handler(HmaError, hma_error_response)
 
@@ -237,11 +236,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
 
     def require_key(request: Request) -> None:
-        if not config.api_key:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), config.api_key.encode()):
+        if not bearer_ok(request, config.api_key):
             raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                 headers={"WWW-Authenticate": "Bearer"})
 
@@ -294,15 +289,17 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         images = iter(image_records)
         return [await run_in_threadpool(one, *uploads[i]) if i in videos else next(images) for i in range(len(uploads))]
 
-    async def embed_uploads(uploads: list[tuple[str, bytes]], *, mirror: bool = True) -> list[Embedding | FakebankError]:
+    async def embed_uploads(uploads: list[tuple[str, bytes]], *, mirror: bool = True,
+                            thumbnail: bool | None = None) -> list[Embedding | FakebankError]:
         """Decode in threads, then embed through the shared batcher; per-file errors are kept in place.
-        `mirror=False` (uploads to the bank) skips the mirror image's keypoints, which only queries use, and
-        makes the bank's thumbnail."""
+        `mirror=False` (uploads to the bank) skips the mirror image's keypoints, which only queries use;
+        `thumbnail` (default: for uploads to the bank) makes the upload's thumbnail from the same decode."""
+        thumbnail = not mirror if thumbnail is None else thumbnail
         async def one(name: str, data: bytes) -> Embedding | FakebankError:
             batcher.decoding += 1  # only touched on the event loop thread
             try:
                 decoded = await run_in_threadpool(extractor.decode, Source(name, data), mirror=mirror,
-                                                  thumbnail=not mirror)
+                                                  thumbnail=thumbnail)
                 fut = batcher.submit(decoded)  # queued before it stops counting as "on the way"
             except InputError as e:
                 return e
@@ -311,6 +308,18 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
             return await asyncio.wrap_future(fut)
 
         return await asyncio.gather(*(one(n, d) for n, d in uploads))
+
+    async def query_images(uploads: list[tuple[str, bytes]], k: int, explain: bool, provenance: bool, *,
+                           thumbnails: bool = False) -> tuple:
+        """(bank snapshot, embeddings or errors, `query` records) of image uploads: one snapshot, the
+        shared batcher."""
+        bank = await run_in_threadpool(fb.snapshot)
+        check_model(bank.manifest, fb.model_info, fb.store.location)
+        results = await embed_uploads(uploads, thumbnail=thumbnails)
+        records = [fb.query_error_record(name, str(r)) if isinstance(r, FakebankError)
+                   else await run_in_threadpool(query_one, bank, r, k, data, explain, provenance)
+                   for (name, data), r in zip(uploads, results)]
+        return bank, results, records
 
     def all_failed(results: list) -> None:
         errors = [r for r in results if isinstance(r, FakebankError)]
@@ -329,15 +338,10 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
                     provenance: Annotated[bool, Query(description="read C2PA/IPTC/generator metadata")] = False,
                     ) -> dict:
         uploads = await read_uploads(file)
-        bank = await run_in_threadpool(fb.snapshot)
-        check_model(bank.manifest, fb.model_info, fb.store.location)
         uploads, videos = split(everything := uploads)
-        results = await embed_uploads(uploads)
+        bank, results, records = await query_images(uploads, k, explain, provenance)
         if not videos:
             all_failed(results)
-        records = [fb.query_error_record(name, str(r)) if isinstance(r, FakebankError)
-                   else await run_in_threadpool(query_one, bank, r, k, data, explain, provenance)
-                   for (name, data), r in zip(uploads, results)]
         records = await with_videos(everything, videos, records, lambda n, d: video_record("query", bank, n, d, k))
         if videos and all(r.get("error") for r in records):
             raise InputError("; ".join(r["error"] for r in records))
@@ -446,17 +450,27 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         ]
         return metrics.render(extra)
 
-    async def query_uploads(uploads: list[tuple[str, bytes]], k: int, explain: bool, provenance: bool) -> list[dict]:
-        """POST /v1/query's path for the web UI: one snapshot, the shared batcher, the same records."""
-        bank = await run_in_threadpool(fb.snapshot)
-        check_model(bank.manifest, fb.model_info, fb.store.location)
-        results = await embed_uploads(uploads)
-        return [fb.query_error_record(name, str(r)) if isinstance(r, FakebankError)
-                else await run_in_threadpool(query_one, bank, r, k, data, explain, provenance)
-                for (name, data), r in zip(uploads, results)]
+    async def ui_query(uploads: list[tuple[str, bytes]], k: int, explain: bool,
+                       provenance: bool) -> list[tuple[dict, bytes | None]]:
+        """POST /v1/query's path for the web UI, with each upload's thumbnail from the same decode."""
+        _, results, records = await query_images(uploads, k, explain, provenance, thumbnails=True)
+        return [(r, e.thumbnail if isinstance(e, Embedding) else None) for r, e in zip(records, results)]
+
+    @app.get("/v1/items/{item_id}/thumbnail", dependencies=[Auth], response_class=Response,
+             responses={200: {"content": {THUMB_MIME: {}}}})
+    def item_thumbnail(item_id: int) -> Response:
+        """The item's WebP thumbnail (stored at add, or made from its original file when still there)."""
+        bank = fb.snapshot()
+        if not bank.has(item_id):
+            raise HTTPException(404, f"no item with id {item_id}")
+        thumb = fb.item_thumbnail(bank, item_id)
+        if thumb is None:
+            raise HTTPException(404, f"item {item_id} has no stored thumbnail and its original "
+                                f"{bank.value(item_id, 'path')} is gone or changed; restore it and run `fakebank thumbnails`")
+        return Response(thumb, media_type=THUMB_MIME, headers={"Cache-Control": "private, max-age=3600"})
 
     app.include_router(ui_router(fb, api_key=config.api_key, max_upload_bytes=config.max_upload_bytes,
-                                 query=query_uploads))  # the web UI at /ui (fakebank.ui)
+                                 query=ui_query))  # the web UI at /ui (fakebank.ui)
     return app
 
 

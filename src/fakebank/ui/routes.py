@@ -1,4 +1,4 @@
-"""The analyst's workbench: server-rendered pages at /ui over the api facade, plus the thumbnail endpoint.
+"""The analyst's workbench: server-rendered pages at /ui over the api facade.
 
 Mounted by the service (api → service → **ui**, which imports api, bank and thumbnails, never cli or service:
 the service hands in its query path so that uploads share its micro-batched forward pass). Pages are Jinja2
@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime
 from importlib import resources
 from typing import Annotated
@@ -23,13 +24,13 @@ from fastapi.templating import Jinja2Templates
 
 from fakebank.api import DEFAULT_K, Fakebank
 from fakebank.bank import LABELS, Bank
-from fakebank.errors import FakebankError, InputError, UsageError
-from fakebank.preprocess import load_rgb
-from fakebank.thumbnails import THUMB_MIME, make_thumbnail
+from fakebank.errors import FakebankError, UsageError, http_status
+from fakebank.thumbnails import THUMB_MIME
 from fakebank.ui import session
 
-# (uploads as (name, bytes), k, explain, provenance) → one `query` record per upload (the service's path)
-QueryFn = Callable[[list[tuple[str, bytes]], int, bool, bool], Awaitable[list[dict]]]
+# (uploads as (name, bytes), k, explain, provenance) → per upload its `query` record and its thumbnail (WebP,
+# None when it did not decode): the service's path
+QueryFn = Callable[[list[tuple[str, bytes]], int, bool, bool], Awaitable[list[tuple[dict, bytes | None]]]]
 
 MAX_FILES = 32  # per query form, as the API
 RECENT_ITEMS = 24
@@ -53,7 +54,7 @@ _HERE = resources.files("fakebank.ui")
 
 
 def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query: QueryFn) -> APIRouter:
-    """The /ui pages and GET /v1/items/{id}/thumbnail, for one Fakebank and the service's key."""
+    """The /ui pages, for one Fakebank and the service's key."""
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
     templates.env.filters["when"] = _when
     router = APIRouter(include_in_schema=False)
@@ -65,11 +66,8 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
         response.headers.update(SECURITY_HEADERS)
         return response
 
-    def error_page(request: Request, e: Exception, status: int | None = None) -> HTMLResponse:
-        if status is None:
-            status = 404 if "no item with id" in str(e) else 422 if isinstance(e, InputError) else 400 \
-                if isinstance(e, UsageError) else 409
-        return render(request, "error.html", status, message=str(e))
+    def error_page(request: Request, e: FakebankError, status: int | None = None) -> HTMLResponse:
+        return render(request, "error.html", status or http_status(e), message=str(e))
 
     # -- session ---------------------------------------------------------------------------------
 
@@ -138,10 +136,10 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
             records = await query(uploads, k, heatmap, True)
         except FakebankError as e:
             return render(request, "query.html", 422, k=k, heatmap=heatmap, message=str(e))
-        results = [{**r, "query_uri": None if r.get("error") else await run_in_threadpool(_upload_uri, name, data),
+        results = [{**r, "query_uri": f"data:{THUMB_MIME};base64," + base64.b64encode(thumb).decode() if thumb else None,
                     "heat_uri": "data:image/png;base64," + r["heatmap"]["png_base64"]
                     if r.get("heatmap", {}).get("png_base64") else None}
-                   for (name, data), r in zip(uploads, records)]
+                   for r, thumb in records]
         return render(request, "query.html", k=k, heatmap=heatmap, results=results)
 
     # -- items -------------------------------------------------------------------------------------
@@ -188,21 +186,6 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
             return Response(PLACEHOLDER_SVG, media_type="image/svg+xml", headers={"Cache-Control": "no-cache"})
         return Response(thumb, media_type=THUMB_MIME, headers={"Cache-Control": "private, max-age=3600"})
 
-    @router.get("/v1/items/{item_id}/thumbnail")
-    def api_thumbnail(request: Request, item_id: int) -> Response:
-        """The item's WebP thumbnail (stored at add, or made from its original file when still there)."""
-        if not session.bearer_ok(request, api_key):
-            raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        bank = fb.snapshot()
-        if not bank.has(item_id):
-            raise HTTPException(404, f"no item with id {item_id}")
-        thumb = fb.item_thumbnail(bank, item_id)
-        if thumb is None:
-            raise HTTPException(404, f"item {item_id} has no stored thumbnail and its original "
-                                f"{bank.value(item_id, 'path')} is gone or changed; restore it and run `fakebank thumbnails`")
-        return Response(thumb, media_type=THUMB_MIME, headers={"Cache-Control": "private, max-age=3600"})
-
     # -- campaigns ---------------------------------------------------------------------------------
 
     @router.get("/ui/campaigns", dependencies=page_auth)
@@ -211,28 +194,30 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
             records = fb.campaigns(min_size=2, recompute=False, save=False)
         except FakebankError as e:
             return error_page(request, e)
-        return render(request, "campaigns.html", campaigns=_with_timeline(records), events=None)
+        return render(request, "campaigns.html", campaigns=_with_timeline(records), events=None,
+                      card_members=CAMPAIGN_CARD_MEMBERS)
 
     @router.post("/ui/campaigns/recompute", dependencies=page_auth)
     async def recompute(request: Request):
         try:
             bank, result = await run_in_threadpool(fb.campaign_run, recompute=True, save=True)
-            records = fb.campaign_records(bank, result)
+            records = await run_in_threadpool(fb.campaign_records, bank, result)
         except FakebankError as e:
             return error_page(request, e)
         from fakebank.campaigns import event_text
 
         return render(request, "campaigns.html", campaigns=_with_timeline(records),
-                      events=[event_text(ev) for ev in result.events], recomputed=True)
+                      events=[event_text(ev) for ev in result.events], recomputed=True,
+                      card_members=CAMPAIGN_CARD_MEMBERS)
 
     @router.get("/ui/campaigns/{name:path}", dependencies=page_auth)  # analyst names may hold "/"
     def campaign_page(request: Request, name: str):
-        records = fb.campaigns(min_size=1, recompute=False, save=False)
-        found = next((r for r in records if r["campaign"] == name), None)
+        bank, result = fb.campaign_run(recompute=False, save=False)
+        this = replace(result, campaigns=[c for c in result.campaigns if c.name == name])  # summarise it only
+        found = next(iter(fb.campaign_records(bank, this, min_size=1)), None)
         if found is None:
             return error_page(request, UsageError(f"no campaign {name}; recompute campaigns or pick one from the list"),
                               404)
-        bank = fb.snapshot()
         members = [bank.item(i) for i in found["members"][:CAMPAIGN_PAGE_MEMBERS] if bank.has(i)]
         return render(request, "campaign.html", c=found, members=members, more=max(0, found["size"] - len(members)))
 
@@ -249,14 +234,6 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
 
 
 # -- helpers (pure: a bank snapshot in, plain values out) ------------------------------------------------
-
-def _upload_uri(name: str, data: bytes) -> str | None:
-    """The uploaded image as a thumbnail data: URI for the result card; None when it does not decode."""
-    try:
-        return f"data:{THUMB_MIME};base64," + base64.b64encode(make_thumbnail(load_rgb(data, name=name))).decode()
-    except InputError:
-        return None
-
 
 def _computed_campaign(bank: Bank, item_id: int) -> str | None:
     table = bank.campaign_assignments()
