@@ -186,6 +186,17 @@ def test_export_is_read_by_pytx_and_round_trips_into_an_empty_bank(tmp_path, ban
     assert fb.export_list(tmp_path / "none.txt", fmt="local_file", min_quality=101)["signals"] == 0
 
 
+def test_export_by_campaign_takes_analyst_and_computed_members(tmp_path, bank):
+    with BankWriter(bank) as w:
+        [analyst] = w.add([make_item(20, campaign="op-x")])
+        w.set_campaigns({3: "op-x", 4: "op-y"})  # as clustering stores them
+    b = Bank.open(bank)
+    r = Fakebank(bank).export_list(tmp_path / "x.txt", fmt="local_file", campaign="op-x")
+    assert r["signals"] == 2
+    assert (tmp_path / "x.txt").read_text().split() == \
+        ["pdq", b.value(3, "pdq").hex(), "pdq", b.value(analyst, "pdq").hex()]
+
+
 def test_fakebank_export_imports_with_full_matching_or_as_hashes_only(tmp_path, bank):
     fb = Fakebank(bank)
     (tmp_path / "l.txt").write_text(f"pdq {hexes(1, seed=5)[0]}\n")

@@ -209,9 +209,10 @@ class Fakebank:
         from fakebank import raydata
 
         files = raydata.inputs_of(paths, recursive, expand_inputs)
-        videos = [f for f in files if Path(f).suffix.lower() in vid.VIDEO_SUFFIXES]  # sampled here, after the images
+        is_video = [Path(f).suffix.lower() in vid.VIDEO_SUFFIXES for f in files]
+        videos = [f for f, v in zip(files, is_video) if v]  # sampled here, after the images
         results = raydata.extract(
-            [f for f in files if f not in set(videos)], address=address, weights=self.weights_spec() or self.model_info["spec"], device=self.device,
+            [f for f, v in zip(files, is_video) if not v], address=address, weights=self.weights_spec() or self.model_info["spec"], device=self.device,
             precision=self.precision, batch_size=self.extractor.batch_size, workers=workers, gpus=gpus,
             store=self.store.spec, bank_path=str(self.bank_path), skip_known=self.store.shared_readers)
         yield from self.add(videos, results=results, **labels)
@@ -618,23 +619,23 @@ class Fakebank:
                    "errors": [{"line": n, "error": e} for n, e in fetched.signals.errors],
                    "error_count": fetched.signals.error_count}
 
-    def lookup(self, hashes: Sequence[str], *, max_distance: int = PDQ_MATCH_THRESHOLD,
-               bank: Bank | None = None) -> list[dict]:
+    def lookup(self, hashes: Sequence[str], *, max_distance: int = PDQ_MATCH_THRESHOLD) -> list[dict]:
         """Per PDQ hash (hex), the bank's items within `max_distance` bits, closest first. No model needed."""
         from fakebank.hashlists import parse_hashes
 
         if not 0 <= max_distance <= 64:
             raise UsageError(f"max distance {max_distance} is outside 0..64 bits")
         codes = parse_hashes(hashes)
-        bank = bank or self.snapshot()
-        hits = bank.pdq_within(codes, max_distance) if len(codes) else []
-        out = []
-        for code, found in zip(codes, hits):
-            matches = [{"id": i, "distance": d, "label": bank.label_of(i), "source": bank.value(i, "source"),
-                        "campaign": bank.value(i, "campaign"), "media": bank.value(i, "media") or "image",
-                        "path": bank.value(i, "path")} for i, d in sorted(found, key=lambda h: (h[1], h[0]))]
-            out.append({"pdq": code.tobytes().hex(), "matches": matches})
-        return out
+        bank = self.snapshot()
+        hits = [sorted(found, key=lambda h: (h[1], h[0])) for found in bank.pdq_within(codes, max_distance)] \
+            if len(codes) else []
+        ids = sorted({i for found in hits for i, _ in found})
+        names = ("label", "source", "campaign", "media", "path")
+        columns = bank.read_columns(ids, names) if ids else {}  # one bulk read (one round trip on Milvus)
+        of = {i: {n: columns[n][k] for n in names} for k, i in enumerate(ids)}
+        return [{"pdq": code.tobytes().hex(),
+                 "matches": [{"id": i, "distance": d, **of[i], "media": of[i]["media"] or "image"} for i, d in found]}
+                for code, found in zip(codes, hits)]
 
     # -- maintenance -----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fakebank.bank import (
@@ -45,6 +46,7 @@ from fakebank.errors import InputError, UsageError
 FORMATS = ("local_file", "csv", "fakebank")
 SIGNAL_TYPE = "pdq"  # the one hash fakebank matches; others are reported per line, not imported
 CSV_COLUMNS = ("signal_type", "signal_str", "collab", "category", "tags")
+DEFAULT_COLLAB = "fakebank"  # the csv collab of an item with no source
 CATEGORY_OF_LABEL = {"fake": "POSITIVE_CLASS", "real": "NEGATIVE_CLASS", "unknown": "INVESTIGATION_SEED"}
 LABEL_OF_CATEGORY = {v: k for k, v in CATEGORY_OF_LABEL.items()}
 PARQUET_META_KEY = b"fakebank"
@@ -130,7 +132,8 @@ def read_list(path: str | Path, fmt: str | None = None, *, signal_type: str | No
     return out
 
 
-def _check_signal(out: HashList, n: int, stype: str, signal: str) -> str | None:
+def check_signal(out: HashList, n: int, stype: str, signal: str) -> str | None:
+    """The signal of line `n` normalised (lower-case hex), or None with the line's error noted in `out`."""
     if stype != SIGNAL_TYPE:
         out.error(n, f"signal type {stype!r} is not supported (fakebank matches {SIGNAL_TYPE})")
         return None
@@ -154,7 +157,7 @@ def _read_lines(f: io.TextIOBase, out: HashList, signal_type: str | None, label:
                 out.error(n, "no signal type before the hash; write '<signal_type> <hash>' or pass "
                              "--signal-type pdq for a file of bare hashes")
                 continue
-        h = _check_signal(out, n, stype, signal)
+        h = check_signal(out, n, stype, signal)
         if h is not None:
             out.signals.append(Signal(h, label=label, source=source))
 
@@ -170,7 +173,7 @@ def _read_csv(f: io.TextIOBase, out: HashList, label: str, source: str | None) -
         if None in row or any(row[c] is None for c in CSV_COLUMNS):
             out.error(n, f"expected {len(CSV_COLUMNS)} columns")
             continue
-        h = _check_signal(out, n, row["signal_type"].strip(), row["signal_str"])
+        h = check_signal(out, n, row["signal_type"].strip(), row["signal_str"])
         if h is None:
             continue
         category = row["category"].strip()
@@ -318,7 +321,7 @@ class ExportFilter:
         stored = bank.campaign_assignments() if self.campaign is not None else None
         if stored is None:
             return set()
-        return set(stored.filter(pa.compute.equal(stored.column("campaign"), self.campaign)).column("id").to_pylist())
+        return set(stored.filter(pc.equal(stored.column("campaign"), self.campaign)).column("id").to_pylist())
 
 
 def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str]) -> Iterator[pa.Table]:
@@ -331,8 +334,7 @@ def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str]) -> Itera
             yield t.select(list(names))
 
 
-def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, model: dict | None,
-               collab: str = "fakebank") -> dict:
+def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, model: dict | None) -> dict:
     """Write the bank's items that pass `flt` as a hash list; returns counts. One line per distinct
     (hash, source) in the text formats, every item in fakebank's own."""
     if fmt not in FORMATS:
@@ -362,7 +364,7 @@ def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, mod
                     if writer is None:
                         f.write(f"{SIGNAL_TYPE} {h}\n")
                     else:
-                        writer.writerow([SIGNAL_TYPE, h, src or collab, CATEGORY_OF_LABEL[label], tag or ""])
+                        writer.writerow([SIGNAL_TYPE, h, src or DEFAULT_COLLAB, CATEGORY_OF_LABEL[label], tag or ""])
                     written += 1
     tmp.replace(path)
     return {"path": str(path), "format": fmt, "signals": written}

@@ -26,10 +26,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from fakebank.api import Fakebank
-from fakebank.errors import FakebankError
+from fakebank.errors import FakebankError, UsageError
+from fakebank.hashlists import SIGNAL_TYPE
 from fakebank.pdq import PDQ_MATCH_THRESHOLD
 
-SIGNAL_TYPE = "pdq"
 CONTENT_TYPE = "photo"  # HMA's content type of PDQ
 DEFAULT_BANK = "FAKEBANK"
 
@@ -50,7 +50,7 @@ def _matches(fb: Fakebank, signal: str | None, signal_type: str | None, banks: s
         raise HmaError(400, f"No such SignalType '{signal_type}'")
     try:
         [found] = fb.lookup([signal or ""], max_distance=PDQ_MATCH_THRESHOLD)
-    except FakebankError as e:  # hashlists.parse_hashes: a malformed hash
+    except UsageError as e:  # hashlists.parse_hashes: a malformed hash (a bank's own errors stay 409/500)
         raise HmaError(400, f"invalid signal: {e}") from None
     wanted = set(banks.split(",")) if banks else None
     out = []
@@ -119,7 +119,8 @@ def hma_router(fb: Fakebank, auth: Callable, max_upload_bytes: int) -> APIRouter
             raise HmaError(400, f"No such signal type '{signal_type}'")
         bank = fb.snapshot()
         built = int(datetime.fromisoformat(bank.manifest["updated_at"]).timestamp())
-        return {SIGNAL_TYPE: {"present": True, "built_to": built, "size": len(bank)}}
+        # the index HMA answers from holds the fake items only (/m/* never returns real or unknown ones)
+        return {SIGNAL_TYPE: {"present": True, "built_to": built, "size": bank.manifest["counts"]["fake"]}}
 
     return router
 

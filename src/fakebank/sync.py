@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fakebank.bank import HASH_ONLY, Bank, check_label, signal_key
 from fakebank.errors import UsageError
-from fakebank.hashlists import LABEL_OF_CATEGORY, SIGNAL_TYPE, HashList, Signal
+from fakebank.hashlists import LABEL_OF_CATEGORY, SIGNAL_TYPE, HashList, Signal, check_signal
 
 MANIFEST_KEY = "sync"
 _BUILTIN = {
@@ -135,14 +135,8 @@ def fetch(collab: Collab, stored: dict | None) -> Fetched:
         raise UsageError(f"{collab.name}: the exchange failed ({e})") from None
     out = HashList(f"sync:{collab.name}", "sync")
     for n, ((stype, signal), meta) in enumerate(merged.items(), 1):
-        signal = signal.strip().lower()
-        if stype != SIGNAL_TYPE:
-            out.error(n, f"signal type {stype!r} is not supported (fakebank matches {SIGNAL_TYPE})")
-            continue
-        try:
-            PdqSignal.validate_signal_str(signal)
-        except ValueError:
-            out.error(n, f"malformed PDQ hash {signal[:80]!r}")
+        signal = check_signal(out, n, stype, signal)
+        if signal is None:
             continue
         agg = meta.get_as_aggregate_opinion()
         label = collab.label or LABEL_OF_CATEGORY.get(agg.category.name, "unknown")
