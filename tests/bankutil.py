@@ -105,7 +105,7 @@ def format_1_bank(dst: Path) -> Path:
 
 def format_2_bank(dst: Path) -> Path:
     """A copy of tests/data/bank-v2: a bank written by the code at 13f1544 (format 2 before the columns
-    media, tags, external_id, thumbnail, video and patch_grid existed; two deltas: a relabel and a removal),
+    tags, external_id, thumbnail and patch_grid existed; two deltas: a relabel and a removal),
     its edited query images and what that code answered to `query` and `dupes`. What the segments' files
     derive from their rows (the sha256 look-up table, the index shards) is rebuilt by today's builders
     instead of being kept in git."""

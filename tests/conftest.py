@@ -9,6 +9,7 @@ tiny (2 blocks, width 64–128, 64-px input) and built once per session.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ import pytest
 # The same embeddings whatever extras are installed: under `auto` an extractor switches to OpenVINO
 # mid-run where that extra is there (backends.Switchover). Tests of that path ask for it by name.
 os.environ.setdefault("FAKEBANK_BACKEND", "torch")
+# What fakebank derives from a model (grid bases, converted models) goes to a cache of this test session,
+# not the user's.
+os.environ.setdefault("FAKEBANK_CACHE", tempfile.mkdtemp(prefix="fakebank-test-cache-"))
 
 TINY_IMG = 64  # input side of every tiny checkpoint
 TINY_PATCH = 16

@@ -477,10 +477,12 @@ def test_a_segment_written_before_a_column_existed_reads_it_as_nulls(tmp_path):
 
 
 def test_a_bank_written_before_the_new_columns_answers_query_and_dupes_as_it_did(tmp_path):
-    """tests/data/bank-v2 was written by the code at 13f1544 (format 2, before the columns media, tags,
-    external_id, thumbnail, duration_s/fps/frames/frame_pdq and patch_grid): 7 real images added in three
-    commits, one relabelled real, one removed. Today's code answers its edited queries as that code did:
-    the same verdicts, reasons, matches and kNN neighbours, and the same near-duplicates."""
+    """tests/data/bank-v2 was written by the code at 13f1544 (format 2, before the columns tags,
+    external_id, thumbnail and patch_grid): 7 real images added in three commits, one relabelled real, one
+    removed. Today's code answers its edited queries as that code did: the same verdicts, reasons, matches
+    and kNN neighbours, and the same near-duplicates (all by PDQ or ORB here). What does change, on purpose:
+    an item without a stored patch grid is never matched by embeddings alone (issue 16; tested in
+    test_grid.py::test_items_banked_without_a_grid_never_match_by_embedding_alone)."""
     from fakebank.api import Fakebank
 
     root = format_2_bank(tmp_path / "v2")
@@ -499,7 +501,7 @@ def test_a_bank_written_before_the_new_columns_answers_query_and_dupes_as_it_did
         assert [(d["id"], d["signal"]) for d in got["duplicates"]] == \
             [(d["id"], d["signal"]) for d in want["duplicates"]], want["path"]
     bank, first = fb.open_bank(), expected["ids"]["00000274.png"]
-    assert [bank.value(first, c) for c in ("media", "patch_grid", "thumbnail", "frames")] == [None] * 4
+    assert [bank.value(first, c) for c in ("tags", "external_id", "patch_grid", "thumbnail")] == [None] * 4
 
 
 def test_changes_to_one_id_in_one_commit_are_counted_once(tmp_path):

@@ -42,7 +42,9 @@ def test_decoded_once_gives_what_each_stage_gives_alone(model):
     assert d.signals.box == alone.box and np.array_equal(d.signals.local.desc, alone.local.desc)
 
 
-def test_thread_and_process_pools_give_the_same_results(model, tmp_path):
+def test_a_process_pool_skips_known_files_before_decoding_and_reports_failures(model, tmp_path):
+    """The thread pool embeds everything; the process pool, told those sha256s are known, skips them (a
+    resumed `add`) and still reports the unreadable file. (Embeddings across pools: the next test.)"""
     files = [str(p) for p in COMMFOR[:3]] + [str(tmp_path / "missing.jpg"), str(BRIDGE)]
     known = {}
     results = {}
@@ -59,6 +61,8 @@ def test_thread_and_process_pools_give_the_same_results(model, tmp_path):
     assert len(emb_t) == 4
     # the second run skipped what the first embedded, before decoding
     assert sorted(o.path for o in process if isinstance(o, Skipped)) == sorted(o.path for o in emb_t)
+    [failed] = [o for o in process if isinstance(o, FailedInput)]
+    assert "missing.jpg" in failed.error and not any(isinstance(o, Embedding) for o in process)
 
 
 def test_thread_and_process_pools_embed_alike(model):

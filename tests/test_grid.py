@@ -258,3 +258,30 @@ def test_smooth_grids_need_closer_agreement():
     assert required_agreement(GRID_MIN_AGREEMENT, 0.0, 0.0) == GRID_MIN_AGREEMENT
     assert required_agreement(-1.0, 1.0, 1.0) == -1.0  # the check off
     np.testing.assert_allclose(smoothnesses(np.stack([ga.values, rough.values])), [smoothness(ga), smoothness(rough)])
+
+
+def test_the_grid_basis_is_computed_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    """The basis costs a forward pass of the reference images (2 s of vit_small's first query): a second
+    process reads it from the cache, keyed by the model's identity and the grid's settings."""
+    import torch
+
+    from fakebank import model as model_module
+    from fakebank.model import load_model
+
+    monkeypatch.setenv("FAKEBANK_CACHE", str(tmp_path))
+    m = load_model("untrained:test_vit:0")
+    first = model_module._grid_basis(m, torch.device("cpu"))
+    [stored] = (tmp_path / "grid").glob("*.npy")
+    assert stored.name == f"{model_module.grid_key(m)}.npy"
+    fresh = load_model("untrained:test_vit:0")  # another module object: as a new process sees it
+
+    def no_forward(*a, **k):
+        raise AssertionError("the basis was recomputed instead of read from the cache")
+
+    monkeypatch.setattr(fresh.module, "forward_features", no_forward)
+    assert torch.equal(model_module._grid_basis(fresh, torch.device("cpu")), first)
+    stored.write_bytes(b"damaged")  # a damaged cache is recomputed, not trusted
+    monkeypatch.undo()
+    monkeypatch.setenv("FAKEBANK_CACHE", str(tmp_path))
+    again = load_model("untrained:test_vit:0")
+    assert torch.allclose(model_module._grid_basis(again, torch.device("cpu")), first)

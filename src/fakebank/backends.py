@@ -1,8 +1,9 @@
 """CPU inference backends for the model's forward pass: eager torch (always there) and OpenVINO (optional).
 
 Where it sits in the flow: model (a timm ViT in torch) → **backends** → embed (batches). The extractor
-asks :func:`cpu_forward` for a callable ``pixels [B, 3, S, S] float32 → (logit [B], cls [B, D],
-patch [B, D])`` with the same meaning as :meth:`fakebank.model.LoadedModel.forward`.
+gets from :func:`openvino_forward` (or a :class:`Switchover` building it) a callable ``pixels [B, 3, S, S]
+float32 → (logit [B], cls [B, D], patch [B, D], patch grid [B, cells, cells, width])`` with the same
+meaning as :meth:`fakebank.model.LoadedModel.forward_with_grid`.
 
 Why OpenVINO: on this project's 2-core AVX512-BF16 machines its bf16 inference runs ViT-S/16-384 with
 0.54× the CPU time per image of torch's eager bf16 autocast (99 vs 184 core-ms; fp32 171 vs 378), and
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 
 from fakebank.errors import UsageError
-from fakebank.model import LoadedModel
+from fakebank.model import LoadedModel, cache_root, grid_key
 
 BACKENDS = ("auto", "torch", "openvino")
 log = logging.getLogger("fakebank.backends")
@@ -77,10 +78,8 @@ def resolve_backend(backend: str, device: torch.device, precision: str) -> str:
 
 
 def cache_dir() -> Path:
-    """Where converted models are kept: $FAKEBANK_CACHE, else $XDG_CACHE_HOME/fakebank, else ~/.cache/fakebank."""
-    root = os.environ.get("FAKEBANK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fakebank")
-    return Path(root) / "openvino"
+    """Where converted models are kept (model.cache_root()/openvino)."""
+    return cache_root() / "openvino"
 
 
 class _Outputs(torch.nn.Module):
@@ -102,7 +101,7 @@ def openvino_forward(model: LoadedModel, precision: str, *, cache: Path | None =
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     size = model.preprocessing.input_size
-    ir = cache / f"{model.identity_hash[:24]}-grid.xml"  # four outputs: logit, cls, patch, patch grid
+    ir = cache / f"{grid_key(model)}.xml"  # four outputs: logit, cls, patch, and the grid, whose settings it fixes
     core = ov.Core()
     core.set_property({"CACHE_DIR": str(cache / "blobs")})
     if ir.exists() and ir.with_suffix(".bin").exists():

@@ -119,8 +119,7 @@ def decode_jpegs(datas: list[bytes], device: torch.device | str) -> list[torch.T
         return out
 
 
-def batch_size_for(device: torch.device, input_size: int, *, width: int = 384, depth: int = 12,
-                   cap: int = 256) -> int:
+def batch_size_for(device: torch.device, input_size: int, *, width: int = 384, cap: int = 256) -> int:
     """A batch size that fits the device's free memory: the forward's activations are dominated by the
     tokens (≈ ``(input_size/16)**2 + 1`` of ``width`` values, a few live copies per block in bf16), plus
     one float64 copy of a ≈1024² decoded image per image while it is resized. At most ``cap``: more

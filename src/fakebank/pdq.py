@@ -7,8 +7,9 @@ Where it sits in the flow::
 The input is the upright 8-bit RGB image from :func:`fakebank.preprocess.load_rgb`, so EXIF orientation,
 CMYK, palette, 1-bit and 16-bit images are already handled there (python-threatexchange hashes those raw
 and gets them wrong). The bounded view (at most ``PDQ_MAX_SIDE``) is hashed by Meta's algorithm written
-here as banded matrix products (4× cheaper than the ``pdqhash`` binding's Python glue; same bits, tested
-against it); full-resolution hashes, tiny images and larger views go to ``pdqhash``, Meta's C++ code.
+here as banded matrix products (4× cheaper than the ``pdqhash`` binding's Python glue; the same bits on
+the tested photos, where only a coefficient within rounding of the median can flip); full-resolution hashes
+(``max_side=None``) and images under 64 px go to ``pdqhash``, Meta's C++ code.
 
 Hashes are kept as 32 ``bytes`` in Meta's order: ``bytes.hex()`` of them is the 64-character hex string
 that Meta's tools print. ``pdqhash`` returns a 0/1 vector whose element 0 is the most significant bit of
@@ -108,7 +109,7 @@ def pdq_hash(img: Image.Image, *, max_side: int | None = PDQ_MAX_SIDE) -> PdqHas
     if img.mode != "RGB":
         raise ValueError(f"pdq_hash needs an RGB image (use preprocess.load_rgb), got mode {img.mode!r}")
     img = pdq_view(img, max_side)
-    if max_side is not None and max(img.size) <= max_side and min(img.size) >= _MIN_BANDED_SIDE:
+    if max_side is not None and min(img.size) >= _MIN_BANDED_SIDE:
         return _pdq_hash_banded(np.asarray(img))
     # One call gives all 8 hashes: the dihedral variants are cheap transforms of the same 16×16 DCT.
     vectors, quality = pdqhash.compute_dihedral(np.asarray(img))
@@ -127,7 +128,7 @@ _MIN_BANDED_SIDE = 64  # below, pixels repeat in the 64×64 grid and near-tied c
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=1024)  # a few KB each: one per image side seen
 def _jarosz_sampler(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Meta's `jaroszFilterFloat` (2 box passes) along an axis of length n, then `decimateFloat`'s 64
     samples (at (k + 0.5) · n / 64), as one banded [64, n] matrix: (first index of each row's band [64],

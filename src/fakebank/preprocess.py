@@ -479,15 +479,6 @@ def resize_plan(size: tuple[int, int], pre: Preprocessing) -> ResizePlan:
                       pad=(pad_top, pad_left), out=(out_h, out_w))
 
 
-def reduce_to(img: Image.Image, side: int) -> Image.Image:
-    """The image box-averaged by the integer factor ``max(w, h) // side`` (Pillow's ``reduce``; itself
-    when that is 1): its longer side ends between ``side`` and ``2 * side - 1``. The cheap shared
-    downsample that PDQ and the dedup signals start from: each output pixel is the plain mean of a
-    k × k block, which is what PDQ's own box (Jarosz) filter would have summed anyway."""
-    k = max(img.size) // side
-    return img.reduce(k) if k > 1 else img
-
-
 # ---------------------------------------------------------------------------------------------------------
 # borders: letterbox/pillarbox bars, caption bars, screenshot frames
 
