@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fakebank.bank import NewItem
 from fakebank.dedup import DedupParams, Probe, find
+from fakebank.grid import GRID_CELLS, GRID_WIDTH, PatchGrid
 from fakebank.pdq import PdqHash
 from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.store import open_store
@@ -30,8 +32,8 @@ MODEL = {"spec": "synthetic", "name": "synthetic", "revision": "0", "trained": F
 
 
 def items(n: int, seed: int = 0) -> list[NewItem]:
-    """Random unit embeddings, random PDQ hashes (quality 100), 1 in 5 with a de-bordered hash, and 128
-    ORB-like descriptors drawn around 64 shared centres (so the descriptor index sees clusters)."""
+    """Random unit embeddings and patch grids, random PDQ hashes (quality 100), 1 in 5 with a de-bordered
+    hash, and 128 ORB-like descriptors drawn around 64 shared centres (so the descriptor index sees clusters)."""
     rng = np.random.default_rng(seed)
     centres = rng.integers(0, 256, (64, 32), dtype=np.uint8)
     out = []
@@ -46,7 +48,8 @@ def items(n: int, seed: int = 0) -> list[NewItem]:
             sha256=f"{k:064x}", path=f"/synthetic/{k}.jpg", label="fake", p_fake=0.5, logit=0.0,
             pdq=rng.integers(0, 256, 32, dtype=np.uint8).tobytes(), pdq_quality=100, cls=v[0], patch=v[1],
             width=640, height=480, pdq_trim=rng.integers(0, 256, 32, dtype=np.uint8).tobytes() if trim else None,
-            pdq_trim_quality=100 if trim else None, local=desc.tobytes() + xy.tobytes()))
+            pdq_trim_quality=100 if trim else None, local=desc.tobytes() + xy.tobytes(),
+            patch_grid=PatchGrid.quantise(rng.normal(size=(GRID_CELLS, GRID_CELLS, GRID_WIDTH))).to_bytes()))
     return out
 
 
@@ -57,8 +60,8 @@ def probe_near(bank, item_id: int, rng) -> Probe:
     code[rng.choice(256, 12, replace=False)] ^= 1
     h = np.packbits(code).tobytes()
     cls = p.cls + 0.05 * rng.normal(size=DIM).astype(np.float32)
-    return Probe(cls=cls / np.linalg.norm(cls), pdq=PdqHash(h, 100, (h,) * 8), pdq_trim=None, local=p.local,
-                 local_mirror=p.local_mirror, exclude=None)
+    # the item's own grid kept: the embedding signal is judged as for a real query
+    return replace(p, cls=cls / np.linalg.norm(cls), pdq=PdqHash(h, 100, (h,) * 8), pdq_trim=None, exclude=None)
 
 
 def run(spec: str, work: Path, data: list[NewItem], n_probes: int) -> tuple[dict, list]:

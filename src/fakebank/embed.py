@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fakebank.backends import Forward, Switchover, openvino_forward, resolve_backend
 from fakebank.device_input import batch_size_for, decode_jpegs, model_input
@@ -383,7 +384,14 @@ def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max
                            thumbnail=make_thumbnail(view) if thumbnail else None)
     else:
         img = load_rgb(data, name=name, max_pixels=max_pixels)
-    view = pdq_view(img)  # decoded once: the model input, PDQ (from this shrunk view) and the signals share it
+    return decode_pixels(img, name, sha256, pre, mirror=mirror, on_device=on_device, thumbnail=thumbnail)
+
+
+def decode_pixels(img: Image.Image, name: str, sha256: str, pre: Preprocessing, *, mirror: bool = True,
+                  on_device: bool = False, thumbnail: bool = False) -> Decoded:
+    """An upright RGB image (a decoded file, a video frame) → :class:`Decoded`: the model input, and PDQ,
+    the content box and the thumbnail from one shared box-averaged view."""
+    view = pdq_view(img)
     return Decoded(
         path=name,
         sha256=sha256,

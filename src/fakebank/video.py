@@ -776,11 +776,7 @@ def embed_video(extractor, name: str, data: bytes | None = None, *, sha256: str 
     the item keeps its driving frame's). Raises InputError/TooLargeError naming the video."""
     import hashlib
 
-    from fakebank.embed import Decoded
-    from fakebank.pdq import pdq_hash
-    from fakebank.preprocess import to_array
-    from fakebank.signals import image_signals
-    from fakebank.thumbnails import make_thumbnail
+    from fakebank.embed import Decoded, decode_pixels
 
     if sha256 is None:
         sha256 = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(name)
@@ -789,9 +785,8 @@ def embed_video(extractor, name: str, data: bytes | None = None, *, sha256: str 
 
     def prepare(frame: SampledFrame) -> tuple[Decoded, Image.Image]:
         img = frame.image
-        decoded = Decoded(path=f"{name}#t={frame.timestamp:.3f}", sha256=sha256, width=img.width, height=img.height,
-                          pdq=pdq_hash(img), pixels=to_array(img, prep), signals=image_signals(img, mirror=mirror),
-                          thumbnail=make_thumbnail(img) if thumbnail else None)
+        decoded = decode_pixels(img, f"{name}#t={frame.timestamp:.3f}", sha256, prep, mirror=mirror,
+                                thumbnail=thumbnail)
         return decoded, _luma_thumb(img)
 
     sampled: list[tuple[int, float, Image.Image]] = []  # (number, timestamp, luma thumbnail)
