@@ -422,3 +422,45 @@ def test_relabelled_items_leave_hma_answers(image_bank, tmp_path):
         assert _matches(fb, h, "pdq", None) == []
     finally:
         fb.label([2], "fake")
+
+
+def test_a_bank_moved_by_export_keeps_how_its_keypoints_were_made(image_bank, tmp_path):
+    """A fakebank export carries its bank's ORB input (signals.LocalInput): an empty bank takes it (the
+    moved bank matches crops as before), a bank with images of its own keeps its own and says so."""
+    from fakebank.signals import LEGACY_LOCAL_INPUT, LOCAL_INPUT, LOCAL_INPUT_KEY
+
+    bank, folder = image_bank
+    assert read_manifest(bank)[LOCAL_INPUT_KEY] == LOCAL_INPUT.to_dict()  # recorded before its first images
+    out = tmp_path / "all.parquet"
+    Fakebank(bank).export_list(out, fmt="fakebank", labels=("fake",), min_quality=0)
+
+    moved = tmp_path / "moved"
+    r = Fakebank(moved, weights=WEIGHTS).import_list(out)
+    assert r["added"] == 4 and r["note"] is None
+    assert read_manifest(moved)[LOCAL_INPUT_KEY] == LOCAL_INPUT.to_dict()
+    crop = tmp_path / "crop.jpg"
+    with Image.open(folder / "img0.png") as im:
+        im.crop((20, 20, 360, 360)).save(crop, quality=85)  # PDQ moves; ORB finds it
+    code, [d], _ = cli("dupes", crop, "--bank", moved, "--json")
+    assert code == 0 and [(m["id"], m["signal"]) for m in d["duplicates"]] == [(1, "local")]
+
+    # A bank built before the setting (images, no record) reads as the legacy input and keeps it.
+    old = tmp_path / "old"
+    code, _, _ = cli("add", folder / "img3.png", "--bank", old, "--weights", WEIGHTS, "--json")
+    manifest_path = old / "manifest.json"
+    m = json.loads(manifest_path.read_text())
+    del m[LOCAL_INPUT_KEY]
+    manifest_path.write_text(json.dumps(m))
+    assert Fakebank(old).local_input() == LEGACY_LOCAL_INPUT
+    r = Fakebank(old).import_list(out)
+    assert r["added"] == 4 and "ORB keypoints were made as" in r["note"]
+    assert LOCAL_INPUT_KEY not in read_manifest(old)
+    cli("add", folder / "img0.png", "--bank", old, "--json")  # known: nothing is written
+    code, lines, _ = cli("add", crop, "--bank", old, "--json")
+    assert code == 0 and read_manifest(old)[LOCAL_INPUT_KEY] == LEGACY_LOCAL_INPUT.to_dict()
+
+    m = json.loads(manifest_path.read_text())
+    m[LOCAL_INPUT_KEY] = {"side": 512, "from": "thumbnail"}
+    manifest_path.write_text(json.dumps(m))
+    code, _, err = cli("dupes", crop, "--bank", old, "--json")
+    assert code != 0 and "ORB input setting" in err and "newer fakebank" in err
