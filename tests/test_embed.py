@@ -214,3 +214,20 @@ def test_orb_reads_the_shared_view_where_it_holds_the_content_at_full_resolution
     assert LocalInput.from_dict(None) == LEGACY_LOCAL_INPUT
     with pytest.raises(ValueError, match="unknown ORB input source"):
         LocalInput.from_dict({"side": 512, "from": "thumbnail"})
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_bank_items_make_keypoints_as_their_bank_says_and_queries_as_queries_do(model, pool):
+    """Items going into the bank (no mirror) use the bank's LocalInput; queries the query input, in both
+    decode pools (the process pool gets the input by value)."""
+    from fakebank.signals import LEGACY_LOCAL_INPUT, LOCAL_INPUT, QUERY_LOCAL_INPUT
+
+    img = load_rgb(BRIDGE)
+    for bank_input in (LOCAL_INPUT, LEGACY_LOCAL_INPUT):
+        ex = Extractor(model, device="cpu", precision="fp32", decode_pool=pool, decode_threads=1, backend="torch",
+                       local_input=bank_input)
+        for mirror, made_as in ((False, bank_input), (True, QUERY_LOCAL_INPUT)):
+            [e] = list(ex.extract([BRIDGE], mirror=mirror))
+            want = image_signals(img, mirror=mirror, local_input=made_as)
+            assert np.array_equal(e.signals.local.desc, want.local.desc), (bank_input, mirror)
+            assert len(e.signals.local_mirror) == (len(want.local_mirror) if mirror else 0)

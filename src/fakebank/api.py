@@ -626,8 +626,8 @@ class Fakebank:
 
     def _imported_local_input(self, bank, hl, plan) -> tuple[dict | None, str | None]:
         """(manifest settings, note) for a fakebank export imported with its features: a bank with no
-        images yet takes the export's ORB input (a bank moved whole matches as before); a bank with images
-        keeps its own, and the note says the imported items' keypoints were made otherwise."""
+        images yet takes the export's ORB input (a bank moved whole compares its items as before); a bank
+        with images keeps its own, and the note says the imported items' keypoints were made otherwise."""
         if plan.hash_only or hl.rows is None or not any(not it.hash_only and it.local for it in plan.items):
             return None, None
         theirs = LocalInput.from_dict(hl.local_input)
@@ -639,8 +639,9 @@ class Fakebank:
         if theirs == ours:
             return None, None
         return None, (f"the list's ORB keypoints were made as {theirs.to_dict()}, this bank's as {ours.to_dict()}: "
-                      "its items match crops and re-framings less often here; add the images themselves for "
-                      "full recall")
+                      "queries find its items as well, but local-feature edges between them and this bank's own "
+                      "images (dupes --within, campaigns) are found less often; add the images themselves to "
+                      "make them alike")
 
     def export_list(self, path: str | os.PathLike, *, fmt: str, labels: Sequence[str] = ("fake",),
                     source: str | None = None, campaign: str | None = None, min_quality: int = 50) -> dict:

@@ -38,7 +38,7 @@ from fakebank.grid import PatchGrid
 from fakebank.model import LoadedModel
 from fakebank.pdq import PdqHash, pdq_hash, pdq_view
 from fakebank.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, load_rgb, to_array
-from fakebank.signals import LOCAL_INPUT, ImageSignals, LocalInput, image_signals
+from fakebank.signals import LOCAL_INPUT, QUERY_LOCAL_INPUT, ImageSignals, LocalInput, image_signals
 from fakebank.thumbnails import make_thumbnail
 
 DEFAULT_BATCH_SIZE = 8  # DESIGN §5: batch 8-16 is the CPU sweet spot; 32 is slower per image
@@ -165,7 +165,7 @@ class Extractor:
         backend: str = "auto",
         local_input: LocalInput = LOCAL_INPUT,
     ) -> None:
-        """`local_input`: how ORB's input is made (the bank's manifest setting, signals.LocalInput)."""
+        """`local_input`: how bank items' ORB input is made (the bank's manifest setting, signals.LocalInput)."""
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"--batch-size must be ≥ 1, not {batch_size}")
         if decode_pool not in DECODE_POOLS:
@@ -252,6 +252,11 @@ class Extractor:
 
     # -- decode side ----------------------------------------------------------------------------
 
+    def local_input_for(self, mirror: bool) -> LocalInput:
+        """A query (it wants its mirror image's keypoints too) makes its keypoints as QUERY_LOCAL_INPUT, a
+        bank item (no mirror) as the bank says."""
+        return QUERY_LOCAL_INPUT if mirror else self.local_input
+
     def decode(self, source: Source, skip: Callable[[str], bool] | None = None, *,
                mirror: bool = True, thumbnail: bool = False) -> Decoded | Skipped:
         """Read, hash and preprocess one input; raises InputError naming it.
@@ -264,7 +269,7 @@ class Extractor:
             return Skipped(source.name, sha256)
         return decode_image(data, source.name, sha256, self.model.preprocessing, max_pixels=self.max_pixels,
                             mirror=mirror, on_device=self.on_device, thumbnail=thumbnail,
-                            local_input=self.local_input)
+                            local_input=self.local_input_for(mirror))
 
     def extract(
         self,
@@ -327,7 +332,7 @@ class Extractor:
         if skip is not None and skip(sha256):
             return _done(Skipped(source.name, sha256))
         return pool.submit(_decode_image_or_fail, data, source.name, sha256, self.model.preprocessing,
-                           self.max_pixels, mirror, self.on_device, thumbnail, self.local_input)
+                           self.max_pixels, mirror, self.on_device, thumbnail, self.local_input_for(mirror))
 
     def _decode_or_fail(self, source: Source, skip, mirror: bool = True,
                         thumbnail: bool = False) -> Decoded | Skipped | FailedInput:
