@@ -16,11 +16,11 @@ from fakebank.errors import FakebankError, InputError
 from fakebank.preprocess import load_rgb
 
 THUMB_MAX_SIDE = 256  # px, longest side: a card in the UI, a cell of the campaign report
-# WebP quality 60, method 2 (measured on tests/data and ../shared/data/pdq, one core of the project's EPYC):
-# 2–7 KB for 1024-px and 1600×1004 photos, ≈ 5 ms each (resize ≈ 3 ms, encode ≈ 2 ms). Method 4 (Pillow's
-# default) saved 3 % of bytes for 2.4× the encode time; method 6, 7 % for 6×.
+# WebP quality 60, method 1, from the 512-px PDQ view of a 1024-px JPEG (scripts/bench_extract.py's
+# images, one core of the project's EPYC): area-average resize 0.64 ms (bilinear 0.98), encode 1.40 ms,
+# 6.4 KB on average. Method 2: 1.75 ms for 5 % fewer bytes; 4 (Pillow's default) 3.98 ms for 15 % fewer.
 THUMB_QUALITY = 60
-THUMB_METHOD = 2
+THUMB_METHOD = 1
 THUMB_MIME = "image/webp"
 
 
@@ -29,8 +29,8 @@ def make_thumbnail(img: Image.Image, max_side: int = THUMB_MAX_SIDE) -> bytes:
     w, h = img.size
     scale = min(1.0, max_side / max(w, h, 1))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    # reducing_gap: a box-filter pre-shrink before the bilinear pass (≈ 3× faster on big photos, same look)
-    small = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0) if size != img.size else img
+    # an area average: the shrink is at least 2× from a bank image's view, where it looks as bilinear does
+    small = img.resize(size, Image.Resampling.BOX) if size != img.size else img
     if small.mode != "RGB":
         small = small.convert("RGB")
     buf = io.BytesIO()
