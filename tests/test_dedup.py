@@ -437,3 +437,18 @@ def test_dupes_cli_contract_query_match_and_saved_thresholds(tmp_path, photos):
     assert saved["embedding_threshold"] == 0.999 and saved["pdq_threshold"] == 24
     code, _ = run("dupes", "--bank", bank, "--pdq-threshold", "400")
     assert code == 2
+
+
+def test_ransac_retries_a_consensus_collapsed_onto_a_few_stored_keypoints():
+    """60 query keypoints matched to the same 4 stored ones (a plain strip with few corners): a transform of
+    near-zero scale maps them all onto that spot and outvotes the 26 true correspondences. The retry with one
+    correspondence per stored keypoint finds the true similarity."""
+    rng = np.random.default_rng(1)
+    true_dst = rng.uniform(0, 450, (26, 2)).astype(np.float32)
+    true_dst[:4] = true_dst[0] + np.float32([[0, 0], [2, 1], [1, 3], [3, 2]])  # a tight cluster of corners
+    true_src = (true_dst - np.float32([20, 15])) / np.float32(0.9)
+    junk_src = rng.uniform(0, 500, (60, 2)).astype(np.float32)
+    src = np.concatenate([junk_src, true_src])
+    dst = np.concatenate([np.repeat(true_dst[:4], 15, axis=0), true_dst])
+    assert ransac_inliers(src, dst) == 22  # the 4 clustered stored keypoints keep their first (junk) match
+    assert ransac_inliers(junk_src, np.repeat(true_dst[:4], 15, axis=0)) == 0  # junk alone: nothing
