@@ -725,6 +725,7 @@ class Fakebank:
                           if m.get("local_quantizer") else "BinaryFlat per segment")},
             **self.store.info_storage(m),
             "fusion": FusionParams.from_dict(m.get("fusion")).to_dict(),
+            "local_input": local_input_of(m, self.store.location).to_dict(),  # how its items' ORB input is made
             "created_at": m["created_at"],
             "updated_at": m["updated_at"],
         }
