@@ -523,10 +523,11 @@ BORDER_MIN_KEEP = 0.08  # a box under this fraction of the image is not trusted:
 # background band, peeled through its narrower bubbles down to the last ones and the input bar, is 64–79 %
 # its colour and that colour fills 32–73 % of the box, and two different chats' boxes hashed alike (PDQ
 # distance 28: false `pdq_trim` copies); now the box is the chat below its header (different chats ≥ 36 bits
-# apart). Frames are ≥ 90 % their colour (text and icons on a flat bar), letterbox bars 100 %; a frame's
-# colour fills ≤ 28 % of the box on every bench_dedup edit except where the photo shares it (a chain on
-# white in a white theme: 74 %, the frame still clean, so still peeled). Of bench_dedup's 1,488 images 5
-# boxes change (photos whose own flat ground was peeled), none of their matches.
+# apart). A frame is clean: the phone frames of tests/test_dedup.py are ≥ 90 % their colour (text and icons
+# on a flat bar), letterbox bars 100 %; and on bench_dedup's edits a peeled colour fills ≤ 28 % of the box,
+# except where the photo shares it (a chain on white in a white theme: 74 %, its frame still clean, so still
+# peeled). Of bench_dedup's 1,488 images 3 boxes change (a crop, a recolour and a blur of photos whose own
+# flat ground was peeled), none of their matches.
 BORDER_FRAME_UNIFORM = 0.85
 BORDER_MAX_INSIDE = 0.3
 _BORDER_SIDE = 256  # analysed on a copy with this longer side (a box to within 0.4 %)
