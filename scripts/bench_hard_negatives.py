@@ -22,6 +22,8 @@ vit_small_patch16_384, `Fakebank.add` / `Extractor.extract`). Printed:
   with precision = right matches / all matches; once with the embedding signal verified by the patch
   grid (the default) and once without the verification (the behaviour before it);
 - the spatial agreement of true and false embedding candidates (cls ≥ the threshold, PDQ unusable);
+- the campaigns (`fakebank campaigns`, every bank item selected) among the distinct bank images, all of
+  them false, and how many items joined one by close embeddings alone;
 - the false-copy count at a bank of --synthetic items (100k by default): the real bank plus *synthetic
   look-alikes*: for each query, items whose cls is within cosine ≈ 0.995 of the query's (so every query has
   dozens of items above the duplicate threshold), whose PDQ hash is unusable (quality 0, so the embedding
@@ -42,13 +44,18 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+from scipy.sparse.csgraph import connected_components
 
 from fakebank.api import Fakebank
 from fakebank.bank import Bank, BankWriter, NewItem
+from fakebank import campaigns as cp
+from fakebank.campaigns import CampaignParams
 from fakebank.dedup import EMBEDDING_THRESHOLD, GRID_MIN_AGREEMENT, SIGNALS, DedupParams, Probe, find, grid_of, pdq_distance
 from fakebank.embed import Embedding, Source
 from fakebank.grid import PatchGrid, agreement, dihedral
@@ -252,6 +259,7 @@ def main() -> None:
                     help="spatial agreement an embedding-only copy needs (default: dedup's)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep the bank and the query embeddings here; a rerun on it skips the extraction")
+    ap.add_argument("--campaigns-only", action="store_true", help="only the campaigns among the bank images")
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_hard-"))
@@ -283,6 +291,9 @@ def main() -> None:
         print(f"added {len(ids)} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         bank = fb.open_bank()
     name_of = {v: k for k, v in ids.items()}
+    if args.campaigns_only:
+        _campaigns(bank, name_of, images)
+        return
 
     queries = []  # (owner, in bank, kind, edit, bytes)
     for kind in KINDS:
@@ -337,6 +348,7 @@ def main() -> None:
             _print_row(sig, "all kinds", tot)
 
     _agreements(bank, queries, probes, name_of)
+    _campaigns(bank, name_of, images)
     if args.synthetic:
         _synthetic(args.synthetic, bank, queries, probes, name_of, verified)
 
@@ -385,6 +397,39 @@ def _agreements(bank: Bank, queries, probes, name_of: dict) -> None:
         print(f"  {kind:15} true {len(t):5d} (min {t.min() if len(t) else float('nan'):.3f}, "
               f"median {np.median(t) if len(t) else float('nan'):.3f})   distinct {len(f):6d} (max "
               f"{f.max() if len(f) else float('nan'):.3f}, 99th pct {np.percentile(f, 99) if len(f) else float('nan'):.3f})")
+
+
+def _campaigns(bank: Bank, name_of: dict, images: dict) -> None:
+    """Campaigns among the bank's distinct look-alikes (every bank item selected; every campaign false), built
+    as `campaigns.find_clusters` builds them; and how many items are in one with no PDQ or local-feature edge
+    of their own (joined by close embeddings alone). Once as clustered, once with every embedding edge that
+    passed the grid check standing alone (before embedding edges between unverified items had to pass
+    dedup's embedding-copy rule)."""
+    t = time.perf_counter()
+    params = CampaignParams(min_p_fake=0.0)
+    rows = cp.select_rows(bank, params)
+    ids = bank.ids[rows]
+    codes, usable, owner = cp.pdq_hashes(bank, rows)
+    graph = cp.similarity_graph(cp.combined_vectors(bank, rows), codes, usable, params, pdq_owner=owner,
+                                extra=cp.local_pairs(bank, ids, params),
+                                verify=cp.GridCheck(bank, ids, params.grid_min_agreement))
+    v = graph.verified
+    _, group = connected_components(sp.coo_matrix((np.ones(int(v.sum())), (graph.i[v], graph.j[v])),
+                                                  shape=(graph.n, graph.n)), directed=False)
+    alone_item = np.bincount(group)[group] < 2  # no verified edge of its own
+    print(f"\ncampaigns among the {len(ids)} distinct look-alikes (each one false; graph: {graph.edges} edges, "
+          f"{int((graph.pdq_distance >= 0).sum())} PDQ, {int(v.sum())} verified, "
+          f"{int((~v & graph.standalone).sum())} embedding edges standing alone; {time.perf_counter() - t:.0f} s):")
+    seeds = np.full(len(ids), None, object)
+    for tag, g in (("as clustered", graph), ("every edge alone", replace(graph, standalone=np.ones(graph.edges, bool)))):
+        labels, _ = cp.cluster_graph(g, seeds)
+        size = np.bincount(labels)
+        members = np.flatnonzero(size[labels] >= 2)
+        kinds = defaultdict(int)
+        for k in members.tolist():
+            kinds[images[name_of[int(ids[k])]][0]] += 1
+        print(f"  {tag:17} {int((size >= 2).sum()):4d} campaigns of {len(members):4d} items (largest {size.max()}); "
+              f"joined by embeddings alone: {int(alone_item[members].sum())}; items by kind {dict(sorted(kinds.items()))}")
 
 
 def _synthetic(n: int, real: Bank, queries, probes, name_of: dict, verified: DedupParams) -> None:

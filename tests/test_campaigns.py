@@ -503,3 +503,45 @@ def test_look_alikes_never_join_a_campaign_by_embeddings_alone(tmp_path):
         assert result.campaigns == [] and result.stats["embedding_edges_unverified"] > 0
     [campaign] = run(tmp_path / "copies").campaigns
     assert len(campaign.members) == 6
+
+
+def test_look_alike_skies_join_no_campaign_while_a_photos_reposts_do(tmp_path):
+    """Generated star fields (files, through the extractor, untrained vit_small: the model the bench measured)
+    are close in embedding and their grids agree above the base bar: with every such edge standing on its
+    own they chain into one campaign. Between items that no PDQ or local-feature edge links, an embedding
+    edge must pass dedup's rule for an embedding-only copy (the bar that rises with smooth grids, and ORB
+    unable to judge the pair), and these pass neither, so the skies join no campaign; a photo's reposts
+    (re-encoded, resized, cropped, recoloured) still make one."""
+    from test_grid import glowing_star_field
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(8):
+        glowing_star_field(k).save(folder / f"sky-{k}.png")
+    img = Image.open(DATA / "pdq" / "reg-test-input" / "dih" / "bridge-1-original.jpg").convert("RGB")
+    img.thumbnail((512, 512))
+    w, h = img.size
+    img.save(folder / "p-orig.png")
+    img.save(folder / "p-q40.jpg", quality=40)
+    img.resize((w // 2, h // 2)).save(folder / "p-half.jpg", quality=85)
+    img.crop((w // 20, h // 20, w, h)).save(folder / "p-crop.jpg", quality=90)
+    ImageEnhance.Color(img).enhance(1.6).crop((w // 10, 0, w, h)).save(folder / "p-colour.jpg", quality=90)
+    fb = Fakebank(tmp_path / "bank", weights="untrained:vit_small_patch16_384:0", device="cpu")
+    added = {Path(r["path"]).stem: r["id"] for r in fb.add(sorted(folder.iterdir()), label="fake")}
+    bank, result = fb.campaign_run()
+    photo = {i for n, i in added.items() if n.startswith("p-")}
+    assert partition(result) == {frozenset(photo)}
+    assert result.stats["embedding_edges_unanchored"] > 0 and result.stats["embedding_edges_standalone"] == 0
+
+    # the same graph with every grid-checked embedding edge standing alone (the rule before): one sky campaign
+    params = cp.CampaignParams()
+    rows = cp.select_rows(bank, params)
+    ids = bank.ids[rows]
+    codes, usable, owner = cp.pdq_hashes(bank, rows)
+    graph = cp.similarity_graph(cp.combined_vectors(bank, rows), codes, usable, params, pdq_owner=owner,
+                                extra=cp.local_pairs(bank, ids, params),
+                                verify=cp.GridCheck(bank, ids, params.grid_min_agreement))
+    loose = dataclasses.replace(graph, standalone=np.ones(graph.edges, bool))
+    labels, _ = cp.cluster_graph(loose, np.full(len(ids), None, object))
+    skies = {int(ids[k]) for k in range(len(ids)) if int(ids[k]) not in photo}
+    assert any(len(skies & {int(i) for i in ids[labels == lab]}) >= 2 for lab in np.unique(labels))

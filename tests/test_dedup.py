@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from bankutil import DIM, MODEL_INFO, meme_picture, unit
 from fakebank import index as faiss_index
+from fakebank import preprocess
 from fakebank.bank import LOCAL_INDEX_FEATURES_LARGE, Bank, BankWriter, NewItem, read_manifest
 from fakebank.dedup import DedupParams, Probe, find, groups, ransac_inliers
 from fakebank.errors import UsageError
@@ -86,6 +87,39 @@ def phone_frame(im: Image.Image, dark: bool) -> Image.Image:
     d.text((30, 160 + h + 20), "♡ 1.2k      ↻ 340      share", fill=fg)
     d.text((15, 160 + h + 70), "share before they delete this", fill=fg)
     return c
+
+
+CHAT_WORDS = "the quick brown fox jumps over lazy dog meeting tonight at nine bring snacks ok see you soon".split()
+
+
+def chat(seed: int) -> Image.Image:
+    """One chat app's screen, as scripts/bench_hard_negatives.py draws its `ui_template` kind: the same status
+    bar, header, background and input bar, seeded bubbles (the first at y = 140, the input bar from 870)."""
+    import random
+
+    r = random.Random(seed)
+    W, H = 540, 960
+    im = Image.new("RGB", (W, H), (245, 245, 245))
+    d = ImageDraw.Draw(im)
+    font = ImageFont.load_default(size=20)
+    d.rectangle((0, 0, W, 40), fill=(30, 30, 30))
+    d.text((16, 8), f"{r.randint(1, 12)}:{r.randint(0, 59):02d}", fill=(255, 255, 255), font=font)
+    d.rectangle((0, 40, W, 120), fill=(18, 140, 126))
+    d.ellipse((16, 55, 66, 105), fill=tuple(r.randint(40, 220) for _ in range(3)))
+    d.text((80, 62), " ".join(r.choice(CHAT_WORDS) for _ in range(2)), fill=(255, 255, 255), font=font)
+    y = 140
+    while y < H - 200:
+        text = " ".join(r.choice(CHAT_WORDS) for _ in range(r.randint(2, 7)))
+        bw = min(W - 120, 30 + 11 * len(text))
+        bh = 50 if bw < W - 120 else 80
+        x0 = W - bw - 16 if r.random() < 0.5 else 16
+        d.rounded_rectangle((x0, y, x0 + bw, y + bh), 14, fill=(220, 248, 198) if x0 > 16 else (255, 255, 255))
+        d.text((x0 + 12, y + 12), text, fill=(20, 20, 20), font=font)
+        y += bh + r.randint(12, 30)
+    d.rectangle((0, H - 90, W, H), fill=(255, 255, 255))
+    d.rounded_rectangle((12, H - 75, W - 80, H - 20), 24, fill=(235, 235, 235))
+    d.ellipse((W - 68, H - 78, W - 12, H - 22), fill=(18, 140, 126))
+    return im
 
 
 def caption_overlay(im: Image.Image, frac: float = 0.15) -> Image.Image:
@@ -184,6 +218,29 @@ def test_content_box_found_on_the_shared_view_is_the_full_images_box(photos):
         assert view.size != im.size
         tolerance = 2 * max(im.size) / 256
         assert all(abs(a - b) <= tolerance for a, b in zip(content_box(im, view), content_box(im)))
+
+
+def test_content_box_keeps_a_chats_bubbles_and_two_chats_do_not_match_by_it(tmp_path, monkeypatch):
+    """A chat's background runs between and around its bubbles: peeled as if it were a frame, it left only a
+    chat's last bubbles and its input bar, and two different chats' de-bordered hashes matched (false
+    `pdq_trim` copies on scripts/bench_hard_negatives.py). Its colour still fills much of that box, so it is
+    the picture's background: the box is the chat below its header, every bubble kept; a chat matches only
+    itself, and a letterboxed copy still matches it."""
+    chats = {seed: chat(seed) for seed in (0, 1, 11)}
+    for im in chats.values():
+        l, t, r, b = content_box(im)
+        assert t <= 140 and b >= 870 and (l, r) == (0, im.width), (l, t, r, b)  # bubbles and input bar kept
+    with monkeypatch.context() as m:  # the box as it was: the background band peeled to the last bubbles
+        m.setattr(preprocess, "BORDER_MAX_INSIDE", 1.0)
+        assert all(content_box(im)[1] > 500 for im in chats.values())
+    path = tmp_path / "chats"
+    with BankWriter(path, model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        ids = dict(zip(chats, w.add([item_of(im, seed) for seed, im in chats.items()])))
+    b = Bank.open(path)
+    only_pdq = DedupParams(signals=("pdq", "pdq_trim"))
+    for seed, im in chats.items():
+        assert set(matched(b, probe_of(jpeg(im, 80)), only_pdq)) == {ids[seed]}
+        assert set(matched(b, probe_of(jpeg(letterbox(im, 0.2), 80)), only_pdq)) == {ids[seed]}
 
 
 # -- one metamorphic test per signal ---------------------------------------------------------------------

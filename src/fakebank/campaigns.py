@@ -12,8 +12,6 @@ How items are grouped (measured in ``scripts/bench_campaigns.py``; see README):
    edge's similarity is the mean of the cls and patch cosines; an edge is kept at ≥ ``similarity``
    (default 0.99) **and** the two items' patch grids agree spatially (``grid_min_agreement``, dedup's base
    threshold; an item without a stored grid — banked before grids existed — gets no embedding edges at all).
-   Not dedup's stricter rules for smooth grids and keypoint-rich pairs: on scripts/bench_campaigns.py they cut
-   B-cubed F1 from 0.987 to 0.917 (smooth grids) and 0.841 (keypoints); photo reposts lean on these edges.
    Above ``EXACT_LIMIT`` items the candidates come from an IVF index over a 64-d PCA
    projection (a projection only shrinks distances, so close pairs stay candidates) and are re-scored
    exactly. Plus PDQ near-duplicate edges (Hamming ≤ 31, both hashes of quality ≥ 50) from an exact
@@ -21,10 +19,23 @@ How items are grouped (measured in ``scripts/bench_campaigns.py``; see README):
    near-duplicate group costs O(n·k) edges and memory, not O(n²). Plus local-feature edges: each item's
    stored ORB keypoints probe the bank's local index (dedup's ``local`` check, with a spread test against
    shared caption text); they link crops, captions and re-framings that neither of the others links.
+   PDQ and local-feature edges are *verified*; an embedding edge *stands alone* only when it also passes
+   dedup's rules for an embedding-only copy (the bar that rises with smooth grids, and fewer than
+   ``dedup.EMBEDDING_MAX_KEYPOINTS`` keypoints on one side), see ``GridCheck``.
 3. **Clusters** — connected components of that graph. On edited copies of real photos with untrained
    weights this matched or beat every alternative measured (HDBSCAN, sparse average linkage, Leiden
    community detection, strong/weak hysteresis), and it is deterministic and monotone: a new item can
-   join or merge groups but never split them, which is what keeps ids stable.
+   join or merge groups but never split them, which is what keeps ids stable. Embedding edges that do not
+   stand alone only attach an item to a group of verified copies (``guarded_components``): close
+   embeddings alone never chain items that nothing else links. Measured (untrained vit_small): on
+   scripts/bench_hard_negatives.py's 2,040 distinct look-alikes, 30 false campaigns of 247 items (one
+   chain of 146 star fields), 245 of the items with no PDQ or local edge → 1 campaign of 2 chats, joined
+   by a local-feature edge, none by embeddings alone; on scripts/bench_campaigns.py B-cubed F1 (run 2)
+   reposts 0.987 → 0.947, hard 0.930 → 0.918, the loss nearly all in the campaigns of copies of two flat
+   blue photos (labelme q0003/q0004: PDQ quality < 50, few keypoints, smooth grids), whose copies nothing
+   but close embeddings links — the evidence that links distinct gradients and skies too. Still open: a
+   look-alike whose grid agrees with a member of a verified group at the base bar attaches to it (a
+   distinct generated sky joined another sky's re-encoded and resized copies in a 13-image trial).
 4. **Analyst seeds** — analyst campaigns are ground truth: all items of one analyst campaign are linked;
    a component that holds seeds of several analyst campaigns is split between them, each unseeded item
    going to the seed nearest in the graph (multi-source Dijkstra, edge length 1 − similarity). Seeded
@@ -58,7 +69,7 @@ from fakebank import dedup
 from fakebank import index as _faiss_setup  # noqa: F401 - sets FAISS's BLAS threshold (DESIGN §5)
 from fakebank.bank import CAMPAIGNS_SCHEMA
 from fakebank.errors import UsageError
-from fakebank.grid import agreements
+from fakebank.grid import agreements, required_agreement, smoothnesses
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY
 
 # Mean cls/patch cosine at or above which two items are linked. Measured on edited copies of real photos
@@ -141,6 +152,10 @@ class Graph:
     similarity: np.ndarray  # float32, mean cls/patch cosine
     pdq_distance: np.ndarray  # int16, -1 where the edge is not a PDQ match
     verified: np.ndarray  # bool: a PDQ or local-feature match, not only close embeddings
+    # bool: the edge may link two items on its own: a verified edge, or close embeddings that pass dedup's
+    # rule for an embedding-only copy (smooth grids agree better, ORB and PDQ cannot judge the pair). The
+    # other embedding edges only attach an item to a group of verified copies (`guarded_components`).
+    standalone: np.ndarray
 
     @property
     def edges(self) -> int:
@@ -280,10 +295,11 @@ def similarity_graph(vectors: np.ndarray, pdq_codes: np.ndarray, pdq_ok: np.ndar
     ∪ the `extra` pairs of rows (local-feature matches).
 
     `pdq_codes[m]` belongs to row `pdq_owner[m]` (default: row m), so a row may bring several hashes.
-    `verify(i, j)` → a mask of the close-embedding pairs to keep (`GridCheck`); None keeps them all."""
+    `verify(i, j)` → (a mask of the close-embedding pairs to keep, a mask of those that may stand alone)
+    (`GridCheck`); None keeps them all, each standing alone."""
     n = len(vectors)
     if n < 2:
-        return Graph(n, *(np.zeros(0, t) for t in (np.int64, np.int64, np.float32, np.int16, bool)))
+        return Graph(n, *(np.zeros(0, t) for t in (np.int64, np.int64, np.float32, np.int16, bool, bool)))
     nn = knn_candidates(vectors, params.k, params.similarity)
     rows = np.repeat(np.arange(n, dtype=np.int64), nn.shape[1])
     cols = nn.ravel().astype(np.int64)
@@ -296,9 +312,10 @@ def similarity_graph(vectors: np.ndarray, pdq_codes: np.ndarray, pdq_ok: np.ndar
     rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
     keep = (rank < params.k) & (sims >= params.similarity)
     emb_i, emb_j, emb_s = rows[keep], cols[keep], sims[keep]
+    emb_alone = np.ones(len(emb_i), bool)
     if verify is not None and len(emb_i):
-        ok = verify(emb_i, emb_j)
-        emb_i, emb_j, emb_s = emb_i[ok], emb_j[ok], emb_s[ok]
+        ok, alone = verify(emb_i, emb_j)
+        emb_i, emb_j, emb_s, emb_alone = emb_i[ok], emb_j[ok], emb_s[ok], alone[ok]
 
     owner = np.arange(len(pdq_codes), dtype=np.int64) if pdq_owner is None else np.asarray(pdq_owner, np.int64)
     pdq_i, pdq_j, pdq_d = pdq_edges(pdq_codes[pdq_ok], owner[pdq_ok], params.pdq_threshold, params.k)
@@ -312,14 +329,15 @@ def similarity_graph(vectors: np.ndarray, pdq_codes: np.ndarray, pdq_ok: np.ndar
     s = np.concatenate([emb_s, pdq_s, ext_s])
     d = np.concatenate([np.full(len(emb_i), -1, np.int16), pdq_d.astype(np.int16), np.full(len(ext_i), -1, np.int16)])
     v = np.concatenate([np.zeros(len(emb_i), bool), np.ones(len(pdq_i) + len(ext_i), bool)])
+    alone = np.concatenate([emb_alone, np.ones(len(pdq_i) + len(ext_i), bool)])
     lo, hi = np.minimum(i, j), np.maximum(i, j)
     key = lo * n + hi
     # one edge per pair: a verified one wins over embeddings alone, a PDQ distance over none
-    order = np.lexsort((np.where(d >= 0, d, 999), ~v, key))
-    key, lo, hi, s, d, v = key[order], lo[order], hi[order], s[order], d[order], v[order]
+    order = np.lexsort((np.where(d >= 0, d, 999), ~alone, ~v, key))
+    key, lo, hi, s, d, v, alone = key[order], lo[order], hi[order], s[order], d[order], v[order], alone[order]
     first = np.ones(len(key), bool)
     first[1:] = key[1:] != key[:-1]
-    return Graph(n, lo[first], hi[first], s[first], d[first], v[first])
+    return Graph(n, lo[first], hi[first], s[first], d[first], v[first], alone[first])
 
 
 def _pair_similarity(vectors: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -409,7 +427,8 @@ def find_clusters(bank, params: CampaignParams) -> Clusters:
     graph = similarity_graph(vectors, codes, usable, params, pdq_owner=owner, extra=local, verify=checked)
     del vectors
     t2 = time.perf_counter()
-    labels, seeded_of = cluster_graph(graph, seeds)
+    cluster_stats: dict = {}
+    labels, seeded_of = cluster_graph(graph, seeds, stats=cluster_stats)
     groups: list[np.ndarray] = []
     seeded: dict[str, list] = defaultdict(list)
     order = np.argsort(labels, kind="stable")
@@ -426,44 +445,58 @@ def find_clusters(bank, params: CampaignParams) -> Clusters:
     stats = {"selected": n, "edges": graph.edges, "pdq_edges": int((graph.pdq_distance >= 0).sum()),
              "local_edges": int(len(local[0])) if use_local else None,
              "embedding_edges_unverified": checked.dropped,
+             "embedding_edges_standalone": int((~graph.verified & graph.standalone).sum()),
+             **cluster_stats,
              "seconds": {"select": round(t1 - t0, 3), "local": round(t_local - t1, 3),
                          "graph": round(t2 - t_local, 3), "cluster": round(t3 - t2, 3)}}
     return Clusters(ids, groups, {k: np.sort(np.asarray(v, np.int64)) for k, v in seeded.items()}, params, stats)
 
 
 class GridCheck:
-    """`similarity_graph`'s `verify`: keeps a close-embedding pair of selected items (positions in `ids`)
-    only when both have a stored patch grid and the grids agree (grid.agreements ≥ `min_agreement`, best of
-    the 8 rotations/mirrors): a campaign never grows by global look alone. Counts what it drops."""
+    """`similarity_graph`'s `verify` for close-embedding pairs of selected items (positions in `ids`).
+
+    Keeps a pair only when both have a stored patch grid and the grids agree (grid.agreements ≥
+    `min_agreement`, best of the 8 rotations/mirrors): a campaign never grows by global look alone. Of the
+    kept pairs, marks those that pass dedup's two rules against look-alikes and so may link two items on
+    their own (`Graph.standalone`): the agreement reaches `grid.required_agreement` (the bar rises with the
+    grids' smoothness) and one side has fewer than `dedup.EMBEDDING_MAX_KEYPOINTS` ORB keypoints (with more
+    on both, ORB could judge the pair and found no geometric agreement). Not dedup's third, that PDQ cannot
+    judge the pair: a campaign's copies are mostly photos whose hashes PDQ reads, and the edits that
+    embedding edges link are the ones PDQ does not survive; on scripts/bench_hard_negatives.py the two rules
+    alone leave no embedding edge standing between distinct look-alikes. Counts what it drops."""
 
     def __init__(self, bank, ids: np.ndarray, min_agreement: float) -> None:
         self.bank, self.ids, self.min_agreement = bank, ids, min_agreement
         self.dropped = 0
 
-    def __call__(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    def __call__(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ends = np.unique(np.concatenate([i, j]))
         grids = [dedup.grid_of(self.bank, int(self.ids[k])) for k in ends.tolist()]
         shape = next((g.values.shape for g in grids if g is not None), None)
         if shape is None:
             self.dropped += len(i)
-            return np.zeros(len(i), bool)
+            return np.zeros(len(i), bool), np.zeros(len(i), bool)
         have = np.array([g is not None and g.values.shape == shape for g in grids], bool)
         table = np.zeros((len(ends),) + shape, np.int8)
         for k, g in enumerate(grids):
             if have[k]:
                 table[k] = g.values
+        smooth = smoothnesses(table)
+        few = np.array([dedup.stored_keypoints(self.bank, int(self.ids[k])) < dedup.EMBEDDING_MAX_KEYPOINTS
+                        for k in ends.tolist()], bool)
         a, b = np.searchsorted(ends, i), np.searchsorted(ends, j)
         ok = have[a] & have[b]
+        alone = ok & (few[a] | few[b])
         for start in range(0, len(i), RESCORE_CHUNK):
             sl = slice(start, start + RESCORE_CHUNK)
-            m = ok[sl]
+            m = ok[sl].copy()
             if m.any():
-                agree = agreements(table[a[sl][m]], table[b[sl][m]])
-                part = ok[sl].copy()
-                part[m] = agree >= self.min_agreement
-                ok[sl] = part
+                x, y = a[sl][m], b[sl][m]
+                agree = agreements(table[x], table[y])
+                ok[sl][m] = agree >= self.min_agreement
+                alone[sl][m] &= agree >= required_agreement(self.min_agreement, smooth[x], smooth[y])
         self.dropped += int(len(i) - ok.sum())
-        return ok
+        return ok, alone & ok
 
 
 def local_pairs(bank, ids: np.ndarray, params: CampaignParams) -> tuple[np.ndarray, np.ndarray]:
@@ -485,10 +518,11 @@ def local_pairs(bank, ids: np.ndarray, params: CampaignParams) -> tuple[np.ndarr
     return a[:, 0], a[:, 1]
 
 
-def cluster_graph(graph: Graph, seeds: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+def cluster_graph(graph: Graph, seeds: np.ndarray, stats: dict | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """Connected components, with analyst seeds as must-link (same name) and cannot-link (different names).
 
-    Returns a label per node and, for labels that belong to an analyst campaign, its name.
+    Returns a label per node and, for labels that belong to an analyst campaign, its name. `stats`, when
+    given, gets the count of embedding edges dropped for attaching to no group of verified copies.
     """
     n = graph.n
     i, j, w = graph.i, graph.j, np.maximum(1.0 - graph.similarity.astype(np.float64), 1e-9)
@@ -504,7 +538,8 @@ def cluster_graph(graph: Graph, seeds: np.ndarray) -> tuple[np.ndarray, dict[int
         j = np.concatenate([j, *link_j])
         w = np.concatenate([w, np.full(sum(len(x) for x in link_i), 1e-9)])
     verified = np.concatenate([graph.verified, np.ones(len(i) - graph.edges, bool)])  # analyst links count
-    labels = guarded_components(n, i, j, verified)
+    alone = np.concatenate([graph.standalone, np.ones(len(i) - graph.edges, bool)])
+    labels = guarded_components(n, i, j, verified, alone, stats)
     seeded_of: dict[int, str] = {}
     if not by_name:
         return labels, seeded_of
@@ -537,19 +572,30 @@ def cluster_graph(graph: Graph, seeds: np.ndarray) -> tuple[np.ndarray, dict[int
     return labels, seeded_of
 
 
-def guarded_components(n: int, i: np.ndarray, j: np.ndarray, verified: np.ndarray) -> np.ndarray:
+def guarded_components(n: int, i: np.ndarray, j: np.ndarray, verified: np.ndarray,
+                       standalone: np.ndarray | None = None, stats: dict | None = None) -> np.ndarray:
     """Connected components in which close embeddings alone may join two verified groups only through
-    MERGE_MIN_ITEMS distinct items on each side (or all of the smaller side's items, when it has fewer).
+    MERGE_MIN_ITEMS distinct items on each side (or all of the smaller side's items, when it has fewer),
+    and link an item to others only through a group of verified copies, unless the edge is `standalone`.
 
     Verified edges (PDQ, local features, analyst links) make groups of copies; embedding edges join them.
     One item whose embedding lands near another campaign's (with untrained weights, a heavily recoloured
-    copy can) would otherwise chain its whole group into that campaign.
+    copy can) would otherwise chain its whole group into that campaign. And items that no verified edge
+    links (distinct star fields, gradients, chats of one app: close embeddings, patch grids that agree by
+    chance) would chain into campaigns of their own: an embedding edge between two such items counts only
+    when it passes dedup's rule for an embedding-only copy (`standalone`; default: every edge does).
     """
     _, group = connected_components(sp.coo_matrix((np.ones(int(verified.sum())), (i[verified], j[verified])),
                                                   shape=(n, n)), directed=False)
     group = group.astype(np.int64)
     size = np.bincount(group)
-    a, b, x, y = group[i[~verified]], group[j[~verified]], i[~verified], j[~verified]
+    emb = ~verified
+    if standalone is not None:  # embedding edges between two unverified items must stand alone
+        loose = emb & ~standalone & (size[group[i]] < 2) & (size[group[j]] < 2)
+        emb &= ~loose
+        if stats is not None:
+            stats["embedding_edges_unanchored"] = int(loose.sum())
+    a, b, x, y = group[i[emb]], group[j[emb]], i[emb], j[emb]
     cross = a != b
     a, b, x, y = a[cross], b[cross], x[cross], y[cross]
     swap = a > b

@@ -21,8 +21,10 @@ agrees with itself moved by one cell (:func:`smoothness`: a glow, a gradient, a 
 has few independent cells, and distinct pictures of that kind agree by chance: generated star fields with a
 glow reached 0.97 with each other, gradients 0.91. So the bar rises from the base threshold towards 1 with
 the smoother of the two grids: a copy must agree better than the grid agrees with itself misaligned. Used by
-dedup's embedding-only copies; campaign edges keep the base threshold (photos' grids are smooth too, median
-0.64, and the rising bar cut the campaign benchmark's F1 from 0.987 to 0.917).
+dedup's embedding-only copies, and by campaign edges between items that no PDQ or local-feature edge links;
+a campaign edge that attaches an item to a group of verified copies keeps the base threshold (photos' grids
+are smooth too, median 0.64, and the rising bar on every campaign edge cut the campaign benchmark's F1 from
+0.987 to 0.917).
 """
 
 from __future__ import annotations
