@@ -607,6 +607,9 @@ def _band(lines: np.ndarray, gap: int, banned: list[np.ndarray] = ()) -> tuple[i
     # |x − colour| ≤ tolerance on integers x, as integer bounds (cheaper than float differences)
     low = np.ceil(colour - BORDER_TOLERANCE).astype(lines.dtype)
     high = np.floor(colour + BORDER_TOLERANCE).astype(lines.dtype)
+    first = (lines[0] >= low) & (lines[0] <= high)
+    if (first[:, 0] & first[:, 1] & first[:, 2]).mean() < BORDER_EDGE_UNIFORM:
+        return 0, colour, 0.0  # most edges: line 0 is not one colour (decided before looking deeper)
     end = run = 0
     total = band_total = 0.0  # sums of the lines' shares at the colour: all looked at, up to `end`
     chunk = 16
@@ -614,8 +617,6 @@ def _band(lines: np.ndarray, gap: int, banned: list[np.ndarray] = ()) -> tuple[i
         part = lines[start:start + chunk]
         near = (part >= low) & (part <= high)
         frac = (near[..., 0] & near[..., 1] & near[..., 2]).mean(axis=1)  # all 3 channels near the colour
-        if start == 0 and frac[0] < BORDER_EDGE_UNIFORM:
-            return 0, colour, 0.0
         for i, f in enumerate(frac.tolist(), start):
             total += f
             if f >= BORDER_LINE_UNIFORM:
