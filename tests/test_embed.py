@@ -188,29 +188,29 @@ def test_decoded_keeps_its_positional_fields():
 
 
 def test_orb_reads_the_shared_view_where_it_holds_the_content_at_full_resolution():
-    """LocalInput: a 1024-px photo's keypoints come from the 512-px PDQ view the decode makes anyway (no
-    second shrink of the full image); the photo inside a tall screenshot, which fills a few hundred view
-    pixels, from the full image at 512; banks built before the setting keep the full image at 640."""
+    """LocalInput: with the view input, a 1024-px photo's keypoints come from the 512-px PDQ view the decode
+    makes anyway (no second shrink of the full image); the photo inside a tall screenshot, which fills a few
+    hundred view pixels, from the full image at 512. The default input is the full image at 640."""
     from fakebank.pdq import pdq_view
-    from fakebank.signals import LEGACY_LOCAL_INPUT, LOCAL_INPUT, LocalInput
+    from fakebank.signals import LEGACY_LOCAL_INPUT, LOCAL_INPUT, VIEW_LOCAL_INPUT, LocalInput
 
     photo = load_rgb(BRIDGE).resize((1024, 643))
     view = pdq_view(photo)
     whole = (0, 0, photo.width, photo.height)
     assert view.size == (512, 322)
-    np.testing.assert_array_equal(LOCAL_INPUT.gray(photo, whole, view), np.asarray(view.convert("L")))
-    np.testing.assert_array_equal(LOCAL_INPUT.gray(photo, whole), LOCAL_INPUT.gray(photo, whole, view))
-    assert LEGACY_LOCAL_INPUT.gray(photo, whole).shape == (402, 640)
+    np.testing.assert_array_equal(VIEW_LOCAL_INPUT.gray(photo, whole, view), np.asarray(view.convert("L")))
+    np.testing.assert_array_equal(VIEW_LOCAL_INPUT.gray(photo, whole), VIEW_LOCAL_INPUT.gray(photo, whole, view))
+    assert LOCAL_INPUT.gray(photo, whole).shape == LEGACY_LOCAL_INPUT.gray(photo, whole).shape == (402, 640)
 
     shot = Image.new("RGB", (540, 1080), (250, 250, 250))
     shot.paste(photo.resize((540, 339)), (0, 160))
     box = (0, 160, 540, 499)
     assert pdq_view(shot).size == (270, 540)  # the photo would be 270 px wide there
-    gray = LOCAL_INPUT.gray(shot, box, pdq_view(shot))
+    gray = VIEW_LOCAL_INPUT.gray(shot, box, pdq_view(shot))
     assert gray.shape == (321, 512)
     ref = np.asarray(shot.crop(box).resize((512, 321), Image.Resampling.BOX).convert("L"))
     np.testing.assert_array_equal(gray, ref)
-    assert LocalInput.from_dict(LOCAL_INPUT.to_dict()) == LOCAL_INPUT
+    assert LocalInput.from_dict(VIEW_LOCAL_INPUT.to_dict()) == VIEW_LOCAL_INPUT
     assert LocalInput.from_dict(None) == LEGACY_LOCAL_INPUT
     with pytest.raises(ValueError, match="unknown ORB input source"):
         LocalInput.from_dict({"side": 512, "from": "thumbnail"})
@@ -220,10 +220,10 @@ def test_orb_reads_the_shared_view_where_it_holds_the_content_at_full_resolution
 def test_bank_items_make_keypoints_as_their_bank_says_and_queries_as_queries_do(model, pool):
     """Items going into the bank (no mirror) use the bank's LocalInput; queries the query input, in both
     decode pools (the process pool gets the input by value)."""
-    from fakebank.signals import LEGACY_LOCAL_INPUT, LOCAL_INPUT, QUERY_LOCAL_INPUT
+    from fakebank.signals import LOCAL_INPUT, QUERY_LOCAL_INPUT, VIEW_LOCAL_INPUT
 
     img = load_rgb(BRIDGE)
-    for bank_input in (LOCAL_INPUT, LEGACY_LOCAL_INPUT):
+    for bank_input in (VIEW_LOCAL_INPUT, LOCAL_INPUT):
         ex = Extractor(model, device="cpu", precision="fp32", decode_pool=pool, decode_threads=1, backend="torch",
                        local_input=bank_input)
         for mirror, made_as in ((False, bank_input), (True, QUERY_LOCAL_INPUT)):

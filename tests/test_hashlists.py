@@ -427,7 +427,7 @@ def test_relabelled_items_leave_hma_answers(image_bank, tmp_path):
 def test_a_bank_moved_by_export_keeps_how_its_keypoints_were_made(image_bank, tmp_path):
     """A fakebank export carries its bank's ORB input (signals.LocalInput): an empty bank takes it (the
     moved bank matches crops as before), a bank with images of its own keeps its own and says so."""
-    from fakebank.signals import LEGACY_LOCAL_INPUT, LOCAL_INPUT, LOCAL_INPUT_KEY
+    from fakebank.signals import LEGACY_LOCAL_INPUT, LOCAL_INPUT, LOCAL_INPUT_KEY, VIEW_LOCAL_INPUT
 
     bank, folder = image_bank
     assert read_manifest(bank)[LOCAL_INPUT_KEY] == LOCAL_INPUT.to_dict()  # recorded before its first images
@@ -452,12 +452,20 @@ def test_a_bank_moved_by_export_keeps_how_its_keypoints_were_made(image_bank, tm
     del m[LOCAL_INPUT_KEY]
     manifest_path.write_text(json.dumps(m))
     assert Fakebank(old).local_input() == LEGACY_LOCAL_INPUT
-    r = Fakebank(old).import_list(out)
-    assert r["added"] == 4 and "ORB keypoints were made as" in r["note"]
+    assert Fakebank(old).import_list(out)["note"] is None  # made alike: nothing to say
     assert LOCAL_INPUT_KEY not in read_manifest(old)
-    cli("add", folder / "img0.png", "--bank", old, "--json")  # known: nothing is written
     code, lines, _ = cli("add", crop, "--bank", old, "--json")
     assert code == 0 and read_manifest(old)[LOCAL_INPUT_KEY] == LEGACY_LOCAL_INPUT.to_dict()
+
+    # A bank whose items take their keypoints from the PDQ view keeps that, and the note says what mixing costs.
+    view = tmp_path / "view"
+    cli("add", folder / "img3.png", "--bank", view, "--weights", WEIGHTS, "--json")
+    m = json.loads((view / "manifest.json").read_text())
+    m[LOCAL_INPUT_KEY] = VIEW_LOCAL_INPUT.to_dict()
+    (view / "manifest.json").write_text(json.dumps(m))
+    r = Fakebank(view).import_list(out)
+    assert r["added"] == 4 and "ORB keypoints were made as" in r["note"]
+    assert read_manifest(view)[LOCAL_INPUT_KEY] == VIEW_LOCAL_INPUT.to_dict()
 
     m = json.loads(manifest_path.read_text())
     m[LOCAL_INPUT_KEY] = {"side": 512, "from": "thumbnail"}

@@ -32,8 +32,8 @@ from PIL import Image
 from fakebank.pdq import PdqHash, pdq_hash, pdq_view
 from fakebank.preprocess import content_box
 
-# Longer side of the grayscale image ORB runs on, in banks built before the "local" manifest setting
-# existed (LEGACY_LOCAL_INPUT); also the frame dedup's RANSAC threshold is given in.
+# Longer side of the grayscale image ORB runs on by default (LocalInput); also the frame dedup's RANSAC
+# threshold is given in. 640 px keeps enough detail in a screenshot whose photo fills half the frame.
 LOCAL_SIDE = 640
 # Keypoints kept per bank item (strongest Harris response first). 36 bytes each on disk and in the index
 # (32-byte descriptor + 2 float16 coordinates). Measured on the bench's 60–90 % crops: 128 finds every
@@ -88,12 +88,16 @@ class LocalInput:
     of at most ``side``, cut from the shared PDQ view (``from_view``: ``pdq.pdq_view``, the image
     box-averaged to ≤ 768 px, which the decode makes anyway) or from the full image.
 
-    The view at 512 px is the default: ORB costs 3.6 instead of 5.4 core-ms and its input 0.1 instead of
-    3.3 core-ms for a 1024-px JPEG, with the same recall and false matches on scripts/bench_dedup.py (see
-    README, "Throughput"). Banks built before keep ``LEGACY_LOCAL_INPUT`` (full image at 640 px)."""
+    The default is the full image at 640 px (what every bank built before this setting holds). The view at
+    512 px (``VIEW_LOCAL_INPUT``) costs 3.7 instead of 8.7 core-ms for a 1024-px JPEG (ORB 3.6 instead of
+    5.4, its input 0.1 instead of 3.3) and finds the same photo copies (scripts/bench_dedup.py: recall
+    0.987 against 0.988, no false match against 1), but at 512 px ORB loses text and fine detail:
+    scripts/bench_hard_negatives.py's copies of texts, chat screens and star fields were found by `local`
+    3–63 % of the time instead of 57–63 % (all look-alike kinds 0.103 against 0.403), and bench_campaigns'
+    crops joined their campaign 0.71 of the time instead of 0.86. So it is not the default."""
 
-    side: int = 512
-    from_view: bool = True
+    side: int = 640
+    from_view: bool = False
 
     def __post_init__(self) -> None:
         if self.side < 64:
@@ -136,13 +140,14 @@ class LocalInput:
 
 LOCAL_INPUT = LocalInput()
 LOCAL_INPUT_KEY = "local_input"  # the bank manifest's record of its LocalInput
-LEGACY_LOCAL_INPUT = LocalInput(side=LOCAL_SIDE, from_view=False)
+LEGACY_LOCAL_INPUT = LocalInput(side=LOCAL_SIDE, from_view=False)  # banks with images and no record
+VIEW_LOCAL_INPUT = LocalInput(side=512, from_view=True)
 # Queries make their keypoints from the full image at 640 px, whatever their bank's input. Measured on
 # scripts/bench_dedup.py's suite (local signal alone, 987 copies of 21 items, 470 of 10 distractors):
-# bank and queries at the legacy input 945 found / 1 false; both at the 512-px view 944 / 0 (overlays
+# bank and queries at the full image 945 found / 1 false; both at the 512-px view 944 / 0 (overlays
 # 61 → 58); bank at the view, queries at 640 from the full image 945 / 0; the reverse 940 / 1. A query
 # also runs ORB on its mirror image, and queries are not the bulk work that `add` is.
-QUERY_LOCAL_INPUT = LEGACY_LOCAL_INPUT
+QUERY_LOCAL_INPUT = LocalInput(side=LOCAL_SIDE, from_view=False)
 
 
 @dataclass(frozen=True)
