@@ -345,13 +345,7 @@ def _loose_quality(bank, truth) -> str:
 
     from fakebank import campaigns as cp
 
-    params = cp.CampaignParams()
-    rows = cp.select_rows(bank, params)
-    ids = bank.ids[rows]
-    codes, usable, owner = cp.pdq_hashes(bank, rows)
-    graph = cp.similarity_graph(cp.combined_vectors(bank, rows), codes, usable, params, pdq_owner=owner,
-                                extra=cp.local_pairs(bank, ids, params),
-                                verify=cp.GridCheck(bank, ids, params.grid_min_agreement))
+    ids, graph = cp.selected_graph(bank, cp.CampaignParams())
     labels, _ = cp.cluster_graph(replace(graph, standalone=np.ones(graph.edges, bool)), np.full(len(ids), None, object))
     size = np.bincount(labels)
     pred = [f"c{lab}" if size[lab] > 1 else f"single-{i}" for i, lab in zip(ids.tolist(), labels)]

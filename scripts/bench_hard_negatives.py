@@ -406,13 +406,7 @@ def _campaigns(bank: Bank, name_of: dict, images: dict) -> None:
     passed the grid check standing alone (before embedding edges between unverified items had to pass
     dedup's embedding-copy rule)."""
     t = time.perf_counter()
-    params = CampaignParams(min_p_fake=0.0)
-    rows = cp.select_rows(bank, params)
-    ids = bank.ids[rows]
-    codes, usable, owner = cp.pdq_hashes(bank, rows)
-    graph = cp.similarity_graph(cp.combined_vectors(bank, rows), codes, usable, params, pdq_owner=owner,
-                                extra=cp.local_pairs(bank, ids, params),
-                                verify=cp.GridCheck(bank, ids, params.grid_min_agreement))
+    ids, graph = cp.selected_graph(bank, CampaignParams(min_p_fake=0.0))
     v = graph.verified
     _, group = connected_components(sp.coo_matrix((np.ones(int(v.sum())), (graph.i[v], graph.j[v])),
                                                   shape=(graph.n, graph.n)), directed=False)

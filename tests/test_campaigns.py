@@ -534,13 +534,7 @@ def test_look_alike_skies_join_no_campaign_while_a_photos_reposts_do(tmp_path):
     assert result.stats["embedding_edges_unanchored"] > 0 and result.stats["embedding_edges_standalone"] == 0
 
     # the same graph with every grid-checked embedding edge standing alone (the rule before): one sky campaign
-    params = cp.CampaignParams()
-    rows = cp.select_rows(bank, params)
-    ids = bank.ids[rows]
-    codes, usable, owner = cp.pdq_hashes(bank, rows)
-    graph = cp.similarity_graph(cp.combined_vectors(bank, rows), codes, usable, params, pdq_owner=owner,
-                                extra=cp.local_pairs(bank, ids, params),
-                                verify=cp.GridCheck(bank, ids, params.grid_min_agreement))
+    ids, graph = cp.selected_graph(bank, cp.CampaignParams())
     loose = dataclasses.replace(graph, standalone=np.ones(graph.edges, bool))
     labels, _ = cp.cluster_graph(loose, np.full(len(ids), None, object))
     skies = {int(ids[k]) for k in range(len(ids)) if int(ids[k]) not in photo}

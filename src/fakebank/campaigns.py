@@ -452,6 +452,17 @@ def find_clusters(bank, params: CampaignParams) -> Clusters:
     return Clusters(ids, groups, {k: np.sort(np.asarray(v, np.int64)) for k, v in seeded.items()}, params, stats)
 
 
+def selected_graph(bank, params: CampaignParams) -> tuple[np.ndarray, Graph]:
+    """The selected items' ids and their similarity graph with local-feature edges, built as `find_clusters`
+    builds it (for benchmarks and tests that cluster it another way)."""
+    rows = select_rows(bank, params)
+    ids = bank.ids[rows]
+    codes, usable, owner = pdq_hashes(bank, rows)
+    graph = similarity_graph(combined_vectors(bank, rows), codes, usable, params, pdq_owner=owner,
+                             extra=local_pairs(bank, ids, params), verify=GridCheck(bank, ids, params.grid_min_agreement))
+    return ids, graph
+
+
 class GridCheck:
     """`similarity_graph`'s `verify` for close-embedding pairs of selected items (positions in `ids`).
 
