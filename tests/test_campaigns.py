@@ -539,3 +539,18 @@ def test_look_alike_skies_join_no_campaign_while_a_photos_reposts_do(tmp_path):
     labels, _ = cp.cluster_graph(loose, np.full(len(ids), None, object))
     skies = {int(ids[k]) for k in range(len(ids)) if int(ids[k]) not in photo}
     assert any(len(skies & {int(i) for i in ids[labels == lab]}) >= 2 for lab in np.unique(labels))
+
+
+def test_an_item_linked_by_close_embeddings_alone_attaches_to_one_group_not_two():
+    """Items 0–2 and 3–5 are two groups of verified copies; item 6, which nothing verifies, is close (but not
+    close enough to stand alone) to one member of each: it joins the nearer group and bridges nothing."""
+    from fakebank.campaigns import guarded_components
+
+    i, j = np.array([0, 1, 3, 4, 1, 4]), np.array([1, 2, 4, 5, 6, 6])
+    verified = np.array([1, 1, 1, 1, 0, 0], bool)
+    length = np.array([0.0, 0.0, 0.0, 0.0, 0.004, 0.002])  # 1 − similarity: 6 is nearer to 4
+    labels = guarded_components(7, i, j, verified, standalone=verified.copy(), length=length)
+    assert len({*labels[:3]}) == 1 and len({*labels[3:6]}) == 1 and labels[0] != labels[3]
+    assert labels[6] == labels[4]
+    # where every edge stands alone (dedup's rules hold for both), the item joins the two, as before
+    assert len(set(guarded_components(7, i, j, verified, standalone=np.ones(6, bool), length=length))) == 1

@@ -427,7 +427,7 @@ def test_relabelled_items_leave_hma_answers(image_bank, tmp_path):
 def test_a_bank_moved_by_export_keeps_how_its_keypoints_were_made(image_bank, tmp_path):
     """A fakebank export carries its bank's ORB input (signals.LocalInput): an empty bank takes it (the
     moved bank matches crops as before), a bank with images of its own keeps its own and says so."""
-    from fakebank.signals import LEGACY_LOCAL_INPUT, LOCAL_INPUT, LOCAL_INPUT_KEY, VIEW_LOCAL_INPUT
+    from fakebank.signals import LEGACY_LOCAL_INPUT, LOCAL_INPUT, LOCAL_INPUT_KEY, VIEW_LOCAL_INPUT, LocalInput
 
     bank, folder = image_bank
     assert read_manifest(bank)[LOCAL_INPUT_KEY] == LOCAL_INPUT.to_dict()  # recorded before its first images
@@ -467,8 +467,31 @@ def test_a_bank_moved_by_export_keeps_how_its_keypoints_were_made(image_bank, tm
     assert r["added"] == 4 and "ORB keypoints were made as" in r["note"]
     assert read_manifest(view)[LOCAL_INPUT_KEY] == VIEW_LOCAL_INPUT.to_dict()
 
+    # The view bank's export moves into an empty bank whole: the setting comes along, and a process whose
+    # extractor was built before the import makes the moved bank's keypoints as the bank now says.
+    vout = tmp_path / "view.parquet"
+    Fakebank(view).export_list(vout, fmt="fakebank", labels=("fake",), min_quality=0)
+    fb = Fakebank(tmp_path / "view-moved", weights=WEIGHTS)
+    assert fb.extractor.local_input == LOCAL_INPUT  # built for an empty bank: the default
+    assert fb.import_list(vout)["note"] is None
+    assert read_manifest(tmp_path / "view-moved")[LOCAL_INPUT_KEY] == VIEW_LOCAL_INPUT.to_dict()
+    assert fb.extractor.local_input == VIEW_LOCAL_INPUT
+    assert Fakebank(tmp_path / "view-moved").extractor.local_input == VIEW_LOCAL_INPUT
+
+    # A record this version cannot read (a newer fakebank's): queries still answer, `info` shows it, `add`
+    # refuses and says why.
     m = json.loads(manifest_path.read_text())
     m[LOCAL_INPUT_KEY] = {"side": 512, "from": "thumbnail"}
     manifest_path.write_text(json.dumps(m))
-    code, _, err = cli("dupes", crop, "--bank", old, "--json")
+    code, _, _ = cli("dupes", crop, "--bank", old, "--json")
+    assert code == 0
+    code, [info], _ = cli("info", "--bank", old, "--json")
+    assert info["local_input"] == {"unreadable": {"side": 512, "from": "thumbnail"}}
+    fresh = tmp_path / "fresh.jpg"
+    with Image.open(folder / "img1.png") as im:
+        im.rotate(90, expand=True).save(fresh, quality=90)
+    code, lines, err = cli("add", fresh, "--bank", old, "--json")
     assert code != 0 and "ORB input setting" in err and "newer fakebank" in err
+    for bad in ({"side": "512", "from": "view"}, {"side": 640, "from": "image", "luma": True}, "view"):
+        with pytest.raises(ValueError):
+            LocalInput.from_dict(bad)

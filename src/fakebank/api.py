@@ -59,10 +59,18 @@ def local_input_of(manifest: dict, location: str = "the bank") -> LocalInput:
     if LOCAL_INPUT_KEY in manifest:
         try:
             return LocalInput.from_dict(manifest[LOCAL_INPUT_KEY])
-        except (ValueError, KeyError, TypeError) as e:
+        except ValueError as e:
             raise BankError(f"{location}: unreadable ORB input setting {LOCAL_INPUT_KEY!r} in the manifest "
                             f"({e}); the bank may come from a newer fakebank: upgrade") from e
     return LocalInput.from_dict(None) if _images_in(manifest) else LOCAL_INPUT
+
+
+def _local_input_record(manifest: dict) -> dict:
+    """`info`'s view of the setting: the record as read, or the raw one marked unreadable (info diagnoses)."""
+    try:
+        return local_input_of(manifest).to_dict()
+    except BankError:
+        return {"unreadable": manifest.get(LOCAL_INPUT_KEY)}
 
 
 def _images_in(manifest: dict) -> int:
@@ -120,13 +128,18 @@ class Fakebank:
 
         model = load_model(self.weights_spec(), positive_label=self.positive_label)
         # batch_size None: 8 on the CPU, sized from free memory on CUDA (the extractor decides)
+        try:
+            local_input = self.local_input()
+        except BankError:  # queries never use it; `add` re-reads the record and says what is wrong
+            local_input = LOCAL_INPUT
         return Extractor(model, device=self.device, precision=self.precision, batch_size=self.batch_size,
-                         backend=self.backend, local_input=self.local_input())
+                         backend=self.backend, local_input=local_input)
 
     def local_input(self) -> LocalInput:
-        """How this bank's ORB features are made (signals.LocalInput): its manifest's "local" record; a bank
-        that holds images but no record was built before the setting (the legacy input); a new or
-        image-less bank gets today's default."""
+        """How this bank's items get their ORB keypoints (signals.LocalInput): its manifest's "local_input"
+        record; a bank that holds images but no record was built before the setting (the legacy input); a
+        new or image-less bank gets the default. Internal: nothing chooses another input yet; the record
+        exists so that a later default can change without older banks matching worse."""
         try:
             manifest = self.store.read_manifest()
         except BankError:
@@ -136,13 +149,15 @@ class Fakebank:
     def _record_local_input(self, w) -> None:
         """Store the extractor's ORB input in the manifest before the first images land (its own commit,
         so that no image is ever stored under a bank that does not say how its features were made)."""
-        made = self.extractor.local_input.to_dict()
-        stored = w.bank.manifest.get(LOCAL_INPUT_KEY)
-        if stored is None:
-            w.set_manifest_entry(LOCAL_INPUT_KEY, made)
-        elif stored != made:
-            raise BankError(f"{self.store.location}: this bank's ORB features are made as {stored}, this process "
-                            f"makes them as {made}; restart it (the bank's setting changed under it)")
+        made = self.extractor.local_input
+        if LOCAL_INPUT_KEY not in w.bank.manifest:
+            w.set_manifest_entry(LOCAL_INPUT_KEY, made.to_dict())
+            return
+        stored = local_input_of(w.bank.manifest, self.store.location)  # raises on a record it cannot read
+        if stored != made:
+            raise BankError(f"{self.store.location}: this bank's ORB keypoints are made as {stored.to_dict()}, this "
+                            f"process made them as {made.to_dict()}; nothing was added: run the command again "
+                            "(a new process reads the bank's setting)")
 
     @cached_property
     def model_info(self) -> dict:
@@ -615,8 +630,12 @@ class Fakebank:
             identity = (w.bank.manifest.get("model") or {}).get("identity_hash")
             plan = plan_import(w.bank, hl, model_identity=identity)
             settings, note = self._imported_local_input(w.bank, hl, plan)
-            ids = w.apply(plan.items, plan.changes, settings=settings)
+            if settings:  # its own commit before the items (a store without transactions stays safe)
+                w.set_manifest_entry(LOCAL_INPUT_KEY, settings[LOCAL_INPUT_KEY])
+            ids = w.apply(plan.items, plan.changes)
             self._publish(w.bank)
+        if settings and "extractor" in self.__dict__:  # built before: it makes this bank's keypoints from now on
+            self.extractor.local_input = LocalInput.from_dict(settings[LOCAL_INPUT_KEY])
         return {"path": os.fspath(path), "format": hl.format, "signals": len(hl.signals), "added": len(ids),
                 "updated": plan.updated, "unchanged": plan.unchanged, "repeated_in_list": plan.duplicates,
                 "hash_only": plan.hash_only or hl.rows is None,
@@ -630,10 +649,12 @@ class Fakebank:
         with images keeps its own, and the note says the imported items' keypoints were made otherwise."""
         if plan.hash_only or hl.rows is None or not any(not it.hash_only and it.local for it in plan.items):
             return None, None
-        theirs = LocalInput.from_dict(hl.local_input)
+        try:
+            theirs = LocalInput.from_dict(hl.local_input)
+        except ValueError as e:
+            raise InputError(f"{hl.path}: the list's ORB input setting is unknown to this fakebank ({e}): upgrade "
+                             "it, or import the list's hashes alone from a text export (local_file, csv)") from None
         if LOCAL_INPUT_KEY not in bank.manifest and not _images_in(bank.manifest):
-            if "extractor" in self.__dict__:  # already built for this bank: it makes the bank's keypoints now
-                self.extractor.local_input = theirs
             return {LOCAL_INPUT_KEY: theirs.to_dict()}, None
         ours = local_input_of(bank.manifest, self.store.location)
         if theirs == ours:
@@ -725,7 +746,7 @@ class Fakebank:
                           if m.get("local_quantizer") else "BinaryFlat per segment")},
             **self.store.info_storage(m),
             "fusion": FusionParams.from_dict(m.get("fusion")).to_dict(),
-            "local_input": local_input_of(m, self.store.location).to_dict(),  # how its items' ORB input is made
+            "local_input": _local_input_record(m),  # how its items' ORB input is made
             "created_at": m["created_at"],
             "updated_at": m["updated_at"],
         }

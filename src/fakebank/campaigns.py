@@ -28,10 +28,10 @@ How items are grouped (measured in ``scripts/bench_campaigns.py``; see README):
    join or merge groups but never split them, which is what keeps ids stable. Embedding edges that do not
    stand alone only attach an item to a group of verified copies (``guarded_components``): close
    embeddings alone never chain items that nothing else links. Measured (untrained vit_small): on
-   scripts/bench_hard_negatives.py's 2,040 distinct look-alikes, 30 false campaigns of 247 items (one
-   chain of 146 star fields), 245 of the items with no PDQ or local edge → 1 campaign of 2 chats, joined
-   by a local-feature edge, none by embeddings alone; on scripts/bench_campaigns.py B-cubed F1 (run 2)
-   reposts 0.987 → 0.947, hard 0.930 → 0.918, the loss nearly all in the campaigns of copies of two flat
+   scripts/bench_hard_negatives.py's 2,040 distinct look-alikes, 29 false campaigns of 245 items (one
+   chain of 146 star fields), all of them with no PDQ or local edge → 0 campaigns; on
+   scripts/bench_campaigns.py B-cubed F1 (run 2) reposts 0.990 → 0.951 (1.000 → 0.985 without the two
+   campaigns below), hard 0.930 → 0.918 (0.951 → 0.951), the loss nearly all in the campaigns of copies of two flat
    blue photos (labelme q0003/q0004: PDQ quality < 50, few keypoints, smooth grids), whose copies nothing
    but close embeddings links — the evidence that links distinct gradients and skies too. Still open: a
    look-alike whose grid agrees with a member of a verified group at the base bar attaches to it (a
@@ -413,19 +413,9 @@ def pdq_hashes(bank, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def find_clusters(bank, params: CampaignParams) -> Clusters:
     """Cluster a bank snapshot's flagged items (nothing is named or stored here)."""
     t0 = time.perf_counter()
-    rows = select_rows(bank, params)
-    ids = bank.ids[rows]
+    rows, ids, graph, built = _build_graph(bank, params)
     n = len(rows)
     seeds = analyst_campaigns(bank)[rows]
-    vectors = combined_vectors(bank, rows)
-    codes, usable, owner = pdq_hashes(bank, rows)
-    t1 = time.perf_counter()
-    use_local = params.local if params.local is not None else n <= LOCAL_EDGE_MAX_ITEMS
-    local = local_pairs(bank, ids, params) if use_local else (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    t_local = time.perf_counter()
-    checked = GridCheck(bank, ids, params.grid_min_agreement)
-    graph = similarity_graph(vectors, codes, usable, params, pdq_owner=owner, extra=local, verify=checked)
-    del vectors
     t2 = time.perf_counter()
     cluster_stats: dict = {}
     labels, seeded_of = cluster_graph(graph, seeds, stats=cluster_stats)
@@ -443,24 +433,36 @@ def find_clusters(bank, params: CampaignParams) -> Clusters:
             groups.append(np.sort(ids[members]))
     t3 = time.perf_counter()
     stats = {"selected": n, "edges": graph.edges, "pdq_edges": int((graph.pdq_distance >= 0).sum()),
-             "local_edges": int(len(local[0])) if use_local else None,
-             "embedding_edges_unverified": checked.dropped,
+             "local_edges": built["local_edges"],
+             "embedding_edges_unverified": built["unverified"],
              "embedding_edges_standalone": int((~graph.verified & graph.standalone).sum()),
              **cluster_stats,
-             "seconds": {"select": round(t1 - t0, 3), "local": round(t_local - t1, 3),
-                         "graph": round(t2 - t_local, 3), "cluster": round(t3 - t2, 3)}}
+             "seconds": {"select": round(built["t_select"] - t0, 3), "local": round(built["t_local"] - built["t_select"], 3),
+                         "graph": round(t2 - built["t_local"], 3), "cluster": round(t3 - t2, 3)}}
     return Clusters(ids, groups, {k: np.sort(np.asarray(v, np.int64)) for k, v in seeded.items()}, params, stats)
 
 
 def selected_graph(bank, params: CampaignParams) -> tuple[np.ndarray, Graph]:
-    """The selected items' ids and their similarity graph with local-feature edges, built as `find_clusters`
-    builds it (for benchmarks and tests that cluster it another way)."""
+    """The selected items' ids and their similarity graph, as `find_clusters` builds it (for benchmarks and
+    tests that cluster it another way)."""
+    _, ids, graph, _ = _build_graph(bank, params)
+    return ids, graph
+
+
+def _build_graph(bank, params: CampaignParams) -> tuple[np.ndarray, np.ndarray, Graph, dict]:
+    """(selected rows, their ids, the graph, what building it counted and when its stages ended)."""
     rows = select_rows(bank, params)
     ids = bank.ids[rows]
+    vectors = combined_vectors(bank, rows)
     codes, usable, owner = pdq_hashes(bank, rows)
-    graph = similarity_graph(combined_vectors(bank, rows), codes, usable, params, pdq_owner=owner,
-                             extra=local_pairs(bank, ids, params), verify=GridCheck(bank, ids, params.grid_min_agreement))
-    return ids, graph
+    t_select = time.perf_counter()
+    use_local = params.local if params.local is not None else len(rows) <= LOCAL_EDGE_MAX_ITEMS
+    local = local_pairs(bank, ids, params) if use_local else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    t_local = time.perf_counter()
+    checked = GridCheck(bank, ids, params.grid_min_agreement)
+    graph = similarity_graph(vectors, codes, usable, params, pdq_owner=owner, extra=local, verify=checked)
+    return rows, ids, graph, {"local_edges": int(len(local[0])) if use_local else None, "unverified": checked.dropped,
+                              "t_select": t_select, "t_local": t_local}
 
 
 class GridCheck:
@@ -550,7 +552,7 @@ def cluster_graph(graph: Graph, seeds: np.ndarray, stats: dict | None = None) ->
         w = np.concatenate([w, np.full(sum(len(x) for x in link_i), 1e-9)])
     verified = np.concatenate([graph.verified, np.ones(len(i) - graph.edges, bool)])  # analyst links count
     alone = np.concatenate([graph.standalone, np.ones(len(i) - graph.edges, bool)])
-    labels = guarded_components(n, i, j, verified, alone, stats)
+    labels = guarded_components(n, i, j, verified, alone, stats, length=w)
     seeded_of: dict[int, str] = {}
     if not by_name:
         return labels, seeded_of
@@ -584,7 +586,8 @@ def cluster_graph(graph: Graph, seeds: np.ndarray, stats: dict | None = None) ->
 
 
 def guarded_components(n: int, i: np.ndarray, j: np.ndarray, verified: np.ndarray,
-                       standalone: np.ndarray | None = None, stats: dict | None = None) -> np.ndarray:
+                       standalone: np.ndarray | None = None, stats: dict | None = None,
+                       length: np.ndarray | None = None) -> np.ndarray:
     """Connected components in which close embeddings alone may join two verified groups only through
     MERGE_MIN_ITEMS distinct items on each side (or all of the smaller side's items, when it has fewer),
     and link an item to others only through a group of verified copies, unless the edge is `standalone`.
@@ -594,7 +597,9 @@ def guarded_components(n: int, i: np.ndarray, j: np.ndarray, verified: np.ndarra
     copy can) would otherwise chain its whole group into that campaign. And items that no verified edge
     links (distinct star fields, gradients, chats of one app: close embeddings, patch grids that agree by
     chance) would chain into campaigns of their own: an embedding edge between two such items counts only
-    when it passes dedup's rule for an embedding-only copy (`standalone`; default: every edge does).
+    when it passes dedup's rule for an embedding-only copy (`standalone`; default: every edge does); and
+    such an item attaches to one group only, the one its shortest edge reaches (`length`: 1 − similarity),
+    so that it cannot bridge two groups of copies.
     """
     _, group = connected_components(sp.coo_matrix((np.ones(int(verified.sum())), (i[verified], j[verified])),
                                                   shape=(n, n)), directed=False)
@@ -606,6 +611,13 @@ def guarded_components(n: int, i: np.ndarray, j: np.ndarray, verified: np.ndarra
         emb &= ~loose
         if stats is not None:
             stats["embedding_edges_unanchored"] = int(loose.sum())
+        attach = np.flatnonzero(emb & ~standalone & ((size[group[i]] < 2) != (size[group[j]] < 2)))
+        if len(attach) and length is not None:
+            item = np.where(size[group[i[attach]]] < 2, i[attach], j[attach])
+            order = np.lexsort((length[attach], item))  # per unlinked item, its shortest edge first
+            later = np.zeros(len(order), bool)
+            later[1:] = item[order][1:] == item[order][:-1]
+            emb[attach[order[later]]] = False
     a, b, x, y = group[i[emb]], group[j[emb]], i[emb], j[emb]
     cross = a != b
     a, b, x, y = a[cross], b[cross], x[cross], y[cross]

@@ -51,7 +51,7 @@ cv2.setNumThreads(1)
 
 @dataclass(frozen=True)
 class LocalFeatures:
-    """ORB keypoints of one image: ``xy`` [n, 2] float32 in the ``LOCAL_SIDE`` frame, ``desc`` [n, 32] uint8."""
+    """ORB keypoints of one image: ``xy`` [n, 2] float32 in ORB's input frame (``LocalInput``), ``desc`` [n, 32] uint8."""
 
     xy: np.ndarray
     desc: np.ndarray
@@ -108,19 +108,25 @@ class LocalInput:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> LocalInput:
-        """The manifest's record; None (a bank from before the setting) is the legacy input."""
+        """The manifest's record; None (a bank from before the setting) is the legacy input. Strict: a record
+        this version does not fully understand (a newer fakebank's) raises ValueError rather than being
+        read as something it is not."""
         if d is None:
             return LEGACY_LOCAL_INPUT
-        if d.get("from") not in ("view", "image"):
-            raise ValueError(f"unknown ORB input source {d.get('from')!r} in the bank's manifest ({LOCAL_INPUT_KEY!r})")
-        return cls(side=int(d["side"]), from_view=d["from"] == "view")
+        if not isinstance(d, dict) or set(d) != {"side", "from"}:
+            raise ValueError(f"an ORB input record has exactly the keys 'side' and 'from', got {d!r}")
+        if d["from"] not in ("view", "image"):
+            raise ValueError(f"unknown ORB input source {d['from']!r}")
+        if type(d["side"]) is not int:
+            raise ValueError(f"the ORB input's side must be a whole number of pixels, got {d['side']!r}")
+        return cls(side=d["side"], from_view=d["from"] == "view")
 
     def gray(self, img: Image.Image, box: tuple[int, int, int, int], view: Image.Image | None = None) -> np.ndarray:
         """Luma of the content box, shrunk so that its longer side is at most ``side``."""
         l, t, r, b = box
-        target = min(self.side, max(r - l, b - t))
         content = None
         if self.from_view:
+            target = min(self.side, max(r - l, b - t))
             view = view if view is not None else pdq_view(img)
             sx, sy = view.width / img.width, view.height / img.height
             vbox = (math.floor(l * sx), math.floor(t * sy), min(view.width, math.ceil(r * sx)),

@@ -29,7 +29,7 @@ def make_thumbnail(img: Image.Image, max_side: int = THUMB_MAX_SIDE) -> bytes:
     w, h = img.size
     scale = min(1.0, max_side / max(w, h, 1))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    # an area average: the shrink is at least 2× from a bank image's view, where it looks as bilinear does
+    # an area average: for the usual 2× shrink of a photo's PDQ view it looks as bilinear does, and costs less
     small = img.resize(size, Image.Resampling.BOX) if size != img.size else img
     if small.mode != "RGB":
         small = small.convert("RGB")
