@@ -282,9 +282,13 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
 
 
 def stored_keypoints(bank: Bank, item_id: int) -> int:
-    """How many ORB keypoints an item stores (counted from the packed bytes, not decoded)."""
-    data = bank.value(item_id, "local")
-    return len(data) // LOCAL_FEATURE_BYTES if data else 0
+    """How many ORB keypoints an item stores."""
+    return keypoint_count(bank.value(item_id, "local"))
+
+
+def keypoint_count(local: bytes | None) -> int:
+    """How many ORB keypoints a stored `local` value holds (counted from the packed bytes, not decoded)."""
+    return len(local) // LOCAL_FEATURE_BYTES if local else 0
 
 
 def grid_of(bank: Bank, item_id: int) -> PatchGrid | None:
