@@ -34,7 +34,7 @@ from fakebank.embed import Extractor, cpu_has_native_bf16
 from fakebank.model import load_model
 from fakebank.pdq import pdq_hash, pdq_view
 from fakebank.preprocess import content_box, load_rgb, to_array
-from fakebank.signals import LOCAL_QUERY_FEATURES, LOCAL_SIDE, VIEW_LOCAL_INPUT, image_signals, orb_features
+from fakebank.signals import LOCAL_QUERY_FEATURES, LOCAL_SIDE, image_signals, orb_features
 from fakebank.thumbnails import make_thumbnail
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,12 +107,10 @@ def stage_costs(datas: list[bytes], model, rounds: int) -> dict[str, tuple[float
     (de200f8: full-resolution PDQ, signals from the full image), interleaved image by image."""
     stages = ("decode", "model input", "PDQ", "signals", "thumbnail")
     now: dict[str, list[float]] = {k: [] for k in stages}
-    on_view_ms: list[float] = []  # signals with ORB on the 512-px PDQ view (signals.VIEW_LOCAL_INPUT, not the default)
     before: dict[str, list[float]] = {k: [] for k in stages}
     pre = model.preprocessing
     for _ in range(rounds):
         s_now, s_before = dict.fromkeys(stages, 0.0), dict.fromkeys(stages, 0.0)
-        s_view = 0.0
         for data in datas:
             t0 = time.thread_time()
             img = load_rgb(data)
@@ -134,8 +132,6 @@ def stage_costs(datas: list[bytes], model, rounds: int) -> dict[str, tuple[float
             t7 = time.thread_time()
             make_thumbnail(img)
             t8 = time.thread_time()
-            image_signals(img, view=view, mirror=False, local_input=VIEW_LOCAL_INPUT)
-            s_view += time.thread_time() - t8
             for k, a, b in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4b - t4),
                                (t1 - t0, t5 - t4b, t6 - t5, t7 - t6, t8 - t7)):
                 s_now[k] += a
@@ -143,10 +139,7 @@ def stage_costs(datas: list[bytes], model, rounds: int) -> dict[str, tuple[float
         for k in stages:
             now[k].append(s_now[k] / len(datas) * 1000)
             before[k].append(s_before[k] / len(datas) * 1000)
-        on_view_ms.append(s_view / len(datas) * 1000)
-    out = {k: (statistics.median(now[k]), statistics.median(before[k])) for k in stages}
-    out["signals, ORB on the view"] = (statistics.median(on_view_ms), statistics.median(before["signals"]))
-    return out
+    return {k: (statistics.median(now[k]), statistics.median(before[k])) for k in stages}
 
 
 def forward_cost(ex: Extractor, pixels: np.ndarray, batch: int, rounds: int) -> float:
@@ -203,14 +196,11 @@ def main() -> None:
         print(f"per-stage CPU cost per image, as `add` runs them (core-ms, median of {args.rounds} rounds; "
               "'before' = de200f8's stages, interleaved in the same run):")
         print(f"  {'stage':12} {'now':>7} {'before':>7} {'ratio':>6}")
-        on_view, _ = stages.pop("signals, ORB on the view")
         for k, (a, b) in stages.items():
             print(f"  {k:12} {a:7.2f} {b:7.2f} {a / b:6.2f}")
         total_now, total_before = (sum(v[i] for v in stages.values()) for i in (0, 1))
         print(f"  {'non-model':12} {total_now:7.2f} {total_before:7.2f} {total_now / total_before:6.2f}"
               "   (issue target ≤ 15 core-ms)")
-        print(f"  (a bank whose items take their ORB keypoints from the 512-px PDQ view, signals.VIEW_LOCAL_INPUT, "
-              f"not the default: signals {on_view:.2f}, non-model {total_now - stages['signals'][0] + on_view:.2f})")
         print(f"  CPU-side ceiling: {1000 / total_now:.1f} images/s per core "
               f"(what a GPU-path add is bound by, per decode core)")
         stages = {k: v[0] for k, v in stages.items()}

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from bankutil import DIM, MODEL_INFO, format_1_bank, format_2_bank, make_item
 from fakebank.bank import MANIFEST, Bank, BankWriter, read_manifest
@@ -503,15 +502,6 @@ def test_a_bank_written_before_the_new_columns_answers_query_and_dupes_as_it_did
             [(d["id"], d["signal"]) for d in want["duplicates"]], want["path"]
     bank, first = fb.open_bank(), expected["ids"]["00000274.png"]
     assert [bank.value(first, c) for c in ("tags", "external_id", "patch_grid", "thumbnail")] == [None] * 4
-    # Its keypoints were made the legacy way (full image, 640 px): queries make theirs alike, and its next
-    # images too, which the manifest then records.
-    from fakebank.signals import LEGACY_LOCAL_INPUT, LOCAL_INPUT_KEY
-
-    assert fb.local_input() == LEGACY_LOCAL_INPUT and LOCAL_INPUT_KEY not in bank.manifest
-    new = tmp_path / "new.jpg"
-    Image.open(queries[0]).transpose(Image.Transpose.ROTATE_90).save(new, quality=90)
-    assert [r["status"] for r in fb.add([new])] == ["added"]
-    assert read_manifest(root / "bank")[LOCAL_INPUT_KEY] == LEGACY_LOCAL_INPUT.to_dict()
 
 
 def test_changes_to_one_id_in_one_commit_are_counted_once(tmp_path):

@@ -132,7 +132,6 @@ def test_compact_keeps_answers_and_folds_the_changes(tmp_path, photos, bank):
 def test_info_human_output(bank):
     res = runner.invoke(app, ["info", "--bank", str(bank)])
     assert res.exit_code == 0 and "items       5" in res.stdout and "test_vit" in res.stdout
-    assert "keypoints   ORB on the content box of the full image, ≤ 640 px" in res.stdout
 
 
 def test_usage_errors_exit_2(tmp_path, photos, bank):

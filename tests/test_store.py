@@ -290,7 +290,6 @@ def test_a_bank_moves_from_the_folder_to_milvus_and_back(tmp_path, cli_photos):
 
     mb = Fakebank(store=spec).open_bank()
     fb = Fakebank(folder).open_bank()
-    assert mb.manifest["local_input"] == fb.manifest["local_input"]  # its items' keypoints compare alike
     by_sha = {fb.value(i, "sha256"): i for i in fb.ids.tolist()}
     for i in mb.ids.tolist():
         j = by_sha[mb.value(i, "sha256")]

@@ -27,7 +27,7 @@ from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
 from fakebank.pdq import PDQ_MATCH_THRESHOLD
-from fakebank.signals import LOCAL_BANK_FEATURES, LOCAL_INPUT, LOCAL_INPUT_KEY, LocalInput
+from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.store import open_store
 from fakebank.errors import BankError, FakebankError, InputError, UsageError
 from fakebank import video as vid
@@ -51,31 +51,6 @@ def expand_inputs(paths: Sequence[str | os.PathLike], recursive: bool = False) -
         else:
             out.append(str(path))  # a missing file becomes a per-input error later
     return out
-
-
-def local_input_of(manifest: dict, location: str = "the bank") -> LocalInput:
-    """The bank's signals.LocalInput: its manifest's record; LEGACY for a bank that holds images but no
-    record (built before the setting existed); today's default for a bank with no images yet."""
-    if LOCAL_INPUT_KEY in manifest:
-        try:
-            return LocalInput.from_dict(manifest[LOCAL_INPUT_KEY])
-        except ValueError as e:
-            raise BankError(f"{location}: unreadable ORB input setting {LOCAL_INPUT_KEY!r} in the manifest "
-                            f"({e}); the bank may come from a newer fakebank: upgrade") from e
-    return LocalInput.from_dict(None) if _images_in(manifest) else LOCAL_INPUT
-
-
-def _local_input_record(manifest: dict) -> dict:
-    """`info`'s view of the setting: the record as read, or the raw one marked unreadable (info diagnoses)."""
-    try:
-        return local_input_of(manifest).to_dict()
-    except BankError:
-        return {"unreadable": manifest.get(LOCAL_INPUT_KEY)}
-
-
-def _images_in(manifest: dict) -> int:
-    counts = manifest.get("counts") or {}
-    return int(counts.get("items", 0)) - int(counts.get(HASH_ONLY_COUNT, 0))
 
 
 class Fakebank:
@@ -128,36 +103,8 @@ class Fakebank:
 
         model = load_model(self.weights_spec(), positive_label=self.positive_label)
         # batch_size None: 8 on the CPU, sized from free memory on CUDA (the extractor decides)
-        try:
-            local_input = self.local_input()
-        except BankError:  # queries never use it; `add` re-reads the record and says what is wrong
-            local_input = LOCAL_INPUT
         return Extractor(model, device=self.device, precision=self.precision, batch_size=self.batch_size,
-                         backend=self.backend, local_input=local_input)
-
-    def local_input(self) -> LocalInput:
-        """How this bank's items get their ORB keypoints (signals.LocalInput): its manifest's "local_input"
-        record; a bank that holds images but no record was built before the setting (the legacy input); a
-        new or image-less bank gets the default. Internal: nothing chooses another input yet; the record
-        exists so that a later default can change without older banks matching worse."""
-        try:
-            manifest = self.store.read_manifest()
-        except BankError:
-            return LOCAL_INPUT  # no bank yet
-        return local_input_of(manifest, self.store.location)
-
-    def _record_local_input(self, w) -> None:
-        """Store the extractor's ORB input in the manifest before the first images land (its own commit,
-        so that no image is ever stored under a bank that does not say how its features were made)."""
-        made = self.extractor.local_input
-        if LOCAL_INPUT_KEY not in w.bank.manifest:
-            w.set_manifest_entry(LOCAL_INPUT_KEY, made.to_dict())
-            return
-        stored = local_input_of(w.bank.manifest, self.store.location)  # raises on a record it cannot read
-        if stored != made:
-            raise BankError(f"{self.store.location}: this bank's ORB keypoints are made as {stored.to_dict()}, this "
-                            f"process made them as {made.to_dict()}; nothing was added: run the command again "
-                            "(a new process reads the bank's setting)")
+                         backend=self.backend)
 
     @cached_property
     def model_info(self) -> dict:
@@ -226,7 +173,6 @@ class Fakebank:
             def flush() -> Iterator[dict]:
                 nonlocal pending, last_commit
                 if pending:
-                    self._record_local_input(w)
                     ids = w.add([item for item, _ in pending])
                     for (item, path), item_id in zip(pending, ids):
                         yield self._add_record(path, item_id, item.sha256, "added", item.p_fake, label)
@@ -268,8 +214,7 @@ class Fakebank:
         results = raydata.extract(
             [f for f, v in zip(files, is_video) if not v], address=address, weights=self.weights_spec() or self.model_info["spec"], device=self.device,
             precision=self.precision, batch_size=self.extractor.batch_size, workers=workers, gpus=gpus,
-            store=self.store.spec, bank_path=str(self.bank_path), skip_known=self.store.shared_readers,
-            local_input=self.extractor.local_input.to_dict())
+            store=self.store.spec, bank_path=str(self.bank_path), skip_known=self.store.shared_readers)
         yield from self.add(videos, results=results, **labels)
 
     def add_embedded(self, embs: Sequence, *, label: str = "fake", source: str | None = None,
@@ -289,8 +234,6 @@ class Fakebank:
                 else:
                     seen.add(e.sha256)
                     fresh.append(i)
-            if fresh:
-                self._record_local_input(w)
             ids = w.add([new_item(embs[i], label, source, campaign, note) for i in fresh])
             for i, item_id in zip(fresh, ids):
                 records[i] = self._add_record(embs[i].path, item_id, embs[i].sha256, "added", embs[i].p_fake, label)
@@ -531,7 +474,6 @@ class Fakebank:
         except FakebankError as e:
             return self._add_record(src.name, None, None, "error", None, None, str(e)) | {"media": "video"}
         item = video_item(vemb, label, source, campaign, note, w.bank.dim)
-        self._record_local_input(w)
         (item_id,) = w.add([item])
         return self._add_record(src.name, item_id, sha, "added", item.p_fake, label) | {
             "media": "video", "frames": vemb.summary()}
@@ -629,40 +571,14 @@ class Fakebank:
         with self._write_lock, self._list_writer() as w:
             identity = (w.bank.manifest.get("model") or {}).get("identity_hash")
             plan = plan_import(w.bank, hl, model_identity=identity)
-            settings, note = self._imported_local_input(w.bank, hl, plan)
-            if settings:  # its own commit before the items (a store without transactions stays safe)
-                w.set_manifest_entry(LOCAL_INPUT_KEY, settings[LOCAL_INPUT_KEY])
             ids = w.apply(plan.items, plan.changes)
             self._publish(w.bank)
-        if settings and "extractor" in self.__dict__:  # built before: it makes this bank's keypoints from now on
-            self.extractor.local_input = LocalInput.from_dict(settings[LOCAL_INPUT_KEY])
         return {"path": os.fspath(path), "format": hl.format, "signals": len(hl.signals), "added": len(ids),
                 "updated": plan.updated, "unchanged": plan.unchanged, "repeated_in_list": plan.duplicates,
                 "hash_only": plan.hash_only or hl.rows is None,
                 "note": ("the list was embedded by another model (identity "
-                         f"{(hl.model_identity or '?')[:12]}): only its hashes were imported") if plan.hash_only else note,
+                         f"{(hl.model_identity or '?')[:12]}): only its hashes were imported") if plan.hash_only else None,
                 "errors": [{"line": n, "error": e} for n, e in hl.errors], "error_count": hl.error_count}
-
-    def _imported_local_input(self, bank, hl, plan) -> tuple[dict | None, str | None]:
-        """(manifest settings, note) for a fakebank export imported with its features: a bank with no
-        images yet takes the export's ORB input (a bank moved whole compares its items as before); a bank
-        with images keeps its own, and the note says the imported items' keypoints were made otherwise."""
-        if plan.hash_only or hl.rows is None or not any(not it.hash_only and it.local for it in plan.items):
-            return None, None
-        try:
-            theirs = LocalInput.from_dict(hl.local_input)
-        except ValueError as e:
-            raise InputError(f"{hl.path}: the list's ORB input setting is unknown to this fakebank ({e}): upgrade "
-                             "it, or import the list's hashes alone from a text export (local_file, csv)") from None
-        if LOCAL_INPUT_KEY not in bank.manifest and not _images_in(bank.manifest):
-            return {LOCAL_INPUT_KEY: theirs.to_dict()}, None
-        ours = local_input_of(bank.manifest, self.store.location)
-        if theirs == ours:
-            return None, None
-        return None, (f"the list's ORB keypoints were made as {theirs.to_dict()}, this bank's as {ours.to_dict()}: "
-                      "queries find its items as well, but local-feature edges between them and this bank's own "
-                      "images (dupes --within, campaigns) are found less often; add the images themselves to "
-                      "make them alike")
 
     def export_list(self, path: str | os.PathLike, *, fmt: str, labels: Sequence[str] = ("fake",),
                     source: str | None = None, campaign: str | None = None, min_quality: int = 50) -> dict:
@@ -675,8 +591,7 @@ class Fakebank:
         flt = ExportFilter(labels=tuple(labels), source=source, campaign=campaign, min_quality=min_quality)
         if fmt == "vpdq":
             return _export_vpdq(bank, Path(path), replace(flt, min_quality=0))
-        return write_list(bank, path, fmt, flt, model=bank.manifest.get("model"),
-                          local_input=local_input_of(bank.manifest, self.store.location).to_dict())
+        return write_list(bank, path, fmt, flt, model=bank.manifest.get("model"))
 
     def sync(self, config: str | os.PathLike) -> Iterator[dict]:
         """`fakebank sync`: per collaboration of the config, fetch from its stored checkpoint (outside the
@@ -746,7 +661,6 @@ class Fakebank:
                           if m.get("local_quantizer") else "BinaryFlat per segment")},
             **self.store.info_storage(m),
             "fusion": FusionParams.from_dict(m.get("fusion")).to_dict(),
-            "local_input": _local_input_record(m),  # how its items' ORB input is made
             "created_at": m["created_at"],
             "updated_at": m["updated_at"],
         }

@@ -289,12 +289,6 @@ def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
     f = r["fusion"]
     out.print(f"fusion      w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f} "
               f"min_sim={f['min_similarity']} dup_sim={f['duplicate_similarity']} ({f['source']})")
-    li = r["local_input"]
-    if "unreadable" in li:
-        out.print(f"keypoints   unreadable ORB input setting {li['unreadable']!r}: a newer fakebank made this bank")
-    else:
-        out.print(f"keypoints   ORB on the content box of the {'PDQ view' if li['from'] == 'view' else 'full image'}, "
-                  f"≤ {li['side']} px (bank items)")
     out.print(f"updated     {r['updated_at']}")
     st = r.get("storage")
     if st and "segments" in st:

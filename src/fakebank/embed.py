@@ -38,7 +38,7 @@ from fakebank.grid import PatchGrid
 from fakebank.model import LoadedModel
 from fakebank.pdq import PdqHash, pdq_hash, pdq_view
 from fakebank.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, load_rgb, to_array
-from fakebank.signals import LOCAL_INPUT, QUERY_LOCAL_INPUT, ImageSignals, LocalInput, image_signals
+from fakebank.signals import ImageSignals, image_signals
 from fakebank.thumbnails import make_thumbnail
 
 DEFAULT_BATCH_SIZE = 8  # DESIGN §5: batch 8-16 is the CPU sweet spot; 32 is slower per image
@@ -47,8 +47,8 @@ DEVICES = ("auto", "cpu", "cuda")
 DECODE_POOLS = ("thread", "process")
 # On CUDA, JPEGs at least this long are decoded on the GPU; the CPU then decodes a DCT-scaled draft
 # (1/2 … 1/8, longer side ≥ DRAFT_SIDE) for the hashes and ORB: 4000×3000 costs ≈ 109 ms of CPU in
-# full, ≈ 15 ms as a 1/4 draft. Smaller JPEGs are decoded once on the CPU (a draft would save little)
-# and uploaded as 8-bit RGB, which keeps the model input bit-exact.
+# full, ≈ 15 ms as a 1/4 draft. Smaller JPEGs are decoded once on the CPU (their pixels are needed for
+# ORB at full LOCAL_SIDE anyway) and uploaded as 8-bit RGB, which keeps the model input bit-exact.
 GPU_DECODE_MIN_SIDE = 2048
 DRAFT_SIDE = 1024
 
@@ -163,9 +163,7 @@ class Extractor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         decode_pool: str = "thread",
         backend: str = "auto",
-        local_input: LocalInput = LOCAL_INPUT,
     ) -> None:
-        """`local_input`: how bank items' ORB input is made (the bank's manifest setting, signals.LocalInput)."""
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"--batch-size must be ≥ 1, not {batch_size}")
         if decode_pool not in DECODE_POOLS:
@@ -187,7 +185,6 @@ class Extractor:
         cores = os.cpu_count() or 1
         self.decode_threads = decode_threads or (cores if self.on_device else max(2, min(4, cores)))
         self.decode_pool = decode_pool
-        self.local_input = local_input
         model.module.to(self.device).eval()
 
     # -- model side -----------------------------------------------------------------------------
@@ -252,11 +249,6 @@ class Extractor:
 
     # -- decode side ----------------------------------------------------------------------------
 
-    def local_input_for(self, mirror: bool) -> LocalInput:
-        """A query (it wants its mirror image's keypoints too) makes its keypoints as QUERY_LOCAL_INPUT, a
-        bank item (no mirror) as the bank says."""
-        return QUERY_LOCAL_INPUT if mirror else self.local_input
-
     def decode(self, source: Source, skip: Callable[[str], bool] | None = None, *,
                mirror: bool = True, thumbnail: bool = False) -> Decoded | Skipped:
         """Read, hash and preprocess one input; raises InputError naming it.
@@ -268,8 +260,7 @@ class Extractor:
         if skip is not None and skip(sha256):
             return Skipped(source.name, sha256)
         return decode_image(data, source.name, sha256, self.model.preprocessing, max_pixels=self.max_pixels,
-                            mirror=mirror, on_device=self.on_device, thumbnail=thumbnail,
-                            local_input=self.local_input_for(mirror))
+                            mirror=mirror, on_device=self.on_device, thumbnail=thumbnail)
 
     def extract(
         self,
@@ -332,7 +323,7 @@ class Extractor:
         if skip is not None and skip(sha256):
             return _done(Skipped(source.name, sha256))
         return pool.submit(_decode_image_or_fail, data, source.name, sha256, self.model.preprocessing,
-                           self.max_pixels, mirror, self.on_device, thumbnail, self.local_input_for(mirror))
+                           self.max_pixels, mirror, self.on_device, thumbnail)
 
     def _decode_or_fail(self, source: Source, skip, mirror: bool = True,
                         thumbnail: bool = False) -> Decoded | Skipped | FailedInput:
@@ -373,8 +364,7 @@ class Extractor:
 
 
 def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 mirror: bool = True, on_device: bool = False, thumbnail: bool = False,
-                 local_input: LocalInput = LOCAL_INPUT) -> Decoded:
+                 mirror: bool = True, on_device: bool = False, thumbnail: bool = False) -> Decoded:
     """One file's bytes → :class:`Decoded`: decoded once, then the model input, both PDQ hashes and the
     dedup signals from that one image. ``on_device``: leave the model input to the GPU (ship the 8-bit
     image, or for a large JPEG only its bytes). Raises InputError naming the file."""
@@ -384,7 +374,7 @@ def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max
         if img.info.get("fakebank_draft"):  # decoded at 1/2 … 1/8 here; the GPU decodes it in full
             view = pdq_view(img)
             width, height = img.info["fakebank_draft"]
-            signals = image_signals(img, view=view, mirror=mirror, local_input=local_input)
+            signals = image_signals(img, view=view, mirror=mirror)
             sx, sy = width / img.width, height / img.height  # the content box in full-resolution pixels
             box = signals.box
             signals = dataclasses.replace(signals, box=(
@@ -394,12 +384,11 @@ def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max
                            thumbnail=make_thumbnail(view) if thumbnail else None)
     else:
         img = load_rgb(data, name=name, max_pixels=max_pixels)
-    return decode_pixels(img, name, sha256, pre, mirror=mirror, on_device=on_device, thumbnail=thumbnail,
-                         local_input=local_input)
+    return decode_pixels(img, name, sha256, pre, mirror=mirror, on_device=on_device, thumbnail=thumbnail)
 
 
 def decode_pixels(img: Image.Image, name: str, sha256: str, pre: Preprocessing, *, mirror: bool = True,
-                  on_device: bool = False, thumbnail: bool = False, local_input: LocalInput = LOCAL_INPUT) -> Decoded:
+                  on_device: bool = False, thumbnail: bool = False) -> Decoded:
     """An upright RGB image (a decoded file, a video frame) → :class:`Decoded`: the model input, and PDQ,
     the content box and the thumbnail from one shared box-averaged view."""
     view = pdq_view(img)
@@ -410,18 +399,17 @@ def decode_pixels(img: Image.Image, name: str, sha256: str, pre: Preprocessing, 
         height=img.height,
         pdq=pdq_hash(view),
         pixels=None if on_device else to_array(img, pre),
-        signals=image_signals(img, view=view, mirror=mirror, local_input=local_input),
+        signals=image_signals(img, view=view, mirror=mirror),
         rgb=np.asarray(img) if on_device else None,
         thumbnail=make_thumbnail(view) if thumbnail else None,
     )
 
 
 def _decode_image_or_fail(data: bytes, name: str, sha256: str, pre: Preprocessing, max_pixels: int,
-                          mirror: bool, on_device: bool, thumbnail: bool = False,
-                          local_input: LocalInput = LOCAL_INPUT) -> Decoded | FailedInput:
+                          mirror: bool, on_device: bool, thumbnail: bool = False) -> Decoded | FailedInput:
     try:
         return decode_image(data, name, sha256, pre, max_pixels=max_pixels, mirror=mirror, on_device=on_device,
-                            thumbnail=thumbnail, local_input=local_input)
+                            thumbnail=thumbnail)
     except InputError as e:
         return FailedInput(name, str(e))
 

@@ -80,7 +80,6 @@ class HashList:
     error_count: int = 0
     rows: pa.Table | None = None
     model_identity: str | None = None
-    local_input: dict | None = None  # how the rows' ORB keypoints were made (signals.LocalInput); None: legacy
 
     def error(self, line: int, message: str) -> None:
         self.error_count += 1
@@ -196,8 +195,7 @@ def _read_parquet(path: Path, source: str | None) -> HashList:
                          "--format fakebank` files can be imported as Parquet")
     info = json.loads(meta)
     table = pf.read()
-    out = HashList(str(path), "fakebank", rows=table, model_identity=(info.get("model") or {}).get("identity_hash"),
-                   local_input=info.get("local_input"))
+    out = HashList(str(path), "fakebank", rows=table, model_identity=(info.get("model") or {}).get("identity_hash"))
     cols = {c: table.column(c).to_pylist() for c in ("pdq", "label", "source", "tags", "note", "pdq_quality",
                                                      "external_id", "id")}
     for n in range(len(table)):
@@ -336,8 +334,7 @@ def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str]) -> Itera
             yield t.select(list(names))
 
 
-def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, model: dict | None,
-               local_input: dict | None = None) -> dict:
+def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, model: dict | None) -> dict:
     """Write the bank's items that pass `flt` as a hash list; returns counts. One line per distinct
     (hash, source) in the text formats, every item in fakebank's own."""
     if fmt not in FORMATS:
@@ -347,8 +344,7 @@ def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, mod
     written = 0
     if fmt == "fakebank":
         schema = items_schema(bank.dim).with_metadata({PARQUET_META_KEY: json.dumps(
-            {"format": 1, "model": model, "embedding_dim": bank.dim, "bank_id": bank.location,
-             "local_input": local_input}).encode()})
+            {"format": 1, "model": model, "embedding_dim": bank.dim, "bank_id": bank.location}).encode()})
         with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
             for t in export_batches(bank, flt, schema.names):
                 w.write_table(t.cast(schema))

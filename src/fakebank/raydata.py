@@ -57,13 +57,11 @@ class _Embed:
     """A Ray actor: one model, many batches of paths."""
 
     def __init__(self, weights: str | None, device: str, precision: str, batch_size: int,
-                 store: str | None, bank_path: str, skip_known: bool, local_input: dict | None = None) -> None:
+                 store: str | None, bank_path: str, skip_known: bool) -> None:
         from fakebank.embed import Extractor
         from fakebank.model import load_model
-        from fakebank.signals import LocalInput
 
-        self.extractor = Extractor(load_model(weights), device=device, precision=precision, batch_size=batch_size,
-                                   local_input=LocalInput.from_dict(local_input))
+        self.extractor = Extractor(load_model(weights), device=device, precision=precision, batch_size=batch_size)
         self.bank = None
         if skip_known:
             from fakebank.store import open_store
@@ -91,9 +89,8 @@ class _Embed:
 
 def extract(paths: Sequence[str], *, address: str, weights: str | None, device: str, precision: str,
             batch_size: int, workers: int, gpus: float, store: str | None, bank_path: str,
-            skip_known: bool, local_input: dict | None = None) -> Iterator:
-    """embed.Embedding / Skipped / FailedInput per path, in input order, computed on a Ray cluster.
-    `local_input`: the bank's signals.LocalInput record (None: the legacy one)."""
+            skip_known: bool) -> Iterator:
+    """embed.Embedding / Skipped / FailedInput per path, in input order, computed on a Ray cluster."""
     try:
         import numpy as np
         import ray
@@ -112,6 +109,6 @@ def extract(paths: Sequence[str], *, address: str, weights: str | None, device: 
         num_gpus=gpus or None, num_cpus=1,
         fn_constructor_kwargs={"weights": weights, "device": device, "precision": precision,
                                "batch_size": batch_size, "store": store, "bank_path": bank_path,
-                               "skip_known": skip_known, "local_input": local_input})
+                               "skip_known": skip_known})
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
         yield from np.asarray(batch["result"]).tolist()

@@ -786,7 +786,7 @@ def embed_video(extractor, name: str, data: bytes | None = None, *, sha256: str 
     def prepare(frame: SampledFrame) -> tuple[Decoded, Image.Image]:
         img = frame.image
         decoded = decode_pixels(img, f"{name}#t={frame.timestamp:.3f}", sha256, prep, mirror=mirror,
-                                thumbnail=thumbnail, local_input=extractor.local_input_for(mirror))
+                                thumbnail=thumbnail)
         return decoded, _luma_thumb(img)
 
     sampled: list[tuple[int, float, Image.Image]] = []  # (number, timestamp, luma thumbnail)
