@@ -120,7 +120,7 @@ def stage_costs(datas: list[bytes], model, rounds: int) -> dict[str, tuple[float
             view = pdq_view(img)
             pdq_hash(view)
             t3 = time.thread_time()
-            image_signals(img, view=view, mirror=False)
+            image_signals(img, mirror=False)
             t4 = time.thread_time()
             make_thumbnail(view)
             t4b = time.thread_time()

@@ -374,7 +374,7 @@ def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max
         if img.info.get("fakebank_draft"):  # decoded at 1/2 … 1/8 here; the GPU decodes it in full
             view = pdq_view(img)
             width, height = img.info["fakebank_draft"]
-            signals = image_signals(img, view=view, mirror=mirror)
+            signals = image_signals(img, mirror=mirror)
             sx, sy = width / img.width, height / img.height  # the content box in full-resolution pixels
             box = signals.box
             signals = dataclasses.replace(signals, box=(
@@ -389,8 +389,8 @@ def decode_image(data: bytes, name: str, sha256: str, pre: Preprocessing, *, max
 
 def decode_pixels(img: Image.Image, name: str, sha256: str, pre: Preprocessing, *, mirror: bool = True,
                   on_device: bool = False, thumbnail: bool = False) -> Decoded:
-    """An upright RGB image (a decoded file, a video frame) → :class:`Decoded`: the model input, and PDQ,
-    the content box and the thumbnail from one shared box-averaged view."""
+    """An upright RGB image (a decoded file, a video frame) → :class:`Decoded`: the model input, the
+    dedup signals, and PDQ and the thumbnail from one shared box-averaged view."""
     view = pdq_view(img)
     return Decoded(
         path=name,
@@ -399,7 +399,7 @@ def decode_pixels(img: Image.Image, name: str, sha256: str, pre: Preprocessing, 
         height=img.height,
         pdq=pdq_hash(view),
         pixels=None if on_device else to_array(img, pre),
-        signals=image_signals(img, view=view, mirror=mirror),
+        signals=image_signals(img, mirror=mirror),
         rgb=np.asarray(img) if on_device else None,
         thumbnail=make_thumbnail(view) if thumbnail else None,
     )
