@@ -272,8 +272,11 @@ def main() -> None:
             queries.append((n, n in ids, fam, data))
     print(f"{len(queries)} edited copies; extracting (model forward + signals) …", file=sys.stderr)
 
-    if cache.exists():  # a rerun on the same --workdir: the same queries, no extraction
-        embs, extract_s = pickle.loads(cache.read_bytes())
+    # the cache holds the embeddings of exactly these queries, made with these weights
+    key = (args.weights, zlib.crc32(b"".join(q[3] for q in queries)))
+    cached = pickle.loads(cache.read_bytes()) if cache.exists() else None
+    if cached is not None and len(cached) == 3 and cached[2] == key:  # a rerun: the same queries, no extraction
+        embs, extract_s, _ = cached
         print(f"reusing {len(embs)} query embeddings from {cache}", file=sys.stderr)
     else:
         t = time.perf_counter()
@@ -287,7 +290,7 @@ def main() -> None:
         by_name = {e.path: e for e in embs if e is not None}
         embs = [by_name.get(f"q{k}") for k in range(len(queries))]
         if args.workdir:
-            cache.write_bytes(pickle.dumps((embs, extract_s)))
+            cache.write_bytes(pickle.dumps((embs, extract_s, key)))
 
     params = DedupParams()
     t = time.perf_counter()
@@ -303,7 +306,7 @@ def main() -> None:
 
     rows = defaultdict(lambda: defaultdict(int))
     mistakes = []
-    for (owner, in_bank, fam, _), ms, pm in zip(queries, found, ptx):
+    for (owner, in_bank, fam, _), ms, pm in zip(queries, found, ptx, strict=True):
         got = {id_name[m.id] for m in ms}
         mistakes += [(fam, owner, id_name[m.id], m.signal, m.pdq_distance, m.inliers, m.spatial_agreement)
                      for m in ms if id_name[m.id] != owner]
@@ -347,7 +350,7 @@ def main() -> None:
         p = DedupParams(signals=sub)
         hit = fp = n = d = 0
         per = defaultdict(lambda: [0, 0])
-        for (owner, in_bank, fam, _), pr in zip(queries, probes):
+        for (owner, in_bank, fam, _), pr in zip(queries, probes, strict=True):
             got = {id_name[m.id] for m in find(bank, pr, p)} if pr is not None else set()
             if in_bank:
                 n += 1
@@ -387,7 +390,7 @@ def _milvus_parity(fb: Fakebank, work: Path, queries, probes, found, match_s: fl
     mmatch_s = time.perf_counter() - t
     stats = {"folder": [0, 0, 0, 0], "milvus-lite": [0, 0, 0, 0]}  # hits, copies, false, distractors
     same = 0
-    for (owner, in_bank, _, _), a, b in zip(queries, found, mfound):
+    for (owner, in_bank, _, _), a, b in zip(queries, found, mfound, strict=True):
         ga, gb = {id_name[m.id] for m in a}, {name_of[m.id] for m in b}
         same += ga == gb and [m.signal for m in a] == [m.signal for m in b]
         for key, got in (("folder", ga), ("milvus-lite", gb)):

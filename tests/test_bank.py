@@ -515,3 +515,12 @@ def test_changes_to_one_id_in_one_commit_are_counted_once(tmp_path):
     bank = Bank.open(tmp_path)
     assert bank.manifest["counts"] == {"items": 1, "fake": 0, "real": 0, "unknown": 1}
     assert bank.ids.tolist() == [3] and bank.label_of(3) == "unknown"
+
+
+def test_frame_hashes_that_are_not_whole_pdq_hashes_are_refused_on_the_folder_too(tmp_path):
+    from dataclasses import replace
+
+    with BankWriter(tmp_path / "b", model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        with pytest.raises(BankError, match="not whole 32-byte hashes"):
+            w.add([replace(make_item(1), frame_pdq=b"\x00" * 33)])
+        assert w.add([replace(make_item(2), frame_pdq=b"\x00" * 64)]) == [1]

@@ -240,6 +240,9 @@ def check_new_item(it: NewItem, dim: int, where) -> None:
     elif it.cls is None or it.cls.shape != (dim,) or it.patch.shape != (dim,):
         raise BankError(f"{where}: embeddings of width {None if it.cls is None else it.cls.shape} "
                         f"do not fit this bank's {dim}")
+    if it.frame_pdq and len(it.frame_pdq) % PDQ_BYTES:
+        raise BankError(f"{it.path}: frame_pdq of {len(it.frame_pdq)} bytes is not whole "
+                        f"{PDQ_BYTES}-byte hashes (video.index_codes makes it)")
 
 
 # -- segments ----------------------------------------------------------------------------------------------

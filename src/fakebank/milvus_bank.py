@@ -411,7 +411,8 @@ class MilvusBank:
         for i in ids:
             self._need(i)
         out = {n: [self.value(i, n) for i in ids] for n in names if n not in _HEAVY and n not in _VIDEO_BLOBS}
-        out.update(self._video_blobs(ids, [n for n in names if n in _VIDEO_BLOBS]))
+        if any(n in _VIDEO_BLOBS for n in names):
+            out.update(self._video_blobs(ids, [n for n in names if n in _VIDEO_BLOBS]))
         heavy = [n for n in names if n in _HEAVY and n != "pdq_trim"]
         if heavy:
             got: dict[int, dict] = {}
@@ -680,9 +681,6 @@ class MilvusWriter:
         dim = self.bank.dim
         for it in items:
             check_new_item(it, dim, self.store.location)
-            if it.frame_pdq and len(it.frame_pdq) % PDQ_BYTES:
-                raise BankError(f"{it.path}: frame_pdq of {len(it.frame_pdq)} bytes is not whole "
-                                f"{PDQ_BYTES}-byte hashes (video.index_codes makes it)")
             if it.frames and len(it.frames) > FRAME_PART_BYTES << FRAME_PART_BITS:
                 raise BankError(f"{it.path}: {len(it.frames)} bytes of sampled frames; the Milvus store keeps at "
                                 f"most {FRAME_PART_BYTES << FRAME_PART_BITS} a video (lower --max-frames)")
@@ -781,13 +779,14 @@ class MilvusWriter:
                         r["meta"] = {**r["meta"], op: v}
             for part in _chunks(rows):
                 self.store.client.upsert(self.store.items, list(part))
+        has_video = bool(removed) and self.store.has_video()
         for part in _chunks(removed):
             expr = f"id in {_in(part)}"
             self.store.client.delete(self.store.items, filter=expr)  # the item first: then it is gone
             self.store.client.delete(self.store.trim, filter=expr)
             self.store.client.delete(self.store.local, filter=f"item in {_in(part)}")
             self.store.client.delete(self.store.campaigns, filter=expr)
-            if self.store.has_video():
+            if has_video:
                 self.store.client.delete(self.store.frame_pdq, filter=f"item in {_in(part)}")
                 self.store.client.delete(self.store.frames, filter=f"item in {_in(part)}")
 
