@@ -465,3 +465,69 @@ def test_safe_from_several_threads(tmp_path):
         else:
             assert np.array_equal(want, have)
     assert isinstance(expected[-1], str) and expected[-1].startswith(str(cut))
+
+
+# --- exact shortcuts: the same pixels as Pillow's whole resize ------------------------------------------
+
+
+def _sizes(seed: int, n: int) -> list[tuple[int, int]]:
+    """Landscape, portrait, square, very tall and very wide sizes (Pillow ≥ 13 resamples very tall images
+    vertically first)."""
+    rng = np.random.default_rng(seed)
+    pick = [lambda: (int(rng.integers(300, 2600)), int(rng.integers(300, 2600))),
+            lambda: (int(rng.integers(385, 600)), int(rng.integers(2000, 5000))),
+            lambda: (int(rng.integers(2000, 5000)), int(rng.integers(385, 600))),
+            lambda: (int(rng.integers(257, 700)),) * 2]
+    return [pick[i % len(pick)]() for i in range(n)]
+
+
+@pytest.mark.parametrize("recipe", ["commfor", "odd-crop", "exact-bicubic"])
+def test_model_view_is_pillows_whole_resize_then_crop(recipe):
+    """`model_view` resamples only what the centre crop keeps; its pixels are those of the plain recipe."""
+    from fakebank.preprocess import _RESAMPLE, _center_crop, _resize, model_view
+
+    pre = RECIPES[recipe]
+    photo = load_rgb(COMMFOR[1])
+    for w, h in _sizes(1, 24):
+        img = photo.resize((w, h), Image.Resampling.BICUBIC)
+        plain = _resize(img, pre.resize, _RESAMPLE[pre.interpolation])
+        if pre.crop is not None:
+            plain = _center_crop(plain, pre.crop)
+        assert np.array_equal(np.asarray(model_view(img, pre)), np.asarray(plain)), (recipe, w, h)
+
+
+def test_content_box_edge_lines_are_those_of_the_whole_small_copy():
+    """The early exit of `content_box` reads the small copy's four edge lines without making the copy: they
+    must be its lines bit for bit, whatever the size and Pillow's pass order."""
+    from fakebank.preprocess import _edge_lines
+
+    photo = load_rgb(COMMFOR[0])
+    for w, h in _sizes(2, 40):
+        img = photo.resize((w, h), Image.Resampling.BICUBIC)
+        scale = 256 / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = np.asarray(img.resize(size, Image.Resampling.BILINEAR)).astype(np.int16)
+        top, bottom, left, right = _edge_lines(img, size)
+        for got, want in ((top, small[0]), (bottom, small[-1]), (left, small[:, 0]), (right, small[:, -1])):
+            assert np.array_equal(got, want), (w, h)
+
+
+def test_content_box_early_exit_finds_the_boxes_of_the_whole_search(monkeypatch):
+    """With and without the early exit, the same boxes: photos with and without uniform edges, framed and
+    letterboxed copies."""
+    import fakebank.preprocess as pp
+
+    photos = [load_rgb(p) for p in (*COMMFOR, BRIDGE, BRIDGE_PORTRAIT)]
+    framed = []
+    for p in photos[:3]:
+        canvas = Image.new("RGB", (p.width + 200, p.height + 60), (250, 250, 250))
+        canvas.paste(p, (100, 30))
+        framed.append(canvas)
+        bars = Image.new("RGB", (p.width, p.height * 3 // 2), (0, 0, 0))
+        bars.paste(p, (0, p.height // 4))
+        framed.append(bars)
+    cases = photos + framed
+    fast = [pp.content_box(img) for img in cases]
+    monkeypatch.setattr(pp, "_edge_lines", lambda img, size: [np.zeros((4, 3), np.int16)])  # always uniform
+    assert [pp.content_box(img) for img in cases] == fast
+    assert sum(box != (0, 0, img.width, img.height) for box, img in zip(fast, cases)) >= len(framed)

@@ -20,7 +20,8 @@ from bankutil import MODEL_INFO, make_item
 from fakebank.api import Fakebank
 from fakebank.bank import Bank, BankWriter, read_manifest
 from fakebank.cli import app
-from fakebank.thumbnails import THUMB_MAX_SIDE, make_thumbnail
+from fakebank.campaigns import thumbnail_uri
+from fakebank.thumbnails import THUMB_MAX_SIDE, make_thumbnail, thumbnail_mime
 
 DATA = Path(__file__).parent / "data"
 WEIGHTS = "untrained:test_vit:0"
@@ -28,17 +29,17 @@ BRIDGE = DATA / "pdq" / "reg-test-input" / "dih" / "bridge-1-original.jpg"  # 16
 runner = CliRunner()
 
 
-def webp(blob: bytes) -> Image.Image:
+def jpeg(blob: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(blob))
-    assert img.format == "WEBP"
+    assert img.format == "JPEG"
     return img
 
 
 def test_make_thumbnail_keeps_the_aspect_and_never_enlarges(image_factory):
     photo = Image.open(BRIDGE).convert("RGB")
-    small = webp(make_thumbnail(photo))
+    small = jpeg(make_thumbnail(photo))
     assert max(small.size) == THUMB_MAX_SIDE and small.size == (256, round(256 * 1004 / 1600))
-    tiny = webp(make_thumbnail(image_factory(1, (90, 40))))
+    tiny = jpeg(make_thumbnail(image_factory(1, (90, 40))))
     assert tiny.size == (90, 40)
     # a thumbnail still looks like its image: mean colour within a few levels
     a = photo.resize(small.size).convert("RGB")
@@ -58,13 +59,13 @@ def added_bank(tmp_path_factory):
     return bank, folder, records
 
 
-def test_add_stores_a_few_kb_webp_per_item(added_bank):
+def test_add_stores_a_few_kb_jpeg_per_item(added_bank):
     bank_path, folder, records = added_bank
     bank = Bank.open(bank_path)
     assert bank.missing_thumbnails() == []
     for r in records:
         blob = bank.thumbnail(r["id"])
-        img = webp(blob)
+        img = jpeg(blob)
         original = Image.open(r["path"])
         assert max(img.size) == min(THUMB_MAX_SIDE, max(original.size))
         assert len(blob) < 12_000, (r["path"], len(blob))
@@ -81,14 +82,14 @@ def test_thumbnails_outlive_the_originals_in_the_api_and_the_report(added_bank, 
         fb = Fakebank(bank_path)
         bank = fb.open_bank()
         for r in records:  # the stored thumbnails: the originals are gone
-            assert max(webp(fb.item_thumbnail(bank, r["id"])).size) <= THUMB_MAX_SIDE
+            assert max(jpeg(fb.item_thumbnail(bank, r["id"])).size) <= THUMB_MAX_SIDE
         # an analyst campaign: its members are a campaign whatever their pixels (embedding-only edges would
         # need the patch grids to agree, which four distinct photos never do)
         snap, result = fb.campaign_run(save=False)
         recs = fb.campaign_records(snap, result)
         page = fb.campaign_report(tmp_path / "r.html", snap, result, recs).read_text()
         assert "image not readable" not in page
-        uris = re.findall(r"data:image/webp;base64,([A-Za-z0-9+/=]+)", page)
+        uris = re.findall(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", page)
         members = sum(r["size"] for r in recs)
         assert members >= 2 and len(uris) == members + len(recs)  # members and exemplars
     finally:
@@ -127,7 +128,7 @@ def test_thumbnails_command_fills_an_older_bank_from_the_originals(tmp_path):
 
     b = Bank.open(bank)
     assert b.missing_thumbnails() == [2, 3]
-    assert webp(b.thumbnail(1)).size == (256, 161) and b.thumbnail(2) is None
+    assert jpeg(b.thumbnail(1)).size == (256, 161) and b.thumbnail(2) is None
     assert b.thumbnail(4) == make_thumbnail(Image.open(files[3]).convert("RGB"))
     side = read_manifest(bank)["thumbnails"]
     assert len(side) == 1 and (bank / side[0]).is_file()
@@ -144,7 +145,7 @@ def test_thumbnails_command_fills_an_older_bank_from_the_originals(tmp_path):
         w.compact()
     b = Bank.open(bank)
     assert read_manifest(bank).get("thumbnails") == [] and not list(bank.glob("thumbs-*"))
-    assert webp(b.thumbnail(1)).size == (256, 161) and b.thumbnail(3) is not None and b.missing_thumbnails() == [2]
+    assert jpeg(b.thumbnail(1)).size == (256, 161) and b.thumbnail(3) is not None and b.missing_thumbnails() == [2]
 
 
 def test_side_files_stay_few_and_newer_thumbnails_win(tmp_path):
@@ -175,3 +176,20 @@ def test_an_uncommitted_side_file_is_swept(tmp_path):
     with BankWriter(tmp_path, create=False):
         pass
     assert not stray.exists()
+
+
+def test_webp_thumbnails_of_older_banks_keep_their_media_type(tmp_path):
+    """Banks made before thumbnails were JPEG hold WebP ones: the api, the HTTP service and the report must
+    still label them image/webp, and new ones image/jpeg."""
+    bank, files = _old_bank(tmp_path)
+    photo = Image.open(files[0]).convert("RGB")
+    old = io.BytesIO()
+    photo.resize((256, 161)).save(old, format="WEBP", quality=60, method=1)
+    with BankWriter(bank, create=False) as w:
+        w.add_thumbnails({1: old.getvalue(), 2: make_thumbnail(photo)})
+    b = Bank.open(bank)
+    assert thumbnail_mime(b.thumbnail(1)) == "image/webp" and thumbnail_mime(b.thumbnail(2)) == "image/jpeg"
+    assert thumbnail_uri(b, 1).startswith("data:image/webp;base64,")
+    assert thumbnail_uri(b, 2).startswith("data:image/jpeg;base64,")
+    assert Image.open(io.BytesIO(b.thumbnail(1))).format == "WEBP"
+    assert thumbnail_mime(b"not an image") == "application/octet-stream"

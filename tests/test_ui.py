@@ -93,12 +93,12 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def served_as_webp(page, selector: str) -> int:
-    """How many images under `selector` loaded, each a stored WebP thumbnail (not the placeholder)."""
+def served_as_jpeg(page, selector: str) -> int:
+    """How many images under `selector` loaded, each a stored JPEG thumbnail (not the placeholder)."""
     srcs = page.eval_on_selector_all(selector, "els => els.filter(i => i.complete && i.naturalWidth > 0)"
                                                ".map(i => i.getAttribute('src'))")
     for src in srcs:
-        assert page.request.get(src).headers["content-type"] == "image/webp", src
+        assert page.request.get(src).headers["content-type"] == "image/jpeg", src
     return len(srcs)
 
 
@@ -164,8 +164,8 @@ def test_drop_a_copy_of_a_banked_fake_and_see_its_match(signed_in, ui):
     assert stranger.locator(".match .none").is_visible() and stranger.locator(".match-link").count() == 0
     # the known copy side by side with the upload, neighbours with their thumbnails
     assert known.locator("img.query-img").evaluate("i => i.naturalWidth") == 256
-    assert served_as_webp(page, "section.result >> nth=0 >> img.match-img") == 1
-    assert served_as_webp(page, "section.result >> nth=0 >> .neighbour img") == len(ids)
+    assert served_as_jpeg(page, "section.result >> nth=0 >> img.match-img") == 1
+    assert served_as_jpeg(page, "section.result >> nth=0 >> .neighbour img") == len(ids)
     # provenance beside the verdict; the heat map toggles over the upload
     assert "No provenance metadata" in known.locator(".provenance").inner_text()
     img = known.locator("img.query-img")
@@ -183,7 +183,7 @@ def test_relabel_an_item_and_the_next_query_changes(signed_in, ui):
     item = ids[COMMFOR[2].name]
     page.goto(f"/ui/items/{item}")
     assert page.locator(".label-value").inner_text() == "fake"
-    assert served_as_webp(page, "img.item-img") == 1
+    assert served_as_jpeg(page, "img.item-img") == 1
     page.click("button[data-label=real]")
     page.wait_for_url(f"**/ui/items/{item}?done=label")
     assert page.locator(".label-value").inner_text() == "real"
@@ -219,7 +219,7 @@ def test_recompute_and_open_a_campaign(signed_in, ui):
     assert page.locator("h1").inner_text().startswith(f"Campaign {name}")
     members = {int(t.strip().split()[0].lstrip("#")) for t in page.locator(".member > span:nth-child(2)").all_inner_texts()}
     assert members == pair  # the photo and its shrunk copy, nothing else
-    assert served_as_webp(page, ".member img") == 2
+    assert served_as_jpeg(page, ".member img") == 2
     assert "telegram" in page.locator("table.meta").inner_text()
     shot(page, "campaign")
     records = httpx.get(f"{srv.url}/v1/campaigns", headers=AUTH).json()["results"]
@@ -232,7 +232,7 @@ def test_bank_page_counts_searches_and_deletes_with_confirmation(signed_in, ui):
     page.goto("/ui/bank")
     assert page.locator("#count-items").inner_text() == str(len(ids))
     assert page.locator(".item-link").count() == len(ids)  # recent additions
-    assert served_as_webp(page, "img.mini") == len(ids)
+    assert served_as_jpeg(page, "img.mini") == len(ids)
     shot(page, "bank")
     victim = ids[COMMFOR[3].name]
     page.fill("#search", COMMFOR[3].stem)
@@ -256,7 +256,7 @@ def test_thumbnail_endpoint_over_http(ui):
     srv, ids = ui
     item = ids["copy_274.jpg"]
     r = httpx.get(f"{srv.url}/v1/items/{item}/thumbnail", headers=AUTH)
-    assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(r.content)).size == (256, 256)
     assert httpx.get(f"{srv.url}/v1/items/{item}/thumbnail").status_code == 401
     r = httpx.get(f"{srv.url}/v1/items/9999/thumbnail", headers=AUTH)
@@ -266,4 +266,4 @@ def test_thumbnail_endpoint_over_http(ui):
                    timeout=60)
     (added,) = r.json()["results"]
     r = httpx.get(f"{srv.url}/v1/items/{added['id']}/thumbnail", headers=AUTH)
-    assert r.headers["content-type"] == "image/webp" and Image.open(io.BytesIO(r.content)).size == (256, 256)
+    assert r.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(r.content)).size == (256, 256)

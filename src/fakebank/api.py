@@ -679,7 +679,7 @@ class Fakebank:
     # -- thumbnails ---------------------------------------------------------------------------------
 
     def item_thumbnail(self, bank: Bank, item_id: int) -> bytes | None:
-        """The item's stored WebP thumbnail, else one made now from its original file when that is still
+        """The item's stored thumbnail, else one made now from its original file when that is still
         there unchanged (not stored: `make_thumbnails` stores them); None when neither exists."""
         from fakebank.thumbnails import stored_or_fresh
 

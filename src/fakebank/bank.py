@@ -137,7 +137,7 @@ def items_schema(dim: int) -> pa.Schema:
             ("media", pa.string()),
             ("tags", pa.string()),  # space-separated, as the exchanges' CSV writes them
             ("external_id", pa.string()),  # the exchange's own id of the signal
-            # WebP, longest side 256 (thumbnails.py); null for rows added before thumbnails existed: those
+            # JPEG (WebP before 2026-12-02), longest side 256 (thumbnails.py); null for rows added before thumbnails existed: those
             # get theirs from `fakebank thumbnails`, in side files (THUMBS_SCHEMA)
             ("thumbnail", pa.binary()),
             # videos (video.py): one row per video (media "video"), its other columns those of the frame
@@ -728,7 +728,7 @@ class Bank:
         return rec
 
     def thumbnail(self, item_id: int) -> bytes | None:
-        """The item's WebP thumbnail: stored at `add`, else made since by `fakebank thumbnails`; None: neither."""
+        """The item's thumbnail (JPEG or WebP bytes): stored at `add`, else made since by `fakebank thumbnails`; None: neither."""
         seg, r = self._need(item_id)
         return seg.value(r, "thumbnail") or self._side_thumbnail(int(item_id))
 

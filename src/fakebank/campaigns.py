@@ -885,12 +885,12 @@ def _img(bank, item_id: int, item_path: str | None, px: int, cache: dict) -> str
 
 
 def thumbnail_uri(bank, item_id: int) -> str | None:
-    """A WebP data: URI of the item's stored thumbnail, else of one made from its original file when that is
+    """A data: URI of the item's stored thumbnail, else of one made from its original file when that is
     still there unchanged; None when neither."""
-    from fakebank.thumbnails import THUMB_MIME, stored_or_fresh
+    from fakebank.thumbnails import stored_or_fresh, thumbnail_mime
 
     thumb = stored_or_fresh(bank, item_id)
-    return None if thumb is None else f"data:{THUMB_MIME};base64," + base64.b64encode(thumb).decode("ascii")
+    return None if thumb is None else f"data:{thumbnail_mime(thumb)};base64," + base64.b64encode(thumb).decode("ascii")
 
 
 def _anchor(name: str) -> str:

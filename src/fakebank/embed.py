@@ -75,7 +75,7 @@ class Embedding:
     cls: np.ndarray  # [D] float32, L2-normalised
     patch: np.ndarray  # [D] float32, L2-normalised
     signals: ImageSignals | None = None  # de-bordered PDQ and local features (dedup); None: not computed
-    thumbnail: bytes | None = None  # WebP for the bank (thumbnails.py); None: not asked for
+    thumbnail: bytes | None = None  # JPEG for the bank (thumbnails.py); None: not asked for
     patch_grid: PatchGrid | None = None  # where the structure sits (grid.py); None: not computed
 
 
@@ -254,7 +254,7 @@ class Extractor:
         """Read, hash and preprocess one input; raises InputError naming it.
 
         `mirror=False` skips the mirror image's keypoints, which only a query uses (≈ 9 ms of ORB per
-        1024-px image saved on every `add`). `thumbnail=True` also makes the bank's WebP thumbnail from
+        1024-px image saved on every `add`). `thumbnail=True` also makes the bank's JPEG thumbnail from
         the image already decoded (images going into the bank)."""
         data, sha256 = _read(source)
         if skip is not None and skip(sha256):

@@ -9,7 +9,7 @@ imports torch or the model. Collections of a bank named NAME:
                     FLOAT_VECTOR (IP, FLAT; zeros for a hash-only item, which searches skip), the nullable
                     metadata (path, source, campaign, note, p_fake, logit, width, height, tags, external_id,
                     pdq_trim_quality, a video's duration_s and fps) in one JSON field `meta` (Milvus Lite has
-                    no nullable scalars), pdq_dihedral hex, the local features and the WebP thumbnail
+                    no nullable scalars), pdq_dihedral hex, the local features and the thumbnail
                     base64-encoded ("" : none)
     NAME_trim       the de-bordered PDQ of the ≈ 1 in 5 items whose hash differs from the whole image's
     NAME_local      one row per ORB descriptor: lid = item id << LOCAL_ID_BITS | rank, item, desc (HAMMING)

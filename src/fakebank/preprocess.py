@@ -333,10 +333,29 @@ def model_view(img: Image.Image, pre: Preprocessing) -> Image.Image:
     is drawn over, patch for patch."""
     if img.mode != "RGB":
         raise ValueError(f"to_array needs an RGB image (use load_rgb), got mode {img.mode!r}")
-    img = _resize(img, pre.resize, _RESAMPLE[pre.interpolation])
+    resample = _RESAMPLE[pre.interpolation]
+    new = _resized_size(img.size, pre.resize)
+    if pre.crop is not None and new[0] != img.width and new[1] != img.height and min(new) >= pre.crop:
+        return _resize_crop(img, new, pre.crop, resample)
+    img = _resize(img, pre.resize, resample)
     if pre.crop is not None:
         img = _center_crop(img, pre.crop)
     return img
+
+
+def _resize_crop(img: Image.Image, new: tuple[int, int], crop: int, resample: Image.Resampling) -> Image.Image:
+    """``img.resize(new).crop(centre crop)``, bit for bit, without resampling what the crop drops: Pillow
+    resamples one axis, rounds to 8 bits, then the other (`_pil_vertical_first`), so its first pass is
+    run alone on the whole image, cut to the crop along that axis, and the second pass run alone on what is
+    left. Same coefficients, same rounding; the second pass skips the cropped-off part (for a 1024×768
+    photo the crop keeps 384 of 587 columns: ≈ 1.9 of 5.6 ms saved)."""
+    (w, h), (new_w, new_h) = img.size, new
+    left, top = _crop_offsets(new, crop)
+    if _pil_vertical_first(img.size, new):
+        rows = img.resize((w, new_h), resample).crop((0, top, w, top + crop))
+        return rows.resize((new_w, crop), resample).crop((left, 0, left + crop, crop))
+    cols = img.resize((new_w, h), resample).crop((left, 0, left + crop, h))
+    return cols.resize((crop, new_h), resample).crop((0, top, crop, top + crop))
 
 
 def _resize(img: Image.Image, size: int | tuple[int, int], resample: Image.Resampling) -> Image.Image:
@@ -543,8 +562,10 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int]:
     """
     w, h = img.size
     scale = min(1.0, _BORDER_SIDE / max(w, h))
-    small = img if scale == 1 else img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                 Image.Resampling.BILINEAR)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if scale < 1 and not any(_uniform_edge(line) for line in _edge_lines(img.convert("RGB"), size)):
+        return (0, 0, w, h)  # most photos: no edge line of the small copy is one colour, so nothing to peel
+    small = img if scale == 1 else img.resize(size, Image.Resampling.BILINEAR)
     a = np.asarray(small.convert("RGB"), dtype=np.int16)
     H, W = a.shape[:2]
     banned: list[np.ndarray] = []
@@ -594,6 +615,66 @@ def _near(pixels: np.ndarray, colour: np.ndarray) -> np.ndarray:
     return (np.abs(pixels - colour) <= BORDER_TOLERANCE).all(axis=-1)
 
 
+def _colour_bounds(colour: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """|x − colour| ≤ tolerance on integers x, as integer bounds (cheaper than float differences)."""
+    return np.ceil(colour - BORDER_TOLERANCE).astype(dtype), np.floor(colour + BORDER_TOLERANCE).astype(dtype)
+
+
+def _uniform_edge(line: np.ndarray, low: np.ndarray | None = None, high: np.ndarray | None = None) -> bool:
+    """Whether a line [length, 3] is near-uniform enough to start a band (at its median colour unless the
+    bounds are given)."""
+    if low is None:
+        low, high = _colour_bounds(np.median(line, axis=0), line.dtype)
+    near = (line >= low) & (line <= high)
+    return bool((near[:, 0] & near[:, 1] & near[:, 2]).mean() >= BORDER_EDGE_UNIFORM)
+
+
+def _edge_lines(img: Image.Image, size: tuple[int, int]) -> list[np.ndarray]:
+    """The top, bottom, left and right lines [length, 3] (int16) of ``img.resize(size, BILINEAR)``, bit for
+    bit, from the few source lines each depends on (≈ 0.3 ms against ≈ 4 ms for the whole copy of a
+    1024-px photo). Pillow resamples one axis, rounds to 8 bits, then the other (:func:`resample_coeffs`,
+    `_pil_vertical_first`): a pass along the line runs on a strip of the source with Pillow itself, a pass
+    across it in the same fixed-point arithmetic here; each output pixel depends only on its own
+    coefficients and the first pass's outputs it reads."""
+    w, h = img.size
+    coeffs = [resample_coeffs(n, m, "bilinear") if m != n else None for n, m in ((h, size[1]), (w, size[0]))]
+    along_first = {0: not _pil_vertical_first(img.size, size), 1: _pil_vertical_first(img.size, size)}
+    lines = []
+    for axis, out in ((0, 0), (0, size[1] - 1), (1, 0), (1, size[0] - 1)):  # axis 0: a row; 1: a column
+        other = 1 - axis
+        index, weights = _taps(coeffs[axis], np.array([out]), (h, w)[axis])
+        lo, hi = int(index.min()), int(index.max()) + 1
+        strip = img.crop((0, lo, w, hi) if axis == 0 else (lo, 0, hi, h))
+        if along_first[axis] and coeffs[other] is not None:
+            strip = strip.resize((size[0], hi - lo) if axis == 0 else (hi - lo, size[1]), Image.Resampling.BILINEAR)
+            line = _fixed_point_pass(np.asarray(strip), axis, index - lo, weights)
+        else:
+            line = _fixed_point_pass(np.asarray(strip), axis, index - lo, weights)
+            line = _fixed_point_pass(line, other, *_taps(coeffs[other], np.arange(size[axis]), (h, w)[other]))
+        lines.append(line.reshape(-1, 3).astype(np.int16))
+    return lines
+
+
+def _taps(coeffs: tuple[np.ndarray, np.ndarray] | None, out: np.ndarray, n: int):
+    """(source index [m, k], weights [m, k]) of the outputs `out` (weights None: the axis is not resampled,
+    output i is source i)."""
+    if coeffs is None:
+        return out[:, None], None
+    first, weights = coeffs
+    return np.minimum(first[out][:, None] + np.arange(weights.shape[1]), n - 1), weights[out]  # past n: weight 0
+
+
+def _fixed_point_pass(x: np.ndarray, axis: int, index: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """One of Pillow's 8-bit passes along `axis`: Σ pixel × weight from 2**21, shifted by 22, clipped."""
+    if weights is None:
+        return np.take(x, index[:, 0], axis=axis)
+    taken = np.take(x, index, axis=axis)  # the axis becomes [m, k]
+    shape = [1] * taken.ndim
+    shape[axis], shape[axis + 1] = weights.shape
+    acc = (taken.astype(np.int64) * weights.reshape(shape)).sum(axis=axis + 1) + (1 << (PIL_PRECISION_BITS - 1))
+    return np.clip(acc >> PIL_PRECISION_BITS, 0, 255).astype(np.uint8)
+
+
 def _band(lines: np.ndarray, gap: int, banned: list[np.ndarray] = ()) -> tuple[int, np.ndarray | None, float]:
     """How many lines from index 0 of ``lines`` [n, length, 3] belong to the band of line 0's colour, that
     colour, and the mean share of the band's lines' pixels at it; no band for a colour near a `banned` one."""
@@ -602,11 +683,8 @@ def _band(lines: np.ndarray, gap: int, banned: list[np.ndarray] = ()) -> tuple[i
     colour = np.median(lines[0], axis=0)  # per channel: an integer or a half
     if any(_near(colour, c) for c in banned):
         return 0, colour, 0.0
-    # |x − colour| ≤ tolerance on integers x, as integer bounds (cheaper than float differences)
-    low = np.ceil(colour - BORDER_TOLERANCE).astype(lines.dtype)
-    high = np.floor(colour + BORDER_TOLERANCE).astype(lines.dtype)
-    first = (lines[0] >= low) & (lines[0] <= high)
-    if (first[:, 0] & first[:, 1] & first[:, 2]).mean() < BORDER_EDGE_UNIFORM:
+    low, high = _colour_bounds(colour, lines.dtype)
+    if not _uniform_edge(lines[0], low, high):
         return 0, colour, 0.0  # most edges: line 0 is not one colour (decided before looking deeper)
     end = run = 0
     total = band_total = 0.0  # sums of the lines' shares at the colour: all looked at, up to `end`

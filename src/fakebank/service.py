@@ -35,7 +35,7 @@ from fakebank.embed import Decoded, Embedding, Extractor, Source
 from fakebank.errors import BankError, FakebankError, InputError, UsageError, http_status
 from fakebank.hma import HmaError, hma_error_response, hma_router
 from fakebank.pdq import PDQ_MATCH_THRESHOLD
-from fakebank.thumbnails import THUMB_MIME
+from fakebank.thumbnails import thumbnail_mime
 from fakebank.ui import ui_router
 from fakebank.ui.session import bearer_ok
 from fakebank.video import SNIFF_BYTES, is_video
@@ -457,9 +457,9 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         return [(r, e.thumbnail if isinstance(e, Embedding) else None) for r, e in zip(records, results)]
 
     @app.get("/v1/items/{item_id}/thumbnail", dependencies=[Auth], response_class=Response,
-             responses={200: {"content": {THUMB_MIME: {}}}})
+             responses={200: {"content": {"image/jpeg": {}, "image/webp": {}}}})
     def item_thumbnail(item_id: int) -> Response:
-        """The item's WebP thumbnail (stored at add, or made from its original file when still there)."""
+        """The item's thumbnail, JPEG (WebP in older banks): stored at add, or made from its original file when still there."""
         bank = fb.snapshot()
         if not bank.has(item_id):
             raise HTTPException(404, f"no item with id {item_id}")
@@ -467,7 +467,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         if thumb is None:
             raise HTTPException(404, f"item {item_id} has no stored thumbnail and its original "
                                 f"{bank.value(item_id, 'path')} is gone or changed; restore it and run `fakebank thumbnails`")
-        return Response(thumb, media_type=THUMB_MIME, headers={"Cache-Control": "private, max-age=3600"})
+        return Response(thumb, media_type=thumbnail_mime(thumb), headers={"Cache-Control": "private, max-age=3600"})
 
     app.include_router(ui_router(fb, api_key=config.api_key, max_upload_bytes=config.max_upload_bytes,
                                  query=ui_query))  # the web UI at /ui (fakebank.ui)

@@ -25,7 +25,7 @@ from fastapi.templating import Jinja2Templates
 from fakebank.api import DEFAULT_K, Fakebank
 from fakebank.bank import LABELS, Bank
 from fakebank.errors import FakebankError, UsageError, http_status
-from fakebank.thumbnails import THUMB_MIME
+from fakebank.thumbnails import thumbnail_mime
 from fakebank.ui import session
 
 # (uploads as (name, bytes), k, explain, provenance) → per upload its `query` record and its thumbnail (WebP,
@@ -136,7 +136,7 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
             records = await query(uploads, k, heatmap, True)
         except FakebankError as e:
             return render(request, "query.html", 422, k=k, heatmap=heatmap, message=str(e))
-        results = [{**r, "query_uri": f"data:{THUMB_MIME};base64," + base64.b64encode(thumb).decode() if thumb else None,
+        results = [{**r, "query_uri": f"data:{thumbnail_mime(thumb)};base64," + base64.b64encode(thumb).decode() if thumb else None,
                     "heat_uri": "data:image/png;base64," + r["heatmap"]["png_base64"]
                     if r.get("heatmap", {}).get("png_base64") else None}
                    for r, thumb in records]
@@ -184,7 +184,7 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
         thumb = fb.item_thumbnail(bank, item_id) if bank.has(item_id) else None
         if thumb is None:
             return Response(PLACEHOLDER_SVG, media_type="image/svg+xml", headers={"Cache-Control": "no-cache"})
-        return Response(thumb, media_type=THUMB_MIME, headers={"Cache-Control": "private, max-age=3600"})
+        return Response(thumb, media_type=thumbnail_mime(thumb), headers={"Cache-Control": "private, max-age=3600"})
 
     # -- campaigns ---------------------------------------------------------------------------------
 
