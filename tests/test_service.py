@@ -357,3 +357,19 @@ def test_micro_batcher_groups_concurrent_requests_into_one_forward_pass():
     for got, want in zip(results, alone):
         assert got.path == want.path and abs(got.logit - want.logit) < 1e-4
         assert float(got.cls @ want.cls) > 0.9999
+
+
+def test_http_status_comes_from_the_error_kind_not_its_wording(tmp_path):
+    """A missing item is 404 because the bank raises NotFoundError; a usage error that merely quotes an id
+    stays 400."""
+    from fakebank.bank import Bank, BankWriter
+    from fakebank.errors import NotFoundError, UsageError, http_status
+
+    from bankutil import MODEL_INFO, make_item
+
+    with BankWriter(tmp_path / "b", model_info=MODEL_INFO, embedding_dim=16) as w:
+        w.add([make_item(1)])
+    with pytest.raises(NotFoundError) as e:
+        Bank.open(tmp_path / "b").value(99, "path")
+    assert http_status(e.value) == 404
+    assert http_status(UsageError("--id: no item with id 'abc' can exist; ids are integers")) == 400

@@ -58,7 +58,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fakebank import index as faiss_index
-from fakebank.errors import BankError, UsageError
+from fakebank.errors import BankError, NotFoundError, UsageError
 from fakebank.pdq import PDQ_MIN_QUALITY
 
 FORMAT_VERSION = 2
@@ -650,7 +650,7 @@ class Bank:
     def _need(self, item_id: int) -> tuple[Segment, int]:
         found = self.locate(item_id)
         if found is None:
-            raise UsageError(f"no item with id {item_id} in {self.path}; see `fakebank info`")
+            raise NotFoundError(f"no item with id {item_id} in {self.path}; see `fakebank info`")
         return found
 
     def has(self, item_id: int) -> bool:
@@ -1002,7 +1002,7 @@ class Bank:
         """The position of an item in the whole-bank arrays."""
         r = int(np.searchsorted(self.ids, int(item_id)))
         if r >= len(self.ids) or self.ids[r] != int(item_id):
-            raise UsageError(f"no item with id {item_id} in {self.path}; see `fakebank info`")
+            raise NotFoundError(f"no item with id {item_id} in {self.path}; see `fakebank info`")
         return r
 
     @cached_property

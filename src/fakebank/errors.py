@@ -21,6 +21,10 @@ class UsageError(FakebankError):
     """The command was asked for something it cannot do (bad option, bad value)."""
 
 
+class NotFoundError(UsageError):
+    """An item id the bank does not hold (removed, or never added)."""
+
+
 class CheckpointError(FakebankError):
     """A weights spec could not be resolved, read or loaded strictly."""
 
@@ -45,6 +49,6 @@ def http_status(e: FakebankError) -> int:
         return 413
     if isinstance(e, InputError):
         return 422
-    if "no item with id" in str(e):
+    if isinstance(e, NotFoundError):
         return 404
     return 400 if isinstance(e, UsageError) else 409

@@ -52,7 +52,7 @@ from fakebank.bank import (
     SHARED_HASH_QUALITY, VECTOR_KINDS, VIDEO, NewItem, check_label, check_model, check_new_item, items_schema,
     BOOKKEEPING, META_COLUMNS, table_columns,
 )
-from fakebank.errors import BankError, UsageError
+from fakebank.errors import BankError, NotFoundError, UsageError
 
 MILVUS_FORMAT = "milvus-1"
 DEFAULT_COLLECTION = "fakebank"
@@ -327,7 +327,7 @@ class MilvusBank:
     def _need(self, item_id: int) -> dict:
         row = self._row(item_id)
         if row is None:
-            raise UsageError(f"no item with id {item_id} in {self.location}; see `fakebank info`")
+            raise NotFoundError(f"no item with id {item_id} in {self.location}; see `fakebank info`")
         return row
 
     def has(self, item_id: int) -> bool:
@@ -349,7 +349,7 @@ class MilvusBank:
     def _field(self, item_id: int, name: str) -> str:
         rows = self._query(self.store.items, f"id == {int(item_id)}", [name])
         if not rows:
-            raise UsageError(f"no item with id {item_id} in {self.location}; see `fakebank info`")
+            raise NotFoundError(f"no item with id {item_id} in {self.location}; see `fakebank info`")
         return rows[0][name]
 
     def value(self, item_id: int, name: str):
@@ -602,7 +602,7 @@ class MilvusBank:
     def row(self, item_id: int) -> int:
         r = int(np.searchsorted(self.ids, int(item_id)))
         if r >= len(self.ids) or self.ids[r] != int(item_id):
-            raise UsageError(f"no item with id {item_id} in {self.location}; see `fakebank info`")
+            raise NotFoundError(f"no item with id {item_id} in {self.location}; see `fakebank info`")
         return r
 
     @cached_property

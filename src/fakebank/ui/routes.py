@@ -24,7 +24,7 @@ from fastapi.templating import Jinja2Templates
 
 from fakebank.api import DEFAULT_K, Fakebank
 from fakebank.bank import LABELS, Bank
-from fakebank.errors import FakebankError, UsageError, http_status
+from fakebank.errors import FakebankError, NotFoundError, UsageError, http_status
 from fakebank.thumbnails import thumbnail_mime
 from fakebank.ui import session
 
@@ -148,7 +148,7 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
     def item_page(request: Request, item_id: int, done: str | None = None):
         bank = fb.snapshot()
         if not bank.has(item_id):
-            return error_page(request, UsageError(f"no item with id {item_id} (removed, or never added)"), 404)
+            return error_page(request, NotFoundError(f"no item with id {item_id} (removed, or never added)"), 404)
         return render(request, "item.html", item=bank.item(item_id), computed=_computed_campaign(bank, item_id),
                       done=done)
 
@@ -165,7 +165,7 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
     def delete_confirm(request: Request, item_id: int):
         bank = fb.snapshot()
         if not bank.has(item_id):
-            return error_page(request, UsageError(f"no item with id {item_id} (removed, or never added)"), 404)
+            return error_page(request, NotFoundError(f"no item with id {item_id} (removed, or never added)"), 404)
         return render(request, "delete.html", item=bank.item(item_id))
 
     @router.post("/ui/items/{item_id}/delete", dependencies=page_auth)
