@@ -75,14 +75,21 @@ def test_pdq_and_trim_match_edited_copies_not_other_photos(photo_bank, photos):
         assert matched(b, probe_of(jpeg(photos[other]))) == {}
 
 
-def test_the_whole_bank_table_has_the_same_columns_on_each_store(photo_bank):
+@pytest.mark.parametrize("kind", STORES)
+def test_the_whole_bank_table_has_the_same_columns_on_each_store(kind, tmp_path, photos):
     """Campaigns read de-bordered hashes from `table` (campaigns.pdq_hashes): the Milvus table once lacked
-    pdq_trim, and its campaigns silently had no de-bordered edges."""
-    b, _ = photo_bank
+    pdq_trim, and its campaigns silently had no de-bordered edges. A letterboxed photo has one."""
+    store = make_store(kind, tmp_path)
+    framed = item_of(jpeg(letterbox(photos["bridge"])), 1)
+    assert framed.pdq_trim is not None
+    with store.writer(model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        w.add([item_of(photos["q0122"], 0), framed])
+    b = store.open()
     table = b.table
     assert table.column_names == table_columns(DIM)
     ids = table.column("id").to_pylist()
-    assert table.column("pdq_trim").to_pylist() == [b.value(i, "pdq_trim") for i in ids]
+    trims = table.column("pdq_trim").to_pylist()
+    assert trims == [b.value(i, "pdq_trim") for i in ids] and trims[0] is None and trims[1] == framed.pdq_trim
 
 
 def test_framed_and_cropped_copies_match_through_local_features(photo_bank, photos):
