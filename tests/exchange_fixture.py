@@ -68,3 +68,27 @@ class JsonUpdatesExchange(SignalExchangeAPIWithSimpleUpdates[JsonUpdatesConfig, 
         for (stype, signal), category in log[start:]:
             updates[stype, signal] = None if category is None else Opinionated(category)
         yield state.FetchDelta(updates, AppliedCheckpoint(applied=len(log)))
+
+
+@dataclass
+class StaleCheckpoint(state.FetchCheckpointBase):
+    def is_stale(self) -> bool:
+        return True
+
+
+class JsonSnapshotExchange(JsonUpdatesExchange):
+    """Every fetch is the whole current list (its checkpoint is always stale, as pytx's sample exchange's):
+    a signal the list no longer holds is gone from the exchange."""
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "json_snapshot"
+
+    @staticmethod
+    def get_checkpoint_cls() -> t.Type[StaleCheckpoint]:
+        return StaleCheckpoint
+
+    def fetch_iter(self, _types, checkpoint):
+        log = json.loads(Path(self.collab.filename).read_text())
+        yield state.FetchDelta({(stype, signal): Opinionated(category) for (stype, signal), category in log},
+                               StaleCheckpoint())

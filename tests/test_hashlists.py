@@ -281,6 +281,28 @@ def test_sync_from_a_local_file_exchange_keeps_a_checkpoint_and_applies_deletion
     assert b.manifest["counts"]["hash_only"] == 4
 
 
+def test_a_snapshot_exchange_removes_what_it_no_longer_holds_from_its_own_items_only(tmp_path, bank, monkeypatch):
+    h = hexes(3, seed=11)
+    listing = tmp_path / "list.json"
+    listing.write_text(json.dumps([[["pdq", x], "POSITIVE_CLASS"] for x in h]))
+    config = tmp_path / "sync.json"
+    config.write_text(json.dumps({"collaborations": [
+        {"name": "snap", "api": "exchange_fixture:JsonSnapshotExchange", "filename": str(listing)},
+        {"name": "other", "api": "exchange_fixture:JsonSnapshotExchange", "filename": str(listing)}]}))
+    monkeypatch.syspath_prepend(str(HERE))
+    code, lines, _ = cli("sync", config, "--bank", bank, "--json")
+    assert code == 0 and [(r["added"], r["removed"], r["snapshot"]) for r in lines] == [(3, 0, True)] * 2
+    config.write_text(json.dumps({"collaborations": [
+        {"name": "snap", "api": "exchange_fixture:JsonSnapshotExchange", "filename": str(listing)}]}))
+    listing.write_text(json.dumps([[["pdq", h[1]], "POSITIVE_CLASS"]]))
+    code, lines, _ = cli("sync", config, "--bank", bank, "--json")
+    assert code == 0 and [(r["added"], r["removed"]) for r in lines] == [(0, 2)]
+    b = Bank.open(bank)
+    held = [(b.value(i, "source"), b.value(i, "pdq").hex()) for i in b.ids.tolist()]
+    assert [x for x in held if x[0] == "snap"] == [("snap", h[1])]
+    assert sorted(x[1] for x in held if x[0] == "other") == sorted(h)  # the other collaboration keeps its own
+
+
 def test_sync_of_the_sample_exchange_and_bad_configs(tmp_path, bank):
     config = tmp_path / "sync.json"
     config.write_text(json.dumps({"collaborations": [{"name": "SAMPLE", "api": "sample"}]}))

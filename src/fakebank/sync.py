@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from fakebank.bank import HASH_ONLY, Bank, check_label, signal_key
 from fakebank.errors import UsageError
 from fakebank.hashlists import LABEL_OF_CATEGORY, SIGNAL_TYPE, HashList, Signal, check_signal
@@ -153,8 +155,9 @@ def removals(bank: Bank, fetched: Fetched) -> list[int]:
     if fetched.snapshot:
         held = {s.hash for s in fetched.signals.signals}
         t = bank.table
-        for item_id, src, media, pdq in zip(*(t.column(c).to_pylist() for c in ("id", "source", "media", "pdq"))):
-            if src == source and media == HASH_ONLY and pdq.hex() not in held:
+        mine = t.filter(pc.and_(pc.equal(t["source"], source), pc.equal(t["media"], HASH_ONLY)))  # in Arrow:
+        for item_id, pdq in zip(mine["id"].to_pylist(), mine["pdq"].to_pylist()):  # a 10M-item bank's rows
+            if pdq.hex() not in held:  # never become Python objects, only this collaboration's hashes
                 gone.add(item_id)
     if fetched.deleted:
         found = bank.ids_of_sha256([signal_key(SIGNAL_TYPE, h, source) for h in sorted(fetched.deleted)])
