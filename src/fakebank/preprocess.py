@@ -574,6 +574,12 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int]:
     rgb = img if img.mode == "RGB" else img.convert("RGB")  # (convert copies even an RGB image)
     if scale < 1 and not any(_uniform_edge(line) for line in _edge_lines(rgb, size)):
         return (0, 0, w, h)  # most photos: no edge line of the small copy is one colour, so nothing to peel
+    return _search_box(img, scale, size)
+
+
+def _search_box(img: Image.Image, scale: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """`content_box`'s search on the whole small copy (`size`, `scale` of the image)."""
+    w, h = img.size
     small = img if scale == 1 else img.resize(size, Image.Resampling.BILINEAR)
     a = np.asarray(small.convert("RGB"), dtype=np.int16)
     H, W = a.shape[:2]
