@@ -119,6 +119,32 @@ def test_cls_search_and_lookup_agree_with_exact_search(photo_bank):
 # -- the writer: labels, removals, edits, campaigns, thumbnails, settings ------------------------------------
 
 @pytest.mark.parametrize("kind", STORES)
+def test_a_snapshot_is_reopened_only_after_a_commit(kind, tmp_path):
+    """The service asks for a snapshot per request: the same reader (and its caches) until a writer of any
+    process commits; then one that sees the commit. A bank dropped and made again is a new bank."""
+    store = make_store(kind, tmp_path)
+    with store.writer(model_info=MODEL_INFO, embedding_dim=DIM) as w:
+        w.add([make_item(1), make_item(2)])
+    first = store.snapshot()
+    assert store.snapshot() is first and first.label_of(2) == "fake"
+    other = open_store(store.spec, tmp_path) if kind == "milvus" else FolderStore(store.path)  # another handle
+    with other.writer(create=False) as w:
+        w.set_label([2], "real")
+    again = store.snapshot()
+    assert again is not first and again.label_of(2) == "real" and store.snapshot() is again
+    if kind == "milvus":  # dropped and made again: its generation starts from 0 again
+        for c in store.client.list_collections():
+            if c.startswith(store.name + "_"):
+                store.client.drop_collection(c)
+        with store.writer(model_info=MODEL_INFO, embedding_dim=DIM) as w:
+            w.add([make_item(7)])
+            w.set_label([1], "unknown")  # two commits: the same generation as the dropped bank's
+        assert store.open().manifest["generation"] == again.manifest["generation"]
+        fresh = store.snapshot()
+        assert fresh is not again and fresh.ids.tolist() == [1] and fresh.value(1, "sha256") == make_item(7).sha256
+
+
+@pytest.mark.parametrize("kind", STORES)
 def test_writer_operations_read_back_the_same(kind, tmp_path, photos):
     store = make_store(kind, tmp_path)
     im = photos["bridge"]

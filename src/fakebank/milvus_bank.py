@@ -117,6 +117,8 @@ class MilvusStore:
         self.items, self.trim, self.local = f"{name}_items", f"{name}_trim", f"{name}_local"
         self.meta, self.campaigns = f"{name}_meta", f"{name}_campaigns"
         self.frame_pdq, self.frames = f"{name}_frame_pdq", f"{name}_frames"
+        self._snapshot: MilvusBank | None = None
+        self._snapshot_lock = threading.Lock()
 
     @cached_property
     def client(self):
@@ -171,7 +173,27 @@ class MilvusStore:
         return MilvusBank(self, self.read_manifest())
 
     def snapshot(self) -> MilvusBank:
-        return self.open()  # a view of the latest writes: there is no older commit to keep reading
+        """The bank as of the latest commit, reopened only when a writer (of any process) committed since:
+        one query for the manifest's generation instead of the manifest and its counts (six queries, the
+        counts a scan each on a large bank) and a cold row cache on every request."""
+        held = self._snapshot
+        if held is not None and self._commit_key(held.manifest) == self._stored_commit_key():
+            return held
+        with self._snapshot_lock:
+            if self._snapshot is held:  # else another thread reopened it meanwhile
+                self._snapshot = self.open()
+            return self._snapshot
+
+    @staticmethod
+    def _commit_key(manifest: dict) -> tuple:
+        """What changes with every commit: the generation; and with a bank dropped and made again, its
+        creation time (its generation starts again at 0)."""
+        return manifest.get("generation"), manifest.get("created_at")
+
+    def _stored_commit_key(self) -> tuple:
+        rows = self.client.query(self.meta, filter='key in ["generation", "created_at"]', output_fields=["key", "value"],
+                                 consistency_level=CONSISTENCY)
+        return self._commit_key({r["key"]: json.loads(r["value"]) for r in rows})
 
     def held(self) -> None:
         return None
