@@ -512,7 +512,7 @@ def test_content_box_edge_lines_are_those_of_the_whole_small_copy():
             assert np.array_equal(got, want), (w, h)
 
 
-def test_content_box_early_exit_finds_the_boxes_of_the_whole_search():
+def test_content_box_early_exit_finds_the_boxes_of_the_whole_search(monkeypatch):
     """With and without the early exit, the same boxes: photos with and without uniform edges, framed and
     letterboxed copies."""
     import fakebank.preprocess as pp
@@ -527,9 +527,15 @@ def test_content_box_early_exit_finds_the_boxes_of_the_whole_search():
         bars.paste(p, (0, p.height // 4))
         framed.append(bars)
     cases = photos + framed
+    searched = []
+    search = pp._search_box
+    monkeypatch.setattr(pp, "_search_box", lambda img, *a: searched.append(img) or search(img, *a))
     fast = [pp.content_box(img) for img in cases]
+    assert 0 < len(searched) < len(cases) and all(any(s is c for s in searched) for c in framed)  # some exit early
     scales = [256 / max(img.size) for img in cases]
-    whole = [pp._search_box(img, k, (round(img.width * k), round(img.height * k))) for img, k in zip(cases, scales)]
+    whole = [search(img, k, (round(img.width * k), round(img.height * k))) for img, k in zip(cases, scales)]
     assert fast == whole
-    assert any(box == (0, 0, img.width, img.height) for box, img in zip(fast, cases))  # some exit early
+    rgba = Image.new("RGBA", (800, 600), (0, 0, 0, 0))  # another mode: resized in its own mode, as always
+    rgba.paste(photos[0].resize((600, 400)).convert("RGBA"), (100, 100))
+    assert pp.content_box(rgba) == search(rgba, 256 / 800, (256, 192)) != (0, 0, 800, 600)
     assert sum(box != (0, 0, img.width, img.height) for box, img in zip(fast, cases)) >= len(framed)

@@ -137,8 +137,8 @@ def items_schema(dim: int) -> pa.Schema:
             ("media", pa.string()),
             ("tags", pa.string()),  # space-separated, as the exchanges' CSV writes them
             ("external_id", pa.string()),  # the exchange's own id of the signal
-            # JPEG (WebP before 2026-12-02), longest side 256 (thumbnails.py); null for rows added before thumbnails existed: those
-            # get theirs from `fakebank thumbnails`, in side files (THUMBS_SCHEMA)
+            # JPEG (WebP before 2026-12-02), longest side 256 (thumbnails.py); null for rows added before
+            # thumbnails existed: those get theirs from `fakebank thumbnails`, in side files (THUMBS_SCHEMA)
             ("thumbnail", pa.binary()),
             # videos (video.py): one row per video (media "video"), its other columns those of the frame
             # that drove its verdict; null for images and hashes
@@ -728,7 +728,8 @@ class Bank:
         return rec
 
     def thumbnail(self, item_id: int) -> bytes | None:
-        """The item's thumbnail (JPEG or WebP bytes): stored at `add`, else made since by `fakebank thumbnails`; None: neither."""
+        """The item's thumbnail (JPEG, or WebP in older banks): stored at `add`, else made since by
+        `fakebank thumbnails`; None: neither."""
         seg, r = self._need(item_id)
         return seg.value(r, "thumbnail") or self._side_thumbnail(int(item_id))
 
@@ -1232,7 +1233,7 @@ class BankWriter:
             elif op == "remove":
                 v = None
             elif op in EDIT_OPS:
-                self.bank._need(i)  # raises UsageError naming an unknown id
+                self.bank._need(i)  # raises NotFoundError naming an unknown id
                 continue
             else:
                 raise BankError(f"unknown change {op!r}")
@@ -1240,7 +1241,7 @@ class BankWriter:
                 final[i] = v
         counts = dict(self.bank.manifest["counts"])
         for i, label in final.items():
-            counts[self.bank.label_of(i)] -= 1  # raises UsageError naming an unknown id
+            counts[self.bank.label_of(i)] -= 1  # raises NotFoundError naming an unknown id
             if label is not None:
                 counts[label] += 1
                 continue
@@ -1262,7 +1263,7 @@ class BankWriter:
         """
         assert self.bank is not None
         for i in assignments:
-            self.bank._need(i)  # raises UsageError naming an unknown id
+            self.bank._need(i)  # raises NotFoundError naming an unknown id
         self._commit_delta([(int(i), "campaign", name) for i, name in assignments.items()],
                            dict(self.bank.manifest["counts"]))
 
@@ -1294,7 +1295,7 @@ class BankWriter:
         if not thumbs:
             return
         for i in thumbs:
-            self.bank._need(i)  # raises UsageError naming an unknown id
+            self.bank._need(i)  # raises NotFoundError naming an unknown id
         manifest = dict(self.bank.manifest)
         gen = manifest["generation"] + 1
         files, held = list(manifest.get("thumbnails", [])), list(self.bank._thumb_files)

@@ -191,8 +191,8 @@ class MilvusStore:
         return manifest.get("generation"), manifest.get("created_at")
 
     def _stored_commit_key(self) -> tuple:
-        rows = self.client.query(self.meta, filter='key in ["generation", "created_at"]', output_fields=["key", "value"],
-                                 consistency_level=CONSISTENCY)
+        rows = self.client.query(self.meta, filter='key in ["generation", "created_at"]',
+                                 output_fields=["key", "value"], consistency_level=CONSISTENCY)
         return self._commit_key({r["key"]: json.loads(r["value"]) for r in rows})
 
     def held(self) -> None:

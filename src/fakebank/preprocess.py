@@ -345,7 +345,8 @@ def model_view(img: Image.Image, pre: Preprocessing) -> Image.Image:
     return img
 
 
-# The crop must drop this share of the first pass's output for `_resize_crop` to pay (measured, one core of
+# The first pass's output must be at least this many times the crop (the crop drops a fifth of it or more)
+# for `_resize_crop` to pay (measured, one core of
 # the project's EPYC, commfor recipe: 1024×768 3.99 → 3.64 ms, 1600×900 7.31 → 6.07, but a 1024-px square,
 # whose crop keeps 384 of 440 columns, 4.86 → 5.04).
 _CROP_FIRST_MIN = 1.25
@@ -571,9 +572,10 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int]:
     w, h = img.size
     scale = min(1.0, _BORDER_SIDE / max(w, h))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    rgb = img if img.mode == "RGB" else img.convert("RGB")  # (convert copies even an RGB image)
-    if scale < 1 and not any(_uniform_edge(line) for line in _edge_lines(rgb, size)):
-        return (0, 0, w, h)  # most photos: no edge line of the small copy is one colour, so nothing to peel
+    # most photos: no edge line of the small copy is one colour, so nothing to peel (RGB only: other modes
+    # are resized in their own mode, then converted, as they always were)
+    if scale < 1 and img.mode == "RGB" and not any(_uniform_edge(line) for line in _edge_lines(img, size)):
+        return (0, 0, w, h)
     return _search_box(img, scale, size)
 
 
@@ -645,12 +647,13 @@ def _uniform_edge(line: np.ndarray, low: np.ndarray | None = None, high: np.ndar
 
 
 def _edge_lines(img: Image.Image, size: tuple[int, int]) -> list[np.ndarray]:
-    """The top, bottom, left and right lines [length, 3] (int16) of ``img.resize(size, BILINEAR)``, bit for
-    bit, from the few source lines each depends on (≈ 0.5 ms against 2.8–3.9 ms for the whole copy of a
-    1024-px photo). Pillow resamples one axis, rounds to 8 bits, then the other (:func:`resample_coeffs`,
-    `_pil_vertical_first`): a pass along the line runs on a strip of the source with Pillow itself, a pass
-    across it in the same fixed-point arithmetic here; each output pixel depends only on its own
-    coefficients and the first pass's outputs it reads."""
+    """The top, bottom, left and right lines [length, 3] (int16) of the RGB ``img.resize(size, BILINEAR)``,
+    bit for bit, from the few source lines each depends on (0.5–0.7 ms against 2.8–3.9 ms for the whole copy
+    of a 1024-px photo). Pillow resamples one axis, rounds to 8 bits, then the other (:func:`resample_coeffs`,
+    `_pil_vertical_first`). When Pillow starts along the line, that pass runs on a strip of the source with
+    Pillow itself and the pass across it here, in the same fixed-point arithmetic; when it starts across the
+    line, both run here. Each output pixel depends only on its own coefficients and the first pass's
+    outputs it reads."""
     w, h = img.size
     coeffs = [resample_coeffs(n, m, "bilinear") if m != n else None for n, m in ((h, size[1]), (w, size[0]))]
     along_first = {0: not _pil_vertical_first(img.size, size), 1: _pil_vertical_first(img.size, size)}

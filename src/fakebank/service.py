@@ -459,7 +459,8 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
     @app.get("/v1/items/{item_id}/thumbnail", dependencies=[Auth], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}, "image/webp": {}}}})
     def item_thumbnail(item_id: int) -> Response:
-        """The item's thumbnail, JPEG (WebP in older banks): stored at add, or made from its original file when still there."""
+        """The item's thumbnail, JPEG (WebP in older banks): stored at add, or made from its original file
+        when still there."""
         bank = fb.snapshot()
         if not bank.has(item_id):
             raise HTTPException(404, f"no item with id {item_id}")

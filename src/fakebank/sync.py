@@ -155,9 +155,10 @@ def removals(bank: Bank, fetched: Fetched) -> list[int]:
     if fetched.snapshot:
         held = {s.hash for s in fetched.signals.signals}
         t = bank.table
-        mine = t.filter(pc.and_(pc.equal(t["source"], source), pc.equal(t["media"], HASH_ONLY)))  # in Arrow:
-        for item_id, pdq in zip(mine["id"].to_pylist(), mine["pdq"].to_pylist()):  # a 10M-item bank's rows
-            if pdq.hex() not in held:  # never become Python objects, only this collaboration's hashes
+        # filtered in Arrow: only this collaboration's hash-only rows are turned into Python values
+        mine = t.filter(pc.and_(pc.equal(t["source"], source), pc.equal(t["media"], HASH_ONLY)))
+        for item_id, pdq in zip(mine["id"].to_pylist(), mine["pdq"].to_pylist()):
+            if pdq.hex() not in held:
                 gone.add(item_id)
     if fetched.deleted:
         found = bank.ids_of_sha256([signal_key(SIGNAL_TYPE, h, source) for h in sorted(fetched.deleted)])

@@ -28,7 +28,7 @@ from fakebank.errors import FakebankError, NotFoundError, UsageError, http_statu
 from fakebank.thumbnails import thumbnail_mime
 from fakebank.ui import session
 
-# (uploads as (name, bytes), k, explain, provenance) → per upload its `query` record and its thumbnail (WebP,
+# (uploads as (name, bytes), k, explain, provenance) → per upload its `query` record and its thumbnail (JPEG,
 # None when it did not decode): the service's path
 QueryFn = Callable[[list[tuple[str, bytes]], int, bool, bool], Awaitable[list[tuple[dict, bytes | None]]]]
 
@@ -136,7 +136,8 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
             records = await query(uploads, k, heatmap, True)
         except FakebankError as e:
             return render(request, "query.html", 422, k=k, heatmap=heatmap, message=str(e))
-        results = [{**r, "query_uri": f"data:{thumbnail_mime(thumb)};base64," + base64.b64encode(thumb).decode() if thumb else None,
+        results = [{**r, "query_uri": f"data:{thumbnail_mime(thumb)};base64," + base64.b64encode(thumb).decode()
+                    if thumb else None,
                     "heat_uri": "data:image/png;base64," + r["heatmap"]["png_base64"]
                     if r.get("heatmap", {}).get("png_base64") else None}
                    for r, thumb in records]
