@@ -2,7 +2,7 @@
 
 A near-duplicate verdict hands the query the matched item's label with score 0 or 1, so a false copy is a
 confidently wrong answer. This bench generates a bank of distinct images that are hard to tell apart by
-global statistics, in six kinds:
+global statistics, in nine kinds:
 
   dark_flat       near-black frames of one tint with a few faint, small marks
   star_field      black skies with random stars (and a faint glow)
@@ -10,6 +10,13 @@ global statistics, in six kinds:
   text_plain      lines of text on a plain background
   ui_template     one chat-app screen (status bar, header, bubbles, tab bar) with different contents
   meme_template   one meme layout (caption bars above and below a picture) with different pictures/captions
+  sky             plain skies: a vertical blue gradient with noise, sometimes a faint cloud
+  overcast        overcast greys: a near-uniform grey with a slight vertical gradient
+  near_solid      one colour with a little noise
+
+(the last three, flat look-alikes: an untrained ViT gives such inputs near-constant patch tokens, so distinct
+skies reach cls 0.9999 and patch-grid agreement 0.99 with no ORB keypoint and no usable PDQ hash; they are
+drawn from a random stream of their own, so the first six kinds' images and copies are as before)
 
 and, as positives, edited copies of bank images (re-encodes, resizes, crops, mirrors, turns, colour, blur,
 noise, formats), as `scripts/bench_dedup.py` makes them; plus edited copies of generated images that are
@@ -36,6 +43,7 @@ vit_small_patch16_384, `Fakebank.add` / `Extractor.extract`). Printed:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import math
 import pickle
@@ -60,7 +68,10 @@ from fakebank.dedup import EMBEDDING_THRESHOLD, GRID_MIN_AGREEMENT, SIGNALS, Ded
 from fakebank.embed import Embedding, Source
 from fakebank.grid import PatchGrid, agreement, dihedral
 
-KINDS = ("dark_flat", "star_field", "gradient_noise", "text_plain", "ui_template", "meme_template")
+KINDS = ("dark_flat", "star_field", "gradient_noise", "text_plain", "ui_template", "meme_template", "sky", "overcast",
+         "near_solid")
+FLAT_KINDS = ("sky", "overcast", "near_solid")  # drawn from their own random stream (FLAT_SEED)
+FLAT_SEED = 1
 WORDS = ("the quick brown fox jumps over lazy dog meeting tonight at nine bring snacks ok see you soon "
          "breaking news this is not a drill share before deleted when you finally understand the assignment "
          "me explaining my code to the rubber duck monday again").split()
@@ -206,8 +217,44 @@ def meme_template(r: random.Random) -> Image.Image:
     return im
 
 
+def sky(r: random.Random) -> Image.Image:
+    """A plain sky: blue at the top, paler towards the horizon, noise, sometimes a faint cloud."""
+    w, h = _size(r)
+    top = np.array([r.uniform(20, 90), r.uniform(60, 140), r.uniform(150, 230)])
+    bottom = top + np.array([r.uniform(60, 140), r.uniform(50, 110), r.uniform(10, 40)])
+    t = np.linspace(0, 1, h)[:, None, None] ** r.uniform(0.6, 1.6)
+    a = top + t * (bottom - top) + np.random.default_rng(r.randint(0, 2**31)).normal(0, r.uniform(0.5, 3), (h, w, 3))
+    im = Image.fromarray(np.clip(np.broadcast_to(a, (h, w, 3)), 0, 255).astype(np.uint8))
+    if r.random() < 0.5:  # a faint cloud
+        layer = Image.new("RGBA", im.size, (0, 0, 0, 0))
+        x, y, s = r.randint(0, w), r.randint(0, h), r.randint(60, 300)
+        ImageDraw.Draw(layer).ellipse((x, y, x + s, y + s // 2), fill=(255, 255, 255, r.randint(20, 70)))
+        im = Image.alpha_composite(im.convert("RGBA"), layer.filter(ImageFilter.GaussianBlur(25))).convert("RGB")
+    return im
+
+
+def overcast(r: random.Random) -> Image.Image:
+    """An overcast grey: near-uniform, a slight vertical gradient, a little noise."""
+    w, h = _size(r)
+    g = r.uniform(120, 220)
+    top = np.array([g, g, g + r.uniform(-5, 10)])
+    bottom = top * r.uniform(0.8, 1.1)
+    t = np.linspace(0, 1, h)[:, None, None]
+    a = top + t * (bottom - top) + np.random.default_rng(r.randint(0, 2**31)).normal(0, 1.5, (h, w, 3))
+    return Image.fromarray(np.clip(np.broadcast_to(a, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def near_solid(r: random.Random) -> Image.Image:
+    """One colour with a little noise."""
+    w, h = _size(r)
+    c = np.array([r.uniform(0, 255) for _ in range(3)])
+    a = c + np.random.default_rng(r.randint(0, 2**31)).normal(0, r.uniform(0.5, 4), (h, w, 3))
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
 GENERATORS = {"dark_flat": dark_flat, "star_field": star_field, "gradient_noise": gradient_noise,
-              "text_plain": text_plain, "ui_template": ui_template, "meme_template": meme_template}
+              "text_plain": text_plain, "ui_template": ui_template, "meme_template": meme_template,
+              "sky": sky, "overcast": overcast, "near_solid": near_solid}
 
 
 # -- edits (as bench_dedup's families): image, rng → file bytes ----------------------------------------------
@@ -264,32 +311,35 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_hard-"))
     work.mkdir(parents=True, exist_ok=True)
-    r = random.Random(0)
+    r, r_flat = random.Random(0), random.Random(FLAT_SEED)
+    stream = {kind: r_flat if kind in FLAT_KINDS else r for kind in KINDS}
     images: dict[str, tuple[str, Image.Image]] = {}  # name → (kind, image)
     for kind in KINDS:
         for k in range(args.per_kind + args.heldout):
-            images[f"{kind}-{k:04d}"] = (kind, GENERATORS[kind](r))
+            images[f"{kind}-{k:04d}"] = (kind, GENERATORS[kind](stream[kind]))
     bank_names = [n for n in images if int(n.rsplit("-", 1)[1]) < args.per_kind]
     held = [n for n in images if n not in set(bank_names)]
     print(f"{len(bank_names)} bank images, {len(held)} held out, {len(KINDS)} kinds; weights {args.weights}",
           file=sys.stderr)
 
     bank_dir, cache = work / "bank", work / "queries.pkl"
-    if cache.exists() and bank_dir.exists():  # a rerun on the same --workdir: no extraction
+    fb = None
+    ids = {}
+    if bank_dir.exists():  # a rerun on the same --workdir: only what is missing is extracted
         bank = Bank.open(bank_dir)
         ids = {Path(bank.value(i, "path")).stem: i for i in bank.ids.tolist()}
-        embs = pickle.loads(cache.read_bytes())
-        print(f"reusing {len(ids)} bank items and {len(embs)} query embeddings from {work}", file=sys.stderr)
-    else:
+    if not set(bank_names) <= set(ids):
         fb = Fakebank(bank_dir, weights=args.weights, batch_size=args.batch_size)
         t = time.perf_counter()
-        ids = {}
-        srcs = (Source(f"{n}.png", _enc(images[n][1], "PNG", compress_level=1)) for n in bank_names)
+        srcs = (Source(f"{n}.png", _enc(images[n][1], "PNG", compress_level=1)) for n in bank_names if n not in ids)
         for rec in fb.add([], sources=srcs):
-            if rec["id"] is not None:  # added, or already there (a rerun)
+            if rec["id"] is not None:
                 ids[rec["path"][:-4]] = rec["id"]
-        print(f"added {len(ids)} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        print(f"added up to {len(ids)} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         bank = fb.open_bank()
+    else:
+        print(f"reusing {len(ids)} bank items from {work}", file=sys.stderr)
+    ids = {n: i for n, i in ids.items() if n in images}
     name_of = {v: k for k, v in ids.items()}
     if args.campaigns_only:
         _campaigns(bank, name_of, images)
@@ -299,24 +349,29 @@ def main() -> None:
     for kind in KINDS:
         owners = [n for n in bank_names if images[n][0] == kind][: args.positives] + [n for n in held if images[n][0] == kind]
         for n in owners:
-            edit = r.choice(list(EDITS))
-            queries.append((n, n in ids, kind, edit, EDITS[edit](images[n][1], r)))
-    if not cache.exists():
+            edit = stream[kind].choice(list(EDITS))
+            queries.append((n, n in ids, kind, edit, EDITS[edit](images[n][1], stream[kind])))
+    # query embeddings by the sha256 of the query's bytes: a rerun extracts only new queries
+    embs_by_sha = pickle.loads(cache.read_bytes()) if cache.exists() else {}
+    shas = [hashlib.sha256(q[4]).hexdigest() for q in queries]
+    missing = [k for k, h in enumerate(shas) if h not in embs_by_sha]
+    if missing:
+        fb = fb or Fakebank(bank_dir, weights=args.weights, batch_size=args.batch_size)
         t = time.perf_counter()
-        by_path = {}
-        for k, e in enumerate(fb.extractor.extract(Source(f"q{k}", q[4]) for k, q in enumerate(queries))):
+        for n, e in enumerate(fb.extractor.extract(Source(f"q{k}", queries[k][4]) for k in missing)):
             if isinstance(e, Embedding):
-                by_path[e.path] = e
-            if (k + 1) % 200 == 0:
-                print(f"  {k + 1}/{len(queries)} queries", file=sys.stderr)
-        embs = [by_path.get(f"q{k}") for k in range(len(queries))]
-        cache.write_bytes(pickle.dumps(embs))
-        print(f"extracted {len(queries)} queries in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    probes = [Probe.of_embedding(e) if e is not None else None for e in embs]
+                embs_by_sha[shas[int(e.path[1:])]] = e
+            if (n + 1) % 200 == 0:
+                print(f"  {n + 1}/{len(missing)} queries", file=sys.stderr)
+        cache.write_bytes(pickle.dumps(embs_by_sha))
+        print(f"extracted {len(missing)} queries in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    embs = [embs_by_sha.get(h) for h in shas]
+    probes = [None if e is None else Probe.of_embedding(e) for e in embs]
     item_probes = {int(i): Probe.of_item(bank, int(i)) for i in bank.ids.tolist()}
 
     # Each signal alone; `all` is their union (dedup.find reports an item when any signal fires).
-    verified, unverified = DedupParams(grid_min_agreement=args.grid_min_agreement), DedupParams(grid_min_agreement=-1.0)
+    verified = DedupParams(grid_min_agreement=args.grid_min_agreement)
+    unverified = DedupParams(grid_min_agreement=-1.0)
     t = time.perf_counter()
     alone = {}
     for sig in SIGNALS:

@@ -16,7 +16,7 @@ from bankutil import DIM, MODEL_INFO, meme_picture, unit
 from fakebank import index as faiss_index
 from fakebank import preprocess
 from fakebank.bank import LOCAL_INDEX_FEATURES_LARGE, Bank, BankWriter, NewItem, read_manifest
-from fakebank.dedup import DedupParams, Probe, find, groups, ransac_inliers
+from fakebank.dedup import EMBEDDING_MIN_KEYPOINTS, DedupParams, Probe, find, groups, ransac_inliers
 from fakebank.errors import UsageError
 from fakebank.grid import GRID_CELLS, GRID_WIDTH, PatchGrid
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, min_dihedral_distance, pdq_hash
@@ -345,7 +345,9 @@ def test_embedding_signal_matches_only_above_its_threshold_and_with_agreeing_gri
     base = rng.normal(size=DIM)
     shape = (GRID_CELLS, GRID_CELLS, GRID_WIDTH)
     grid = rng.normal(size=shape)
-    flat = Image.new("RGB", (200, 150), (90, 140, 200))  # PDQ quality 0, no corners: only the embedding
+    flat = Image.new("RGB", (200, 150), (90, 140, 200))  # PDQ quality 9, 15–27 ORB keypoints: only the embedding
+    for x, y in ((20, 25), (65, 62)):  # can judge it, and there is detail to judge
+        ImageDraw.Draw(flat).rectangle((x, y, x + 6, y + 6), fill=(240, 240, 240))
     with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM) as w:
         [i] = w.add([item_of(flat, 1, cls=base, grid=PatchGrid.quantise(grid))])
     b = Bank.open(tmp_path)
@@ -360,6 +362,27 @@ def test_embedding_signal_matches_only_above_its_threshold_and_with_agreeing_gri
     assert matched(b, probe_of(jpeg(flat), cls=base)) == {}
     [m] = find(b, probe_of(jpeg(flat), cls=base, grid=copy_grid))
     assert m.spatial_agreement >= DedupParams().grid_min_agreement and m.inliers is None and m.pdq_distance is None
+
+
+def test_blank_images_are_never_copies_by_embedding(tmp_path):
+    """Two images with no detail (no ORB keypoints: skies, greys, near-solid colours) agree on everything
+    the embedding check compares, so no embedding-only copy is claimed between them, even with the same
+    embedding and grid; with detail on both sides the same evidence is a copy."""
+    rng = np.random.default_rng(5)
+    base, grid = rng.normal(size=DIM), PatchGrid.quantise(rng.normal(size=(GRID_CELLS, GRID_CELLS, GRID_WIDTH)))
+    ramp = np.linspace(0, 1, 150)[:, None, None] + np.linspace(0, 0.5, 200)[None, :, None]
+    sky = Image.fromarray((np.array([60, 110, 200]) + ramp * 40).astype(np.uint8))  # PDQ quality < 50, no corners
+    dotted = sky.copy()
+    for x, y in ((20, 25), (65, 62), (140, 100)):
+        ImageDraw.Draw(dotted).rectangle((x, y, x + 6, y + 6), fill=(240, 240, 240))
+    for img, expect in ((sky, False), (dotted, True)):
+        assert pdq_hash(img).quality < 50
+        bank = tmp_path / ("dotted" if expect else "sky")
+        with BankWriter(bank, model_info=MODEL_INFO, embedding_dim=DIM) as w:
+            [i] = w.add([item_of(img, 1, cls=base, grid=grid)])
+        probe = probe_of(jpeg(img), cls=base, grid=grid)
+        assert (len(probe.local) >= EMBEDDING_MIN_KEYPOINTS) is expect
+        assert matched(Bank.open(bank), probe, DedupParams(signals=("embedding",))) == ({i: "embedding"} if expect else {})
 
 
 def test_low_quality_hashes_never_match_by_pdq(tmp_path):

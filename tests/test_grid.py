@@ -33,8 +33,9 @@ def star_field(seed: int, size=(640, 480)) -> Image.Image:
 
 
 def faint_marks(seed: int, size=(640, 480)) -> Image.Image:
-    """A near-black frame with four soft, faint discs: no ORB keypoints, PDQ quality < 50, and every such frame
-    has nearly the same cls embedding: a copy of one can only be told by the embedding and its grid."""
+    """A near-black frame with four soft, faint discs and a small sharp speck: a few ORB keypoints (detail,
+    but too few for ORB to judge a pair), PDQ quality < 50, and every such frame has nearly the same cls
+    embedding: a copy of one can only be told by the embedding and its grid."""
     rng = np.random.default_rng(seed)
     w, h = size
     im = Image.new("RGB", size, (12, 12, 16))
@@ -42,7 +43,11 @@ def faint_marks(seed: int, size=(640, 480)) -> Image.Image:
     for _ in range(4):
         x, y, s = rng.integers(0, w - 120), rng.integers(0, h - 120), int(rng.integers(40, 120))
         d.ellipse((x, y, x + s, y + s), fill=tuple(int(v) for v in rng.integers(30, 60, 3)))
-    return im.filter(ImageFilter.GaussianBlur(12))
+    im = im.filter(ImageFilter.GaussianBlur(12))
+    d = ImageDraw.Draw(im)
+    x, y = rng.integers(20, w - 40), rng.integers(20, h - 40)
+    d.rectangle((x, y, x + 8, y + 8), fill=(200, 200, 190))
+    return im
 
 
 def encoded(im: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
@@ -165,7 +170,13 @@ def test_an_embedding_copy_is_verified_by_the_grid_end_to_end(tmp_path):
     [before] = fb.dupes([str(copy)], params=DedupParams(signals=("embedding",), grid_min_agreement=-1.0))
     assert {d["id"] for d in before["duplicates"]} == set(added.values())  # what cls alone would say
 
-    [q] = fb.query([str(copy)])
+    # the speck lets ORB match the copy too: the bank's own dedup settings leave `local` out, so that the
+    # query's near-duplicate decision rests on the embedding
+    from fakebank.bank import BankWriter
+
+    with BankWriter(tmp_path / "bank", create=False) as w:
+        w.apply([], [], settings={"dedup": DedupParams(signals=("pdq", "pdq_trim", "embedding")).to_dict()})
+    [q] = Fakebank(tmp_path / "bank", weights=WEIGHTS, device="cpu").query([str(copy)])
     assert q["reason"] == "near_duplicate" and q["match"]["id"] == added["sky-1.png"]
     assert q["match"]["signal"] == "embedding" and q["match"]["spatial_agreement"] >= GRID_MIN_AGREEMENT
     assert json.loads(json.dumps(q["match"])) == q["match"]

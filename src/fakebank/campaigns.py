@@ -497,10 +497,13 @@ class GridCheck:
             if have[k]:
                 table[k] = g.values
         smooth = smoothnesses(table)
-        few = np.array([dedup.keypoint_count(b) < dedup.EMBEDDING_MAX_KEYPOINTS for b in cols["local"]], bool)
+        keypoints = np.array([dedup.keypoint_count(b) for b in cols["local"]], np.int64)
         a, b = np.searchsorted(ends, i), np.searchsorted(ends, j)
-        ok = have[a] & have[b]
-        alone = ok & (few[a] | few[b])
+        # an item without detail (no keypoints: a sky, a grey) joins nothing by embeddings (dedup's
+        # EMBEDDING_MIN_KEYPOINTS): distinct ones agree on everything the grids compare
+        detailed = keypoints >= dedup.EMBEDDING_MIN_KEYPOINTS
+        ok = have[a] & have[b] & detailed[a] & detailed[b]
+        alone = ok & dedup.embedding_can_judge(keypoints[a], keypoints[b])
         for start in range(0, len(i), RESCORE_CHUNK):
             sl = slice(start, start + RESCORE_CHUNK)
             m = ok[sl].copy()

@@ -13,8 +13,9 @@ A bank item is a near-duplicate of an image when one of these signals says so, c
    consistent correspondences). Survives crops, overlays, small rotations and screenshots, none of which
    leave PDQ a chance (a 2 % crop already moves a PDQ hash by ≈ 60 bits);
 4. ``embedding`` — cls cosine ≥ ``embedding_threshold``, for pairs neither PDQ nor ORB can judge (a hash
-   of quality < 50, and fewer than ``EMBEDDING_MAX_KEYPOINTS`` keypoints on one side): copies of images too
-   flat for both — **verified**: the two images' patch grids (:mod:`fakebank.grid`) must agree spatially
+   of quality < 50, and fewer than ``EMBEDDING_MAX_KEYPOINTS`` keypoints on one side) but where both have
+   some detail (``EMBEDDING_MIN_KEYPOINTS`` each: blank images, distinct skies or greys, agree on everything
+   that can be compared): copies of images too flat for both — **verified**: the two images' patch grids (:mod:`fakebank.grid`) must agree spatially
    under the best of the 8 rotations/mirrors, ``spatial_agreement ≥ grid_min_agreement``, and closer still
    for smooth grids (``grid.required_agreement``: a grid that agrees with itself one cell over says little).
    Global cosine alone ignores where things are in the frame (every edited copy of a
@@ -100,6 +101,15 @@ GRID_MIN_AGREEMENT = 0.6
 # (untrained vit_small): star fields and text carry the full 128 stored keypoints, dark frames 34–128,
 # gradients none; at 64 the star-field and plain-text look-alikes that still passed the grid check are gone.
 EMBEDDING_MAX_KEYPOINTS = 64
+# ... and only where both sides have some detail: at least this many keypoints each. Images with none (a
+# sky, an overcast grey, a near-solid colour, a smooth gradient) give an untrained ViT near-constant patch
+# tokens, so distinct ones agree on everything the check can compare: on scripts/bench_hard_negatives.py's
+# flat kinds (1,020 distinct skies, overcast greys and near-solid colours, 0 keypoints each) the grid check
+# let 375 false copies through (overcast 336, sky 39), and a coarse colour layout (4×4 cell means within 12
+# levels) still 344: distinct greys lie within 1–5 levels of each other, as close as a copy. No signal can
+# verify a copy of such an image, so none is claimed (precision first: their own copies are not found
+# either; scripts/bench_dedup.py leaves such photos out for the same reason).
+EMBEDDING_MIN_KEYPOINTS = 8
 _MAX_SCALE = 8.0  # a similarity transform that scales by more (or less than 1/8) is not a copy
 
 
@@ -261,11 +271,10 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
         # judge, and it found no geometric agreement (two texts whose lines lie outside the model's centre
         # crop look the same to the model: cls 1.0, grids identical).
         sims, ids = cls_hits if cls_hits is not None else bank.search("cls", probe.cls[None, :], EMBEDDING_K + 1)
-        few_keypoints = len(probe.local) < EMBEDDING_MAX_KEYPOINTS
         for s, i in zip(sims[0][: EMBEDDING_K + 1], ids[0][: EMBEDDING_K + 1]):
             if i >= 0 and s >= params.embedding_threshold and bank.has(int(i)) \
                     and pdq_distance(bank, probe, int(i)) is None \
-                    and (few_keypoints or stored_keypoints(bank, int(i)) < EMBEDDING_MAX_KEYPOINTS):
+                    and embedding_can_judge(len(probe.local), stored_keypoints(bank, int(i))):
                 agree, ok = verified(probe.grid, grid_of(bank, int(i)), params.grid_min_agreement)
                 grids[int(i)] = None if agree is None else round(agree, 4)
                 if ok:
@@ -284,6 +293,14 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
 def stored_keypoints(bank: Bank, item_id: int) -> int:
     """How many ORB keypoints an item stores."""
     return keypoint_count(bank.value(item_id, "local"))
+
+
+def embedding_can_judge(keypoints_a: np.ndarray | int, keypoints_b: np.ndarray | int) -> np.ndarray | bool:
+    """Whether two images' ORB keypoint counts leave a copy decision to the embedding signal: ORB cannot
+    judge the pair (fewer than EMBEDDING_MAX_KEYPOINTS on one side), and both have detail to judge (at least
+    EMBEDDING_MIN_KEYPOINTS each). Element-wise on arrays."""
+    low = np.minimum(keypoints_a, keypoints_b)
+    return (low < EMBEDDING_MAX_KEYPOINTS) & (low >= EMBEDDING_MIN_KEYPOINTS)
 
 
 def keypoint_count(local: bytes | None) -> int:
