@@ -476,6 +476,15 @@ class SyntheticWorld:
         self.campaigns: list[dict] = []
         self.n = 0
 
+    def _detail(self, n: int = 16) -> bytes:
+        """Stored ORB keypoints of a photo with some detail but too little for ORB to judge a pair (8 ≤ n < 64,
+        random descriptors that match nothing): without any, embedding edges would not count
+        (dedup.EMBEDDING_MIN_KEYPOINTS) and the synthetic bank would have only PDQ edges."""
+        from fakebank.signals import LOCAL_SIDE, LocalFeatures
+
+        xy = self.rng.uniform(0, LOCAL_SIDE, size=(n, 2))
+        return LocalFeatures(xy=xy, desc=self.rng.integers(0, 256, size=(n, 32), dtype=np.uint8)).to_bytes()
+
     @staticmethod
     def _unit(v: np.ndarray) -> np.ndarray:
         return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
@@ -535,6 +544,7 @@ class SyntheticWorld:
                 label="fake", p_fake=float(self.rng.uniform(0.5, 1)), logit=0.0, pdq=code.tobytes(), pdq_quality=90,
                 cls=vec["cls"], patch=vec["patch"], width=512, height=512,
                 source=str(self.rng.choice(SOURCES)), patch_grid=PatchGrid.quantise(grid).to_bytes(),
+                local=self._detail(),
             )
             out.append((item, None if c is None else c["truth"]))
         order = self.rng.permutation(len(out))

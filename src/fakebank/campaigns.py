@@ -19,9 +19,10 @@ How items are grouped (measured in ``scripts/bench_campaigns.py``; see README):
    near-duplicate group costs O(n·k) edges and memory, not O(n²). Plus local-feature edges: each item's
    stored ORB keypoints probe the bank's local index (dedup's ``local`` check, with a spread test against
    shared caption text); they link crops, captions and re-framings that neither of the others links.
-   PDQ and local-feature edges are *verified*; an embedding edge *stands alone* only when it also passes
-   dedup's rules for an embedding-only copy (the bar that rises with smooth grids, and fewer than
-   ``dedup.EMBEDDING_MAX_KEYPOINTS`` keypoints on one side), see ``GridCheck``.
+   PDQ and local-feature edges are *verified*; an embedding edge needs detail on both items
+   (``dedup.EMBEDDING_MIN_KEYPOINTS`` keypoints each: a sky or a grey joins nothing by embeddings), and
+   *stands alone* only when it also passes dedup's rules for an embedding-only copy (the bar that rises with
+   smooth grids, and fewer than ``dedup.EMBEDDING_MAX_KEYPOINTS`` keypoints on one side), see ``GridCheck``.
 3. **Clusters** — connected components of that graph. On edited copies of real photos with untrained
    weights this matched or beat every alternative measured (HDBSCAN, sparse average linkage, Leiden
    community detection, strong/weak hysteresis), and it is deterministic and monotone: a new item can
@@ -29,7 +30,9 @@ How items are grouped (measured in ``scripts/bench_campaigns.py``; see README):
    stand alone only attach an item to a group of verified copies (``guarded_components``): close
    embeddings alone never chain items that nothing else links. Measured (untrained vit_small): on
    scripts/bench_hard_negatives.py's 2,040 distinct look-alikes, 29 false campaigns of 245 items (one
-   chain of 146 star fields), all of them with no PDQ or local edge → 0 campaigns; on
+   chain of 146 star fields), all of them with no PDQ or local edge → 0 campaigns (with its flat kinds
+   added, skies and overcast greys without keypoints made 27 more of 154 items until embedding edges needed
+   detail on both items → 0); on
    scripts/bench_campaigns.py B-cubed F1 (run 2) reposts 0.990 → 0.951 (1.000 → 0.985 without the two
    campaigns below), hard 0.930 → 0.918 (0.951 → 0.951), the loss nearly all in the campaigns of copies of two flat
    blue photos (labelme q0003/q0004: PDQ quality < 50, few keypoints, smooth grids), whose copies nothing
@@ -468,12 +471,14 @@ def _build_graph(bank, params: CampaignParams) -> tuple[np.ndarray, np.ndarray, 
 class GridCheck:
     """`similarity_graph`'s `verify` for close-embedding pairs of selected items (positions in `ids`).
 
-    Keeps a pair only when both have a stored patch grid and the grids agree (grid.agreements ≥
-    `min_agreement`, best of the 8 rotations/mirrors): a campaign never grows by global look alone. Of the
-    kept pairs, marks those that pass dedup's two rules against look-alikes and so may link two items on
-    their own (`Graph.standalone`): the agreement reaches `grid.required_agreement` (the bar rises with the
-    grids' smoothness) and one side has fewer than `dedup.EMBEDDING_MAX_KEYPOINTS` ORB keypoints (with more
-    on both, ORB could judge the pair and found no geometric agreement). Not dedup's third, that PDQ cannot
+    Keeps a pair only when both have a stored patch grid, both have some detail (at least
+    `dedup.EMBEDDING_MIN_KEYPOINTS` stored ORB keypoints: distinct skies and greys have none and agree on
+    everything else) and the grids agree (grid.agreements ≥ `min_agreement`, best of the 8
+    rotations/mirrors): a campaign never grows by global look alone. Of the kept pairs, marks those that pass
+    dedup's rules against look-alikes and so may link two items on their own (`Graph.standalone`): the
+    agreement reaches `grid.required_agreement` (the bar rises with the grids' smoothness) and one side has
+    fewer than `dedup.EMBEDDING_MAX_KEYPOINTS` ORB keypoints (with more on both, ORB could judge the pair and
+    found no geometric agreement). Not dedup's last, that PDQ cannot
     judge the pair: a campaign's copies are mostly photos whose hashes PDQ reads, and the edits that
     embedding edges link are the ones PDQ does not survive; on scripts/bench_hard_negatives.py the two rules
     alone leave no embedding edge standing between distinct look-alikes. Counts what it drops."""
