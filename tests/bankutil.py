@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fakebank.bank import NewItem
+from fakebank.signals import LOCAL_SIDE, LocalFeatures
 
 FORMAT_1_FIXTURE = Path(__file__).parent / "data" / "bank-v1"
 FORMAT_2_FIXTURE = Path(__file__).parent / "data" / "bank-v2"
@@ -49,6 +50,13 @@ def make_item(seed: int, *, label: str = "fake", cls: np.ndarray | None = None, 
         height=480,
         campaign=campaign,
     )
+
+
+def some_detail(rng: np.random.Generator, n: int = 16) -> LocalFeatures:
+    """Stored ORB keypoints of a picture with some detail (dedup.EMBEDDING_MIN_KEYPOINTS ≤ n) but too little
+    for ORB to judge a pair (n < dedup.EMBEDDING_MAX_KEYPOINTS); random descriptors, which match nothing."""
+    return LocalFeatures(xy=rng.uniform(0, LOCAL_SIDE, (n, 2)).astype(np.float32),
+                         desc=rng.integers(0, 256, (n, 32), dtype=np.uint8))
 
 
 def meme_picture(seed: int, size: int = 512) -> Image.Image:

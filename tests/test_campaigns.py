@@ -15,13 +15,12 @@ import pytest
 from PIL import Image, ImageEnhance
 from typer.testing import CliRunner
 
-from bankutil import DIM, MODEL_INFO, make_item, meme_picture, unit
+from bankutil import DIM, MODEL_INFO, make_item, meme_picture, some_detail, unit
 from fakebank import campaigns as cp
 from fakebank.api import Fakebank
 from fakebank.bank import Bank, BankWriter
 from fakebank.cli import app
 from fakebank.grid import GRID_CELLS, GRID_WIDTH, PatchGrid
-from fakebank.signals import LOCAL_SIDE, LocalFeatures
 
 DATA = Path(__file__).parent / "data"
 WEIGHTS = "untrained:test_vit:0"
@@ -72,14 +71,8 @@ class Synth:
         return dataclasses.replace(
             base, cls=unit(c + noise * self.rng.normal(size=DIM)), patch=unit(p + noise * self.rng.normal(size=DIM)),
             pdq_quality=pdq_quality, source=source if source is not None else f"src{self.n % 3}",
-            patch_grid=self.grid(group), local=self.local(),
+            patch_grid=self.grid(group), local=some_detail(self.rng).to_bytes(),
         )
-
-    def local(self, n: int = 16) -> bytes:
-        """ORB keypoints of an image with some detail, too few for ORB to judge a pair (8 ≤ n < 64): random
-        descriptors, which match no other item's."""
-        xy = self.rng.uniform(0, LOCAL_SIDE, size=(n, 2))
-        return LocalFeatures(xy=xy, desc=self.rng.integers(0, 256, size=(n, 32), dtype=np.uint8)).to_bytes()
 
 
 def add(path: Path, items) -> list[int]:

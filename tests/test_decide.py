@@ -7,14 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bankutil import DIM, MODEL_INFO, make_item, unit
+from bankutil import DIM, MODEL_INFO, make_item, some_detail, unit
 from fakebank.api import Fakebank, average_precision
 from fakebank.bank import Bank, BankWriter
 from fakebank.decide import FusionParams, Neighbor, decide, fit_fusion, knn_vote
 from fakebank.embed import Embedding
 from fakebank.grid import GRID_CELLS, GRID_WIDTH, PatchGrid
 from fakebank.pdq import PdqHash
-from fakebank.signals import EMPTY_LOCAL, ImageSignals, LocalFeatures
+from fakebank.signals import EMPTY_LOCAL, ImageSignals
 
 P = FusionParams()
 
@@ -105,16 +105,9 @@ def test_average_precision():
 
 # -- through the bank: relabelling corrects near-copies at once -------------------------------------
 
-def _detail(seed: int, n: int = 16) -> LocalFeatures:
-    """ORB keypoints of a picture with some detail, too few for ORB to judge (random: they match nothing)."""
-    rng = np.random.default_rng(seed)
-    return LocalFeatures(xy=rng.uniform(0, 640, (n, 2)).astype(np.float32),
-                         desc=rng.integers(0, 256, (n, 32), dtype=np.uint8))
-
-
 def _query_embedding(cls: np.ndarray, logit: float, grid: PatchGrid | None = None) -> Embedding:
     pdq = PdqHash(hash=bytes(32), quality=0, dihedral=tuple(bytes(32) for _ in range(8)))
-    signals = ImageSignals(box=(0, 0, 10, 10), pdq_trim=None, local=_detail(7), local_mirror=EMPTY_LOCAL)
+    signals = ImageSignals(box=(0, 0, 10, 10), pdq_trim=None, local=some_detail(np.random.default_rng(7)), local_mirror=EMPTY_LOCAL)
     return Embedding(path="/q.jpg", sha256="0" * 64, width=10, height=10, pdq=pdq, logit=logit,
                      p_fake=float(1 / (1 + np.exp(-logit))), cls=unit(cls), patch=unit(cls), patch_grid=grid,
                      signals=signals)
@@ -126,7 +119,7 @@ def test_relabelling_an_item_flips_its_near_copies(tmp_path):
     grid = rng.normal(size=(GRID_CELLS, GRID_CELLS, GRID_WIDTH))  # the picture's layout, as the model sees it
     with BankWriter(tmp_path, model_info=MODEL_INFO, embedding_dim=DIM) as w:
         w.add([replace(make_item(1, cls=base), patch_grid=PatchGrid.quantise(grid).to_bytes(),
-                       local=_detail(1).to_bytes())]
+                       local=some_detail(np.random.default_rng(1)).to_bytes())]
               + [make_item(i) for i in range(2, 30)])
     fb = Fakebank(tmp_path)
     near_copy = _query_embedding(base + 0.02 * rng.normal(size=DIM), logit=3.0,  # model: fake
