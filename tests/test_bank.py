@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -524,3 +525,35 @@ def test_frame_hashes_that_are_not_whole_pdq_hashes_are_refused_on_the_folder_to
         with pytest.raises(BankError, match="not whole 32-byte hashes"):
             w.add([replace(make_item(1), frame_pdq=b"\x00" * 33)])
         assert w.add([replace(make_item(2), frame_pdq=b"\x00" * 64)]) == [1]
+
+
+def test_a_bank_written_by_the_code_at_07dcf39_answers_as_it_did_and_takes_new_items(tmp_path):
+    """tests/data/bank-07dcf39 was written by the last landed code that found content boxes on the PDQ
+    view, recorded its ORB input in the manifest (`local_input`, no longer read) and stored WebP thumbnails.
+    Today's code opens it, answers its edited queries (letterboxed copies larger than the view among them)
+    with the same verdicts, matches and near-duplicates, serves its WebP thumbnails as WebP, and adds to it."""
+    import bank07_cases as cases
+    from fakebank.api import Fakebank
+    from fakebank.thumbnails import thumbnail_mime
+
+    root = tmp_path / "b07"
+    shutil.copytree(Path(__file__).parent / "data" / "bank-07dcf39", root)
+    expected = json.loads((root / "expected.json").read_text())
+    queries = [str(p) for p in cases.write(tmp_path / "queries", cases.queries())]
+    fb = Fakebank(root / "bank")  # the bank's own model spec
+    info = fb.info()
+    assert {k: info[k] for k in expected["info"]} == expected["info"]
+    for got, want in zip(fb.query(queries), expected["query"], strict=True):
+        assert (got["verdict"], got["reason"]) == (want["verdict"], want["reason"]), want["path"]
+        assert (got["match"] or {}).get("id") == (want["match"] or {}).get("id"), want["path"]
+        assert (got["match"] or {}).get("signal") == (want["match"] or {}).get("signal"), want["path"]
+        assert [n["id"] for n in got["neighbors"]] == [n["id"] for n in want["neighbors"]], want["path"]
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+    for got, want in zip(fb.dupes(queries), expected["dupes"], strict=True):
+        assert [(d["id"], d["signal"]) for d in got["duplicates"]] == \
+            [(d["id"], d["signal"]) for d in want["duplicates"]], want["path"]
+    bank = fb.open_bank()
+    assert {thumbnail_mime(bank.thumbnail(i)) for i in expected["ids"].values()} == {"image/webp"}
+    [new] = fb.add(cases.write(tmp_path / "new", {"unrelated.jpg": cases.queries()["unrelated.jpg"]}))
+    assert new["status"] == "added" and thumbnail_mime(fb.open_bank().thumbnail(new["id"])) == "image/jpeg"
+    assert [d["id"] for d in next(iter(fb.dupes([queries[-1]])))["duplicates"]] == [new["id"]]
