@@ -140,6 +140,17 @@ COMMFOR_PREPROCESSING = Preprocessing(
 # file → RGB
 
 
+def image_mime(data: bytes) -> str | None:
+    """The media type of encoded image bytes by their signature: JPEG, PNG or WebP; None for anything else."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
 def load_rgb(
     source: str | os.PathLike[str] | bytes,
     *,
@@ -336,9 +347,9 @@ def model_view(img: Image.Image, pre: Preprocessing) -> Image.Image:
     resample = _RESAMPLE[pre.interpolation]
     new = _resized_size(img.size, pre.resize)
     if pre.crop is not None and new[0] != img.width and new[1] != img.height and min(new) >= pre.crop:
-        first_pass_out = new[1] if _pil_vertical_first(img.size, new) else new[0]
-        if first_pass_out >= _CROP_FIRST_MIN * pre.crop:  # else the extra copy costs what the crop saves
-            return _resize_crop(img, new, pre.crop, resample)
+        vertical_first = _pil_vertical_first(img.size, new)
+        if new[1 if vertical_first else 0] >= _CROP_FIRST_MIN * pre.crop:  # else the copy costs what the crop saves
+            return _resize_crop(img, new, pre.crop, resample, vertical_first)
     img = _resize(img, pre.resize, resample)
     if pre.crop is not None:
         img = _center_crop(img, pre.crop)
@@ -346,13 +357,13 @@ def model_view(img: Image.Image, pre: Preprocessing) -> Image.Image:
 
 
 # The first pass's output must be at least this many times the crop (the crop drops a fifth of it or more)
-# for `_resize_crop` to pay (measured, one core of
-# the project's EPYC, commfor recipe: 1024×768 3.99 → 3.64 ms, 1600×900 7.31 → 6.07, but a 1024-px square,
-# whose crop keeps 384 of 440 columns, 4.86 → 5.04).
+# for `_resize_crop` to pay. Measured on one core of the project's EPYC, commfor recipe: 1024×768 3.99 →
+# 3.64 ms, 1600×900 7.31 → 6.07, but a 1024-px square, whose crop keeps 384 of 440 columns, 4.86 → 5.04.
 _CROP_FIRST_MIN = 1.25
 
 
-def _resize_crop(img: Image.Image, new: tuple[int, int], crop: int, resample: Image.Resampling) -> Image.Image:
+def _resize_crop(img: Image.Image, new: tuple[int, int], crop: int, resample: Image.Resampling,
+                 vertical_first: bool) -> Image.Image:
     """``img.resize(new).crop(centre crop)``, bit for bit, without resampling what the crop drops along the
     first pass's axis: Pillow resamples one axis, rounds to 8 bits, then the other (`_pil_vertical_first`),
     so its first pass is run alone on the whole image, cut to the crop along that axis, and the second pass
@@ -360,7 +371,7 @@ def _resize_crop(img: Image.Image, new: tuple[int, int], crop: int, resample: Im
     part (a landscape photo's columns, when Pillow starts with the rows)."""
     (w, h), (new_w, new_h) = img.size, new
     left, top = _crop_offsets(new, crop)
-    if _pil_vertical_first(img.size, new):
+    if vertical_first:
         rows = img.resize((w, new_h), resample).crop((0, top, w, top + crop))
         return rows.resize((new_w, crop), resample).crop((left, 0, left + crop, crop))
     cols = img.resize((new_w, h), resample).crop((left, 0, left + crop, h))

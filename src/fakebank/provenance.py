@@ -32,6 +32,8 @@ import zlib
 from dataclasses import dataclass, field
 from xml.etree import ElementTree
 
+from fakebank.preprocess import image_mime
+
 TRUST_ANCHORS_ENV = "FAKEBANK_C2PA_TRUST_ANCHORS"
 # IPTC NewsCodes digital source types that mean "made by a trained generative model"
 # (https://cv.iptc.org/newscodes/digitalsourcetype/); a value matches on its last path segment.
@@ -255,15 +257,10 @@ def container_metadata(data: bytes) -> ContainerMetadata:
     """Walk the container's segments/chunks up to the pixels; damaged structures end the walk quietly."""
     meta = ContainerMetadata()
     try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n":
-            meta.mime = "image/png"
-            _png(data, meta)
-        elif data[:3] == b"\xff\xd8\xff":
-            meta.mime = "image/jpeg"
-            _jpeg(data, meta)
-        elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            meta.mime = "image/webp"
-            _webp(data, meta)
+        meta.mime = image_mime(data)
+        walk = {"image/png": _png, "image/jpeg": _jpeg, "image/webp": _webp}.get(meta.mime)
+        if walk is not None:
+            walk(data, meta)
     except (struct.error, IndexError, ValueError):
         pass  # truncated or damaged: keep what was read
     for xmp in meta.xmp:

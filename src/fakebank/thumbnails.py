@@ -13,7 +13,7 @@ import io
 from PIL import Image
 
 from fakebank.errors import FakebankError, InputError
-from fakebank.preprocess import load_rgb
+from fakebank.preprocess import image_mime, load_rgb
 
 THUMB_MAX_SIDE = 256  # px, longest side: a card in the UI, a cell of the campaign report
 # JPEG quality 60 from the 512-px PDQ view of a 1024-px JPEG (scripts/bench_extract.py's images, one core
@@ -23,7 +23,6 @@ THUMB_MAX_SIDE = 256  # px, longest side: a card in the UI, a cell of the campai
 # 0.2 ms instead of 0.7 for the usual exact 2× of a 1024-px photo's view).
 THUMB_QUALITY = 60
 THUMB_FORMAT = "JPEG"
-_MIME_BY_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG", "image/png"))
 
 
 def make_thumbnail(img: Image.Image, max_side: int = THUMB_MAX_SIDE) -> bytes:
@@ -41,12 +40,7 @@ def make_thumbnail(img: Image.Image, max_side: int = THUMB_MAX_SIDE) -> bytes:
 
 def thumbnail_mime(data: bytes) -> str:
     """The media type of stored thumbnail bytes: JPEG, or WebP in banks made before thumbnails were JPEG."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    for magic, mime in _MIME_BY_MAGIC:
-        if data.startswith(magic):
-            return mime
-    return "application/octet-stream"
+    return image_mime(data) or "application/octet-stream"
 
 
 def thumbnail_of_file(path: str | None, sha256: str | None = None) -> bytes:
