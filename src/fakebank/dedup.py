@@ -15,11 +15,11 @@ A bank item is a near-duplicate of an image when one of these signals says so, c
 4. ``embedding`` — cls cosine ≥ ``embedding_threshold``, for pairs neither PDQ nor ORB can judge (a hash
    of quality < 50, and fewer than ``EMBEDDING_MAX_KEYPOINTS`` keypoints on one side) but where both have
    some detail (``EMBEDDING_MIN_KEYPOINTS`` each: blank images, distinct skies or greys, agree on everything
-   that can be compared): copies of images too flat for both — **verified**: the two images' patch grids (:mod:`fakebank.grid`) must agree spatially
-   under the best of the 8 rotations/mirrors, ``spatial_agreement ≥ grid_min_agreement``, and closer still
-   for smooth grids (``grid.required_agreement``: a grid that agrees with itself one cell over says little).
-   Global cosine alone ignores where things are in the frame (every edited copy of a
-   dark star-field photo once matched a dark abstract image at cls 0.999). An item banked before grids were
+   that can be compared): copies of images too flat for both — **verified**: the two images' patch grids
+   (:mod:`fakebank.grid`) must agree spatially under the best of the 8 rotations/mirrors,
+   ``spatial_agreement ≥ grid_min_agreement``, and closer still for smooth grids
+   (``grid.required_agreement``: a grid that agrees with itself one cell over says little). Global cosine
+   alone ignores where things are in the frame (every edited copy of a dark star-field photo once matched a dark abstract image at cls 0.999). An item banked before grids were
    stored (a null ``patch_grid``), or a query without one, gets no embedding-only match at all: the signal
    is dropped for it rather than trusted unverified.
 
@@ -104,9 +104,10 @@ EMBEDDING_MAX_KEYPOINTS = 64
 # ... and only where both sides have some detail: at least this many keypoints each. Images with none (a
 # sky, an overcast grey, a near-solid colour, a smooth gradient) give an untrained ViT near-constant patch
 # tokens, so distinct ones agree on everything the check can compare: on scripts/bench_hard_negatives.py's
-# flat kinds (1,020 distinct skies, overcast greys and near-solid colours, 0 keypoints each) the grid check
-# let 375 false copies through (overcast 336, sky 39), and a coarse colour layout (4×4 cell means within 12
-# levels) still 344: distinct greys lie within 1–5 levels of each other, as close as a copy. No signal can
+# flat kinds (1,020 distinct skies, overcast greys and near-solid colours, almost all with no keypoints)
+# the grid check let 375 false copies through (overcast 336, sky 39), and a coarse colour layout (4×4 cell
+# means within 12 levels; tried, not kept) still 344: distinct greys lie within 1–5 levels of each other, as
+# close as a copy. No signal can
 # verify a copy of such an image, so none is claimed (precision first: their own copies are not found
 # either; scripts/bench_dedup.py leaves such photos out for the same reason).
 EMBEDDING_MIN_KEYPOINTS = 8
@@ -262,7 +263,7 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
             grids[item_id] = None if a is None else round(a, 4)
         return grids[item_id]
 
-    if "embedding" in params.signals and probe.grid is not None:
+    if "embedding" in params.signals and probe.grid is not None and len(probe.local) >= EMBEDDING_MIN_KEYPOINTS:
         # Only where PDQ cannot judge the pair (a hash of quality < 50): with untrained weights distinct
         # photos come within 0.005 of the threshold, and where PDQ can speak it is the better judge
         # (bench: cls ≥ 0.99 alone matched 10 % of the distractors' edits with the 160-px test ViT).
