@@ -19,9 +19,10 @@ A bank item is a near-duplicate of an image when one of these signals says so, c
    (:mod:`fakebank.grid`) must agree spatially under the best of the 8 rotations/mirrors,
    ``spatial_agreement ≥ grid_min_agreement``, and closer still for smooth grids
    (``grid.required_agreement``: a grid that agrees with itself one cell over says little). Global cosine
-   alone ignores where things are in the frame (every edited copy of a dark star-field photo once matched a dark abstract image at cls 0.999). An item banked before grids were
-   stored (a null ``patch_grid``), or a query without one, gets no embedding-only match at all: the signal
-   is dropped for it rather than trusted unverified.
+   alone ignores where things are in the frame (every edited copy of a dark star-field photo once matched
+   a dark abstract image at cls 0.999). An item banked before grids were stored (a null ``patch_grid``), or
+   a query without one, gets no embedding-only match at all: the signal is dropped for it rather than
+   trusted unverified.
 
 None of these depends on the classifier's training, so matching is the same with ``untrained:`` weights.
 Every step is a FAISS look-up plus work on a few candidates: no pass over the whole bank per query.
