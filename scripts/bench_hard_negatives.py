@@ -27,15 +27,18 @@ vit_small_patch16_384, `Fakebank.add` / `Extractor.extract`). Printed:
   a positive matched to another bank item, a non-bank image's copy matched to anything, and pairs of
   distinct bank items that match each other (each item probing the bank with its stored signals) —
   with precision = right matches / all matches; once with the embedding signal verified by the patch
-  grid (the default) and once without the verification (the behaviour before it);
+  grid (the default) and once without that check (the detail rule, ≥ EMBEDDING_MIN_KEYPOINTS ORB keypoints
+  on both sides, holds in both);
 - the spatial agreement of true and false embedding candidates (cls ≥ the threshold, PDQ unusable);
 - the campaigns (`fakebank campaigns`, every bank item selected) among the distinct bank images, all of
   them false, and how many items joined one by close embeddings alone;
 - the false-copy count at a bank of --synthetic items (100k by default): the real bank plus *synthetic
   look-alikes*: for each query, items whose cls is within cosine ≈ 0.995 of the query's (so every query has
   dozens of items above the duplicate threshold), whose PDQ hash is unusable (quality 0, so the embedding
-  signal is consulted), and whose patch grid is another generated image's (a random bank item other than the
+  signal is consulted), with 16 random ORB keypoints (detail enough for the embedding signal, too few for
+  ORB to judge a pair), and whose patch grid is another generated image's (a random bank item other than the
   query's original, turned/mirrored at random, 20 % noise mixed in). None of them is a copy of anything.
+  Only queries with detail of their own can meet the embedding signal; the line says how many.
 
     python scripts/bench_hard_negatives.py [--per-kind 340] [--heldout 30] [--positives 60] [--synthetic 100000]
 """
@@ -64,9 +67,10 @@ from fakebank.api import Fakebank
 from fakebank.bank import Bank, BankWriter, NewItem
 from fakebank import campaigns as cp
 from fakebank.campaigns import CampaignParams
-from fakebank.dedup import EMBEDDING_THRESHOLD, GRID_MIN_AGREEMENT, SIGNALS, DedupParams, Probe, find, grid_of, pdq_distance
+from fakebank.dedup import EMBEDDING_MIN_KEYPOINTS, EMBEDDING_THRESHOLD, GRID_MIN_AGREEMENT, SIGNALS, DedupParams, Probe, find, grid_of, pdq_distance
 from fakebank.embed import Embedding, Source
 from fakebank.grid import PatchGrid, agreement, dihedral
+from fakebank.signals import LOCAL_SIDE, LocalFeatures
 
 KINDS = ("dark_flat", "star_field", "gradient_noise", "text_plain", "ui_template", "meme_template", "sky", "overcast",
          "near_solid")
@@ -384,7 +388,7 @@ def main() -> None:
                                  {i: _ids(bank, pr, params) for i, pr in item_probes.items()})
     print(f"matched in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     for tag, title in (("verified", "with the patch-grid verification (default)"),
-                       ("unverified", "WITHOUT the verification (cls cosine alone, as before)")):
+                       ("unverified", "WITHOUT the patch-grid check (cls cosine and the detail rule)")):
         print(f"\n== {title}")
         print(f"{'signal':10} {'kind':15} {'copies':>6} {'recall':>7} | {'false copies: of positives':>26} "
               f"{'of held-out':>11} {'in-bank pairs':>13} | {'precision':>9}")
@@ -508,13 +512,14 @@ def _synthetic(n: int, real: Bank, queries, probes, name_of: dict, verified: Ded
                 made += 1
                 items.append(NewItem(sha256=f"{made:064x}", path=f"/synthetic/{made}.png", label="fake", p_fake=0.5,
                                      logit=0.0, pdq=bytes(32), pdq_quality=0, cls=v, patch=v, width=640, height=480,
-                                     patch_grid=PatchGrid.quantise(g).to_bytes()))
+                                     patch_grid=PatchGrid.quantise(g).to_bytes(), local=_detail(rng)))
                 if len(items) == 20_000:
                     w.add(items)
                     items = []
         if items:
             w.add(items)
     bank = Bank.open(path)
+    detailed = sum(len(pr.local) >= EMBEDDING_MIN_KEYPOINTS for _, pr in live)
     print(f"  built in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     for title, params in (("verified", verified), ("unverified", DedupParams(grid_min_agreement=-1.0))):
         false = defaultdict(int)
@@ -522,9 +527,18 @@ def _synthetic(n: int, real: Bank, queries, probes, name_of: dict, verified: Ded
             for m in find(bank, pr, params):
                 if bank.value(m.id, "path").startswith("/synthetic/"):
                     false[m.signal] += 1
-        print(f"look-alike bank of {len(bank):,} items ({per} synthetic look-alikes per query, cls ≈ 0.995 to it): "
+        print(f"look-alike bank of {len(bank):,} items ({per} synthetic look-alikes per query, cls ≈ 0.995 to it; "
+              f"{detailed} queries with the detail the embedding signal needs): "
               f"{title}: {sum(false.values())} false copies of {len(live)} queries "
               + (f"({dict(false)})" if false else ""))
+
+
+def _detail(rng: np.random.Generator, n: int = 16) -> bytes:
+    """Stored ORB keypoints of a picture with some detail, too little for ORB to judge a pair
+    (EMBEDDING_MIN_KEYPOINTS ≤ n < 64), random descriptors that match nothing: without them no look-alike
+    could be an embedding copy at all (dedup.embedding_can_judge), whatever its grid."""
+    xy = rng.uniform(0, LOCAL_SIDE, size=(n, 2)).astype(np.float32)
+    return LocalFeatures(xy=xy, desc=rng.integers(0, 256, size=(n, 32), dtype=np.uint8)).to_bytes()
 
 
 def _copy_item(bank: Bank, item_id: int) -> NewItem:
