@@ -31,7 +31,9 @@ vit_small_patch16_384, `Fakebank.add` / `Extractor.extract`). Printed:
   on both sides, holds in both);
 - the spatial agreement of true and false embedding candidates (cls ≥ the threshold, PDQ unusable);
 - the campaigns (`fakebank campaigns`, every bank item selected) among the distinct bank images, all of
-  them false, and how many items joined one by close embeddings alone;
+  them false, and how many items joined one by close embeddings alone; then again with the edited copies
+  added to the bank: how many originals make a campaign with their copy alone, and how many campaigns
+  mix distinct images (a look-alike joining another image's group of copies);
 - the false-copy count at a bank of --synthetic items (100k by default): the real bank plus *synthetic
   look-alikes*: for each query, items whose cls is within cosine ≈ 0.995 of the query's (so every query has
   dozens of items above the duplicate threshold), whose PDQ hash is unusable (quality 0, so the embedding
@@ -63,7 +65,7 @@ import scipy.sparse as sp
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 from scipy.sparse.csgraph import connected_components
 
-from fakebank.api import Fakebank
+from fakebank.api import Fakebank, new_item
 from fakebank.bank import Bank, BankWriter, NewItem
 from fakebank import campaigns as cp
 from fakebank.campaigns import CampaignParams
@@ -408,6 +410,7 @@ def main() -> None:
 
     _agreements(bank, queries, probes, name_of)
     _campaigns(bank, name_of, images)
+    _campaigns_with_copies(bank, queries, embs, name_of)
     if args.synthetic:
         _synthetic(args.synthetic, bank, queries, probes, name_of, verified)
 
@@ -483,6 +486,44 @@ def _campaigns(bank: Bank, name_of: dict, images: dict) -> None:
             kinds[images[name_of[int(ids[k])]][0]] += 1
         print(f"  {tag:17} {int((size >= 2).sum()):4d} campaigns of {len(members):4d} items (largest {size.max()}); "
               f"joined by embeddings alone: {int(alone_item[members].sum())}; items by kind {dict(sorted(kinds.items()))}")
+
+
+def _campaigns_with_copies(bank: Bank, queries, embs, name_of: dict) -> None:
+    """Campaigns when the bank also holds the edited copies: each positive's copy makes a true group with its
+    bank original (joined by PDQ, local features or, where both have detail, embeddings), the held-out
+    images' copies have no original in it. A look-alike must not join another image's group, by any edge,
+    which the bank of distinct images alone never puts to the test: it holds almost no groups of copies.
+    Once as clustered, once with --embedding-attach (an edge at the base bar adds an item to a group)."""
+    t = time.perf_counter()
+    path = Path(tempfile.mkdtemp(prefix="bench_hard_copies-"))
+    originals = bank.ids.tolist()
+    copies = [(q, e) for q, e in zip(queries, embs) if e is not None]
+    with BankWriter(path, model_info=bank.manifest["model"], embedding_dim=bank.dim) as w:
+        kept = w.add([_copy_item(bank, i) for i in originals])
+        added = w.add([new_item(e, "fake", None, None, None) for _, e in copies])
+    owner = {int(new): name_of[int(old)] for old, new in zip(originals, kept)}  # item id → the image it shows
+    owner |= {int(item_id): q[0] for (q, _), item_id in zip(copies, added)}
+    with_copies = Bank.open(path)
+    ids, graph = cp.selected_graph(with_copies, CampaignParams(min_p_fake=0.0))
+    in_bank = {q[0] for q, _ in copies if q[1]}
+    print(f"\ncampaigns with the {len(copies)} edited copies added ({len(with_copies)} items; graph: {graph.edges} edges, "
+          f"{int(graph.verified.sum())} verified; {time.perf_counter() - t:.0f} s):")
+    for tag, attach in (("as clustered", False), ("--embedding-attach", True)):
+        labels, _ = cp.cluster_graph(graph, np.full(len(ids), None, object), attach=attach)
+        shown: dict[int, set[str]] = defaultdict(set)  # campaign → the generated images its items show
+        size = np.bincount(labels)
+        for k, label in enumerate(labels.tolist()):
+            shown[label].add(owner[int(ids[k])])
+        mixed = [label for label, names in shown.items() if len(names) > 1]
+        kinds = defaultdict(int)
+        for label in mixed:
+            for name in shown[label]:
+                kinds[name.rsplit("-", 1)[0]] += 1
+        together = sum(1 for label, names in shown.items() if len(names) == 1 and size[label] >= 2
+                       and next(iter(names)) in in_bank)
+        print(f"  {tag:19} {together} of {len(in_bank)} originals in a campaign with their copy and nothing else; "
+              f"{len(mixed)} campaigns mixing distinct images ({int(size[mixed].sum())} items"
+              + (f"; images by kind {dict(sorted(kinds.items()))}" if kinds else "") + ")")
 
 
 def _synthetic(n: int, real: Bank, queries, probes, name_of: dict, verified: DedupParams) -> None:

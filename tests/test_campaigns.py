@@ -458,6 +458,14 @@ def test_cli_contract_and_report(real_bank, tmp_path):
     assert [json.loads(line) for line in again.stdout.splitlines()] == records
     stored = runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--json", "--stored"])
     assert [json.loads(line) for line in stored.stdout.splitlines()] == records
+    # --embedding-attach: still one photo per campaign; the report names the rule; --dry-run stores nothing
+    attach_report = tmp_path / "attach.html"
+    loose = runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--json", "--embedding-attach", "--dry-run",
+                                "--report", str(attach_report)])
+    assert loose.exit_code == 0, loose.stderr
+    assert all(len({photo_of[m] for m in json.loads(line)["members"]}) == 1 for line in loose.stdout.splitlines())
+    assert "attached by close embeddings alone" in attach_report.read_text() and "attached by" not in page
+    assert Bank.open(real_bank).manifest["campaigns"]["params"]["embedding_attach"] is False
 
 
 def test_report_placeholder_for_unreadable_paths(tmp_path):
@@ -541,15 +549,53 @@ def test_look_alike_skies_join_no_campaign_while_a_photos_reposts_do(tmp_path):
     assert any(len(skies & {int(i) for i in ids[labels == lab]}) >= 2 for lab in np.unique(labels))
 
 
-def test_an_item_linked_by_close_embeddings_alone_attaches_to_one_group_not_two():
+def test_a_look_alike_joins_no_group_of_another_skys_copies_unless_embedding_attach_is_asked(tmp_path):
+    """Generated star fields (files, through the extractor, untrained vit_small), four of them with two edited
+    copies each, which ORB keypoints link to their original (groups of verified copies). The eight skies
+    without copies are as close in embedding to those groups as to each other: an edge at the base bar
+    would add them to a group of another sky's copies. By default such an edge must pass dedup's rule for
+    an embedding-only copy, which they do not, so they join no campaign; `--embedding-attach` (the rule
+    before) adds them. (Groups of distinct skies' copies can still merge through two items on each side:
+    not asserted here, see campaigns.guarded_components.)"""
+    from test_grid import glowing_star_field
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(12):
+        glowing_star_field(k).save(folder / f"sky-{k}.png")
+    for k in range(4):
+        sky = glowing_star_field(k)
+        sky.save(folder / f"sky-{k}-q85.jpg", quality=85)
+        sky.resize((480, 360)).save(folder / f"sky-{k}-half.jpg", quality=90)
+    fb = Fakebank(tmp_path / "bank", weights="untrained:vit_small_patch16_384:0", device="cpu")
+    name = {r["id"]: Path(r["path"]).stem for r in fb.add(sorted(folder.iterdir()), label="fake")}
+    alone = {i for i, n in name.items() if int(n.split("-")[1]) >= 4}  # the skies without copies
+
+    _, result = fb.campaign_run(save=False)
+    joined = {int(i) for c in result.campaigns for i in c.members}
+    assert result.campaigns and not joined & alone
+    assert {n for i, n in name.items() if i in joined} >= {"sky-0", "sky-0-q85"}  # a sky with its copy
+    assert result.stats["embedding_edges_unanchored"] > 0
+
+    _, attached = fb.campaign_run(embedding_attach=True, save=False)
+    assert {int(i) for c in attached.campaigns for i in c.members} & alone
+    assert attached.params.embedding_attach
+
+
+def test_an_item_linked_by_close_embeddings_alone_joins_no_group_unless_asked_and_then_one_not_two():
     """Items 0–2 and 3–5 are two groups of verified copies; item 6, which nothing verifies, is close (but not
-    close enough to stand alone) to one member of each: it joins the nearer group and bridges nothing."""
+    close enough to stand alone) to one member of each: it joins neither group. With `attach` (the rule
+    before: an edge at the base bar adds an item to a group) it joins the nearer group and bridges nothing."""
     from fakebank.campaigns import guarded_components
 
     i, j = np.array([0, 1, 3, 4, 1, 4]), np.array([1, 2, 4, 5, 6, 6])
     verified = np.array([1, 1, 1, 1, 0, 0], bool)
     length = np.array([0.0, 0.0, 0.0, 0.0, 0.004, 0.002])  # 1 − similarity: 6 is nearer to 4
-    labels = guarded_components(7, i, j, verified, standalone=verified.copy(), length=length)
+    stats: dict = {}
+    labels = guarded_components(7, i, j, verified, standalone=verified.copy(), stats=stats, length=length)
+    assert len({*labels[:3]}) == 1 and len({*labels[3:6]}) == 1 and labels[0] != labels[3]
+    assert labels[6] not in {labels[0], labels[3]} and stats["embedding_edges_unanchored"] == 2
+    labels = guarded_components(7, i, j, verified, standalone=verified.copy(), length=length, attach=True)
     assert len({*labels[:3]}) == 1 and len({*labels[3:6]}) == 1 and labels[0] != labels[3]
     assert labels[6] == labels[4]
     # where every edge stands alone (dedup's rules hold for both), the item joins the two, as before

@@ -727,14 +727,16 @@ class Fakebank:
     # -- campaigns (DESIGN §1.6) ---------------------------------------------------------------------
 
     def campaigns(self, *, min_size: int = 2, similarity: float | None = None, min_p_fake: float | None = None,
-                  local: bool | None = None, recompute: bool = True, save: bool = True) -> list[dict]:
+                  local: bool | None = None, embedding_attach: bool | None = None, recompute: bool = True,
+                  save: bool = True) -> list[dict]:
         """One record per campaign of ≥ min_size items, largest first (contract: DESIGN §2 `campaigns`)."""
         bank, result = self.campaign_run(similarity=similarity, min_p_fake=min_p_fake, local=local,
-                                          recompute=recompute, save=save)
+                                          embedding_attach=embedding_attach, recompute=recompute, save=save)
         return self.campaign_records(bank, result, min_size=min_size)
 
     def campaign_run(self, *, similarity: float | None = None, min_p_fake: float | None = None,
-                     local: bool | None = None, recompute: bool = True, save: bool = True):
+                     local: bool | None = None, embedding_attach: bool | None = None, recompute: bool = True,
+                     save: bool = True):
         """Cluster the flagged items of the latest snapshot and (with `save`) store the assignments.
 
         Returns (snapshot, CampaignResult). Ids stay stable across runs; `recompute=False` lists the stored
@@ -744,7 +746,8 @@ class Fakebank:
 
         bank = self.open_bank()
         info = bank.manifest.get("campaigns") or {}
-        overrides = {"similarity": similarity, "min_p_fake": min_p_fake, "local": local}
+        overrides = {"similarity": similarity, "min_p_fake": min_p_fake, "local": local,
+                     "embedding_attach": embedding_attach}
         params = cp.CampaignParams(**{k: v for k, v in overrides.items() if v is not None})
         if not recompute:
             return bank, cp.result_from_stored(bank, bank.campaign_assignments(), params, info.get("next_number", 1))

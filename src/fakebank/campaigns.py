@@ -27,8 +27,8 @@ How items are grouped (measured in ``scripts/bench_campaigns.py``; see README):
    weights this matched or beat every alternative measured (HDBSCAN, sparse average linkage, Leiden
    community detection, strong/weak hysteresis), and it is deterministic and monotone: a new item can
    join or merge groups but never split them, which is what keeps ids stable. Embedding edges that do not
-   stand alone only attach an item to a group of verified copies (``guarded_components``): close
-   embeddings alone never chain items that nothing else links. Measured (untrained vit_small): on
+   stand alone only join two groups of verified copies (``guarded_components``): close embeddings alone
+   never chain items that nothing else links, nor add one to a group. Measured (untrained vit_small): on
    scripts/bench_hard_negatives.py's 2,040 distinct look-alikes, 29 false campaigns of 245 items (one
    chain of 146 star fields), all of them with no PDQ or local edge → 0 campaigns (with its flat kinds
    added, skies and overcast greys without keypoints made 27 more of 154 items until embedding edges needed
@@ -36,9 +36,11 @@ How items are grouped (measured in ``scripts/bench_campaigns.py``; see README):
    scripts/bench_campaigns.py B-cubed F1 (run 2) reposts 0.990 → 0.951 (1.000 → 0.985 without the two
    campaigns below), hard 0.930 → 0.918 (0.951 → 0.951), the loss nearly all in the campaigns of copies of two flat
    blue photos (labelme q0003/q0004: PDQ quality < 50, few keypoints, smooth grids), whose copies nothing
-   but close embeddings links — the evidence that links distinct gradients and skies too. Still open: a
-   look-alike whose grid agrees with a member of a verified group at the base bar attaches to it (a
-   distinct generated sky joined another sky's re-encoded and resized copies in a 13-image trial).
+   but close embeddings links — the evidence that links distinct gradients and skies too. Until such an
+   edge also had to stand alone to add an item to a group of copies (``embedding_attach`` brings that
+   back), look-alikes joined other images' groups of copies: 21 false campaigns of 142 items on the
+   hard-negative bench with its edited copies in the bank → 1 of 6 items (three star fields' groups of
+   copies, merged through two items on each side); F1 (run 2) reposts 0.943 → 0.907, hard 0.903 → 0.870.
 4. **Analyst seeds** — analyst campaigns are ground truth: all items of one analyst campaign are linked;
    a component that holds seeds of several analyst campaigns is split between them, each unseeded item
    going to the seed nearest in the graph (multi-source Dijkstra, edge length 1 − similarity). Seeded
@@ -122,6 +124,9 @@ class CampaignParams:
     local: bool | None = None  # local-feature edges; None: on up to LOCAL_EDGE_MAX_ITEMS selected items
     local_min_inliers: int = LOCAL_EDGE_MIN_INLIERS
     grid_min_agreement: float = dedup.GRID_MIN_AGREEMENT  # embedding edges must be verified (grid.py)
+    # let an item join a group of verified copies by close embeddings that fail dedup's copy rule
+    # (`guarded_components`): more heavily edited copies found, and look-alikes joining too
+    embedding_attach: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.similarity <= 1.0:
@@ -157,7 +162,8 @@ class Graph:
     verified: np.ndarray  # bool: a PDQ or local-feature match, not only close embeddings
     # bool: the edge may link two items on its own: a verified edge, or close embeddings that pass dedup's
     # rule for an embedding-only copy (smooth grids agree better, ORB and PDQ cannot judge the pair). The
-    # other embedding edges only attach an item to a group of verified copies (`guarded_components`).
+    # other embedding edges only join two groups of verified copies (or, with `embedding_attach`, attach
+    # an item to one; `guarded_components`).
     standalone: np.ndarray
 
     @property
@@ -421,7 +427,7 @@ def find_clusters(bank, params: CampaignParams) -> Clusters:
     seeds = analyst_campaigns(bank)[rows]
     t2 = time.perf_counter()
     cluster_stats: dict = {}
-    labels, seeded_of = cluster_graph(graph, seeds, stats=cluster_stats)
+    labels, seeded_of = cluster_graph(graph, seeds, stats=cluster_stats, attach=params.embedding_attach)
     groups: list[np.ndarray] = []
     seeded: dict[str, list] = defaultdict(list)
     order = np.argsort(labels, kind="stable")
@@ -540,11 +546,13 @@ def local_pairs(bank, ids: np.ndarray, params: CampaignParams) -> tuple[np.ndarr
     return a[:, 0], a[:, 1]
 
 
-def cluster_graph(graph: Graph, seeds: np.ndarray, stats: dict | None = None) -> tuple[np.ndarray, dict[int, str]]:
+def cluster_graph(graph: Graph, seeds: np.ndarray, stats: dict | None = None,
+                  attach: bool = False) -> tuple[np.ndarray, dict[int, str]]:
     """Connected components, with analyst seeds as must-link (same name) and cannot-link (different names).
 
     Returns a label per node and, for labels that belong to an analyst campaign, its name. `stats`, when
-    given, gets the count of embedding edges dropped for attaching to no group of verified copies.
+    given, gets the count of embedding edges dropped for touching an item that no verified edge links.
+    `attach`: see `guarded_components`.
     """
     n = graph.n
     i, j, w = graph.i, graph.j, np.maximum(1.0 - graph.similarity.astype(np.float64), 1e-9)
@@ -561,7 +569,7 @@ def cluster_graph(graph: Graph, seeds: np.ndarray, stats: dict | None = None) ->
         w = np.concatenate([w, np.full(sum(len(x) for x in link_i), 1e-9)])
     verified = np.concatenate([graph.verified, np.ones(len(i) - graph.edges, bool)])  # analyst links count
     alone = np.concatenate([graph.standalone, np.ones(len(i) - graph.edges, bool)])
-    labels = guarded_components(n, i, j, verified, alone, stats, length=w)
+    labels = guarded_components(n, i, j, verified, alone, stats, length=w, attach=attach)
     seeded_of: dict[int, str] = {}
     if not by_name:
         return labels, seeded_of
@@ -596,37 +604,47 @@ def cluster_graph(graph: Graph, seeds: np.ndarray, stats: dict | None = None) ->
 
 def guarded_components(n: int, i: np.ndarray, j: np.ndarray, verified: np.ndarray,
                        standalone: np.ndarray | None = None, stats: dict | None = None,
-                       length: np.ndarray | None = None) -> np.ndarray:
+                       length: np.ndarray | None = None, attach: bool = False) -> np.ndarray:
     """Connected components in which close embeddings alone may join two verified groups only through
     MERGE_MIN_ITEMS distinct items on each side (or all of the smaller side's items, when it has fewer),
-    and link an item to others only through a group of verified copies, unless the edge is `standalone`.
+    and link an item that no verified edge links only by an edge that is `standalone`.
 
     Verified edges (PDQ, local features, analyst links) make groups of copies; embedding edges join them.
     One item whose embedding lands near another campaign's (with untrained weights, a heavily recoloured
     copy can) would otherwise chain its whole group into that campaign. And items that no verified edge
     links (distinct star fields, gradients, chats of one app: close embeddings, patch grids that agree by
-    chance) would chain into campaigns of their own: an embedding edge between two such items counts only
-    when it passes dedup's rule for an embedding-only copy (`standalone`; default: every edge does); and
-    such an item attaches to one group only, the one its shortest edge reaches (`length`: 1 − similarity),
-    so that it cannot bridge two groups of copies.
+    chance) would chain into campaigns of their own, or join a group of another image's copies: an
+    embedding edge that touches such an item counts only when it passes dedup's rule for an embedding-only
+    copy (`standalone`; default: every edge does). Measured (untrained vit_small): with the edited copies
+    of scripts/bench_hard_negatives.py in the bank, look-alikes joined other images' groups of copies in
+    21 campaigns of 142 items (star fields, text, one app's screens) when an edge at the base bar was
+    enough to attach an item; 1 of 6 items (three star fields' groups merged) with this rule. It costs
+    scripts/bench_campaigns.py the copies that only such an edge reaches (B-cubed F1, run 2, reposts
+    0.943 → 0.907, hard 0.903 → 0.870): those edges look the same as the look-alikes' (cls ≥ 0.99, grids
+    agreeing at the base bar but not the raised one, both with 128 keypoints that ORB matched nowhere).
+
+    `attach=True` (CampaignParams.embedding_attach) takes the earlier rule back for edges from such an item
+    to a group of verified copies: the item attaches to one group only, the one its shortest edge reaches
+    (`length`: 1 − similarity), so that it cannot bridge two groups of copies.
     """
     _, group = connected_components(sp.coo_matrix((np.ones(int(verified.sum())), (i[verified], j[verified])),
                                                   shape=(n, n)), directed=False)
     group = group.astype(np.int64)
     size = np.bincount(group)
     emb = ~verified
-    if standalone is not None:  # embedding edges between two unverified items must stand alone
-        loose = emb & ~standalone & (size[group[i]] < 2) & (size[group[j]] < 2)
+    if standalone is not None:  # embedding edges that touch an unlinked item must stand alone
+        unlinked_i, unlinked_j = size[group[i]] < 2, size[group[j]] < 2
+        loose = emb & ~standalone & ((unlinked_i & unlinked_j) if attach else (unlinked_i | unlinked_j))
         emb &= ~loose
         if stats is not None:
             stats["embedding_edges_unanchored"] = int(loose.sum())
-        attach = np.flatnonzero(emb & ~standalone & ((size[group[i]] < 2) != (size[group[j]] < 2)))
-        if len(attach) and length is not None:
-            item = np.where(size[group[i[attach]]] < 2, i[attach], j[attach])
-            order = np.lexsort((length[attach], item))  # per unlinked item, its shortest edge first
+        attaching = np.flatnonzero(emb & ~standalone & (unlinked_i != unlinked_j))
+        if len(attaching) and length is not None:
+            item = np.where(unlinked_i[attaching], i[attaching], j[attaching])
+            order = np.lexsort((length[attaching], item))  # per unlinked item, its shortest edge first
             later = np.zeros(len(order), bool)
             later[1:] = item[order][1:] == item[order][:-1]
-            emb[attach[order[later]]] = False
+            emb[attaching[order[later]]] = False
     a, b, x, y = group[i[emb]], group[j[emb]], i[emb], j[emb]
     cross = a != b
     a, b, x, y = a[cross], b[cross], x[cross], y[cross]
@@ -840,6 +858,7 @@ def write_report(path: str | Path, bank, records: list[dict], events: list[dict]
         + (f", local features ≥ {params.local_min_inliers} inliers"
            + (f" (up to {LOCAL_EDGE_MAX_ITEMS:,} items)" if params.local is None else "")
            if params and params.local is not False else "")
+        + (", items attached by close embeddings alone" if params and params.embedding_attach else "")
         + (f" · showing the {len(shown)} largest" if len(shown) < len(records) else "") + "</p>",
     ]
     if events:

@@ -502,6 +502,11 @@ def campaigns(
         "--local/--no-local",
         help="Link items whose ORB keypoints match (crops, captions, re-framings); a few ms per flagged item. "
              "Default: on up to 10,000 flagged items.")] = None,
+    embedding_attach: Annotated[bool, typer.Option(
+        "--embedding-attach",
+        help="Let an item that no PDQ or local-feature match links join a group of such copies by close "
+             "embeddings alone: finds more heavily edited copies, but look-alikes (star fields, one app's "
+             "screens) join other images' campaigns too.")] = False,
     stored: Annotated[bool, typer.Option(
         "--stored", help="List the campaigns stored by the last run, without clustering again.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Cluster but do not store the assignments.")] = False,
@@ -509,8 +514,8 @@ def campaigns(
 ) -> None:
     """Group flagged items into campaigns with stable ids (stored in the bank); report changes since last run."""
     fb = _fb(bank)
-    snap, result = fb.campaign_run(similarity=similarity, min_p_fake=min_p_fake, local=local, recompute=not stored,
-                                   save=not dry_run)
+    snap, result = fb.campaign_run(similarity=similarity, min_p_fake=min_p_fake, local=local,
+                                   embedding_attach=embedding_attach or None, recompute=not stored, save=not dry_run)
     records = fb.campaign_records(snap, result, min_size=min_size)
     from fakebank.campaigns import event_text
 
