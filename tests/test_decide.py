@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +77,18 @@ def test_unknown_label_copy_is_a_match_but_not_a_verdict():
     assert d.match.id == 4 and d.reason == "model" and d.verdict == "fake"
 
 
+def test_an_unknown_copy_never_hides_a_labelled_one():
+    """The closer copy is unlabelled (PDQ 0), a farther one is labelled fake (PDQ 8): the labelled copy is the
+    match and gives the verdict."""
+    judged = lambda n, **kw: replace(n, judged=True, **kw)  # noqa: E731 - as api.neighbors builds them
+    unknown = judged(nb(1, 1.0, "unknown", pdq=0), signal="pdq")
+    fake = judged(nb(3, 0.998, "fake", pdq=8), signal="pdq")
+    d = decide(-3.0, [unknown, fake])
+    assert (d.verdict, d.reason, d.score, d.match.id) == ("fake", "near_duplicate", 1.0, 3)
+    exact = judged(nb(5, 1.0, "real"), signal="sha256")  # the same bytes outrank any hash distance
+    assert decide(0.0, [fake, exact]).match.id == 5
+
+
 def test_uncertain_band():
     assert decide(0.1, []).verdict == "uncertain"
     assert decide(0.5, []).verdict == "fake"
@@ -134,3 +147,22 @@ def test_relabelling_an_item_flips_its_near_copies(tmp_path):
     d = decide(near_copy.logit, fb.neighbors(bank, near_copy, 5, params), params)
     assert (d.verdict, d.reason, d.match.id) == ("real", "near_duplicate", 1)
     assert d.p_model > 0.9  # the model still says fake; the bank corrects it without retraining
+
+
+def test_the_same_file_is_a_copy_even_where_no_signal_can_judge_it(tmp_path):
+    """A plain blue sky photo (PDQ quality 3, too few ORB keypoints): no signal may call another image a copy
+    of it, but the very file is one (sha256), so an analyst's relabel takes effect on the next query of it;
+    a re-encode of it stays unjudged (untrained vit_small through the real extractor)."""
+    from PIL import Image
+
+    sky = Path(__file__).parent / "data/pdq/reg-test-input/labelme-subset/q0003.jpg"
+    fb = Fakebank(tmp_path / "bank", weights="untrained:vit_small_patch16_384:0", device="cpu")
+    [added] = list(fb.add([str(sky)], label="fake"))
+    fb.label([added["id"]], "real")
+    [record] = list(fb.query([str(sky)], k=3))
+    assert (record["verdict"], record["reason"], record["score"]) == ("real", "near_duplicate", 0.0)
+    assert record["match"]["id"] == added["id"] and record["match"]["signal"] == "sha256"
+    again = tmp_path / "again.jpg"
+    Image.open(sky).save(again, quality=80)
+    [record] = list(fb.query([str(again)], k=3))
+    assert record["match"] is None or record["match"]["signal"] != "sha256"

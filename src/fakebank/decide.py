@@ -3,8 +3,8 @@
 Sits after the bank; knows nothing of files, FAISS or torch. Given the model's logit and the neighbours
 the api looked up, it decides:
 
-1. **near_duplicate** — the closest known copy has a label fake/real: that label is the verdict, the item
-   is the `match`. Neighbours the api judged with dedup (``judged``) are copies exactly when dedup found a
+1. **near_duplicate** — the strongest known copy labelled fake/real (an `unknown` copy does not hide it):
+   that label is the verdict, the item is the `match`. Neighbours the api judged with dedup (``judged``) are copies exactly when dedup found a
    signal (embedding-only copies verified by the patch grid); hand-built ones fall back to PDQ ≤ 31 or
    cls similarity ≥ ``duplicate_similarity``. The `match` record names the signal and its evidence;
 2. **knn** — labelled neighbours with similarity ≥ ``min_similarity`` vote (weighted by similarity, with a
@@ -129,15 +129,18 @@ def is_near_duplicate(n: Neighbor, params: FusionParams) -> bool:
     return pdq_hit or n.similarity >= params.duplicate_similarity
 
 
-# dedup.SIGNALS, strongest evidence first (decide does not import dedup: it stays free of FAISS and OpenCV)
-SIGNAL_ORDER = ("pdq", "pdq_trim", "local", "embedding")
+# dedup.EXACT and dedup.SIGNALS, strongest evidence first (decide does not import dedup: it stays free of
+# FAISS and OpenCV)
+SIGNAL_ORDER = ("sha256", "pdq", "pdq_trim", "local", "embedding")
 
 
 def best_match(neighbors: list[Neighbor], params: FusionParams) -> Neighbor | None:
-    """The strongest near-duplicate: by the signal that judged it (dedup's order, so a global-look
-    `embedding` match never outranks a PDQ or keypoint one), then smallest PDQ distance, most inliers,
-    highest similarity."""
+    """The strongest near-duplicate that carries a verdict (labelled fake or real; an `unknown` copy only
+    where no copy is labelled, so an unlabelled copy never hides a labelled one): by the signal that judged
+    it (dedup's order, so a global-look `embedding` match never outranks a PDQ or keypoint one), then
+    smallest PDQ distance, most inliers, highest similarity."""
     dupes = [n for n in neighbors if is_near_duplicate(n, params)]
+    dupes = [n for n in dupes if n.label in ("fake", "real")] or dupes
     if not dupes:
         return None
     rank = {s: k for k, s in enumerate(SIGNAL_ORDER)}

@@ -50,6 +50,10 @@ from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY, PdqHash
 from fakebank.signals import EMPTY_LOCAL, LOCAL_FEATURE_BYTES, LOCAL_SIDE, LocalFeatures
 
 SIGNALS = ("pdq", "pdq_trim", "local", "embedding")
+# The same bytes as a bank item (sha256): always a copy, whatever `signals` says, and the strongest one. A
+# flat or dark image gives none of the signals above anything to judge (PDQ quality < 50, no keypoints), yet
+# the very file an analyst relabelled must take that label.
+EXACT = "sha256"
 
 # cls cosine at or above which two images are taken as copies. Measured with untrained
 # vit_small_patch16_384 (DESIGN §1.5; scripts/bench_dedup.py): distinct photos reach 0.981, re-encoded,
@@ -181,15 +185,17 @@ class Probe:
     local_mirror: LocalFeatures = EMPTY_LOCAL
     exclude: int | None = None  # a bank item never matched (the probe's own)
     grid: PatchGrid | None = None  # None: no embedding-only match can be verified
+    sha256: str | None = None  # the query file's; a bank item with the same bytes is an EXACT copy
 
     @classmethod
     def of_embedding(cls, emb) -> Probe:
         sig = getattr(emb, "signals", None)
         grid = getattr(emb, "patch_grid", None)
+        sha256 = getattr(emb, "sha256", None)
         if sig is None:
-            return cls(cls=emb.cls, pdq=emb.pdq, grid=grid)
+            return cls(cls=emb.cls, pdq=emb.pdq, grid=grid, sha256=sha256)
         return cls(cls=emb.cls, pdq=emb.pdq, pdq_trim=sig.pdq_trim, local=sig.local, local_mirror=sig.local_mirror,
-                   grid=grid)
+                   grid=grid, sha256=sha256)
 
     @classmethod
     def of_item(cls, bank: Bank, item_id: int) -> Probe:
@@ -241,6 +247,10 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
         if item_id != probe.exclude and bank.has(item_id) and item_id not in found:
             found[item_id] = (signal, inliers)
 
+    if probe.sha256:
+        same = bank.id_of_sha256(probe.sha256)
+        if same is not None:
+            note(same, EXACT)
     codes = probe.pdq_codes()
     if codes and ("pdq" in params.signals or "pdq_trim" in params.signals):
         whole = len(dict.fromkeys(probe.pdq.dihedral)) if probe.pdq is not None and probe.pdq.quality >= PDQ_MIN_QUALITY else 0
@@ -281,7 +291,7 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
                 grids[int(i)] = None if agree is None else round(agree, 4)
                 if ok:
                     note(int(i), "embedding")
-    order = {s: n for n, s in enumerate(SIGNALS)}
+    order = {s: n for n, s in enumerate((EXACT,) + SIGNALS)}
     matches = [
         Match(id=i, signal=sig, similarity=round(float(bank.vector("cls", i) @ probe.cls), 6),
               pdq_distance=pdq_distance(bank, probe, i), inliers=inl, spatial_agreement=spatial(i))
