@@ -77,6 +77,11 @@ def test_add_reports_bad_files_and_goes_on(tmp_path, photos):
     for bad in ("empty.jpg", "text.jpg", "truncated.png"):
         assert by_name[bad]["status"] == "error" and bad in by_name[bad]["error"]
     assert sorted([by_name["good.png"]["status"], by_name["copy.png"]["status"]]) == ["added", "duplicate"]
+    # the copy names the item it duplicates, though both were new to the bank, and comes after it
+    assert by_name["good.png"]["id"] == by_name["copy.png"]["id"] is not None
+    order = [Path(r["path"]).name for r in lines]
+    first = min(order.index("good.png"), order.index("copy.png"))
+    assert lines[first]["status"] == "added"
 
 
 def test_query_finds_transformed_copies(tmp_path, photos, bank):

@@ -165,9 +165,11 @@ def test_dupes_and_campaigns_endpoints(server, tmp_path):
 
 
 def test_item_endpoints(server):
-    r = post(server, "/v1/items", [("item.jpg", distinct_images(1, seed=5)[0])])
+    data = distinct_images(1, seed=5)[0]
+    r = post(server, "/v1/items", [("item.jpg", data), ("again.jpg", data)])  # the same bytes twice
     assert r.status_code == 200, r.text
-    (rec,) = r.json()["results"]
+    rec, again = r.json()["results"]
+    assert (rec["status"], again["status"]) == ("added", "duplicate") and again["id"] == rec["id"] is not None
     url = f"{server.url}/v1/items/{rec['id']}"
     got = httpx.get(url, headers=AUTH).json()
     assert got["sha256"] == rec["sha256"] and got["label"] == "fake" and got["path"] == "item.jpg"

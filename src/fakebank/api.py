@@ -168,15 +168,21 @@ class Fakebank:
         with self.writer() as w:
             pending: list[tuple[NewItem, str]] = []
             seen: dict[str, str] = {}
+            # inputs with the bytes of a pending item: reported with its id once it is committed
+            repeats: list[tuple[str, str]] = []
             last_commit = time.monotonic()
 
             def flush() -> Iterator[dict]:
-                nonlocal pending, last_commit
+                nonlocal pending, repeats, last_commit
                 if pending:
                     ids = w.add([item for item, _ in pending])
+                    id_of = {}
                     for (item, path), item_id in zip(pending, ids):
+                        id_of[item.sha256] = item_id
                         yield self._add_record(path, item_id, item.sha256, "added", item.p_fake, label)
-                pending = []
+                    for path, sha256 in repeats:
+                        yield self._add_record(path, id_of[sha256], sha256, "duplicate", None, label)
+                pending, repeats = [], []
                 last_commit = time.monotonic()
 
             if results is None:
@@ -188,7 +194,10 @@ class Fakebank:
                     continue
                 # Skipped (known before decoding) or embedded: either way, never add a sha256 twice.
                 existing = w.bank.id_of_sha256(result.sha256)
-                if existing is not None or result.sha256 in seen or not isinstance(result, Embedding):
+                if existing is None and result.sha256 in seen:
+                    repeats.append((result.path, result.sha256))
+                    continue
+                if existing is not None or not isinstance(result, Embedding):
                     yield self._add_record(result.path, existing, result.sha256, "duplicate", None,
                                            w.bank.item(existing)["label"] if existing is not None else label)
                     continue
@@ -225,18 +234,25 @@ class Fakebank:
         with self._write_lock, self.store.writer(model_info=self.model_info,
                                                  embedding_dim=self.extractor.model.embed_dim,
                                                  snapshot=self.store.held()) as w:
-            fresh, seen = [], set()
+            fresh, seen, repeats = [], set(), []
             for i, e in enumerate(embs):
                 existing = w.bank.id_of_sha256(e.sha256)
-                if existing is not None or e.sha256 in seen:
+                if e.sha256 in seen:
+                    repeats.append(i)  # the bytes of an upload before it: its id once committed
+                elif existing is not None:
                     records[i] = self._add_record(e.path, existing, e.sha256, "duplicate", None,
-                                                  w.bank.item(existing)["label"] if existing is not None else label)
+                                                  w.bank.item(existing)["label"])
                 else:
                     seen.add(e.sha256)
                     fresh.append(i)
             ids = w.add([new_item(embs[i], label, source, campaign, note) for i in fresh])
+            id_of = {}
             for i, item_id in zip(fresh, ids):
+                id_of[embs[i].sha256] = item_id
                 records[i] = self._add_record(embs[i].path, item_id, embs[i].sha256, "added", embs[i].p_fake, label)
+            for i in repeats:
+                records[i] = self._add_record(embs[i].path, id_of[embs[i].sha256], embs[i].sha256, "duplicate", None,
+                                              label)
             self._publish(w.bank)
         return records
 
