@@ -177,6 +177,9 @@ def test_item_endpoints(server):
     assert r.json() == {"id": rec["id"], "label": "real", "status": "updated"}
     assert httpx.get(url, headers=AUTH).json()["label"] == "real"
     assert httpx.patch(url, json={"label": "maybe"}, headers=AUTH).status_code == 400
+    r = httpx.patch(url, json={"label": "fake", "campaign": "Op X"}, headers=AUTH)  # not editable: refused
+    assert r.status_code == 422 and "campaign" in r.json()["error"]
+    assert httpx.get(url, headers=AUTH).json()["label"] == "real"
     assert httpx.delete(url, headers=AUTH).json() == {"id": rec["id"], "status": "removed"}
     assert httpx.get(url, headers=AUTH).status_code == 404
     assert httpx.delete(url, headers=AUTH).status_code == 404

@@ -26,7 +26,7 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fakebank.api import DEFAULT_K, Fakebank
@@ -171,6 +171,10 @@ class LookupBody(BaseModel):
 
 
 class LabelPatch(BaseModel):
+    """An item's only editable field over HTTP; anything else is refused (422), not silently ignored: the
+    analyst campaign is given at `add` time, computed ones by `campaigns`."""
+
+    model_config = ConfigDict(extra="forbid")
     label: str
 
 
