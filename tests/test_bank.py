@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bankutil import DIM, MODEL_INFO, format_1_bank, format_2_bank, make_item
+from fakebank.api import Fakebank
 from fakebank.bank import MANIFEST, Bank, BankWriter, read_manifest
 from fakebank.errors import BankError, UsageError
 
@@ -122,6 +123,10 @@ def test_relabel_and_remove_take_effect_and_persist(tmp_path):
     assert ids[0, 0] == 4 and 5 not in ids[0].tolist()
     with writer(tmp_path) as w:  # ids are never reused after a removal
         assert w.add([make_item(100)]) == [7]
+    fb = Fakebank(tmp_path)  # an id given twice is one change and one record
+    assert fb.label([1, 1], "real") == [{"id": 1, "label": "real", "status": "updated"}]
+    assert fb.remove([4, 4]) == [{"id": 4, "status": "removed"}]
+    assert Bank.open(tmp_path).manifest["counts"] == {"items": 5, "fake": 2, "real": 3, "unknown": 0}
 
 
 def test_bad_label_is_a_usage_error(tmp_path):

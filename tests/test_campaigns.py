@@ -600,3 +600,10 @@ def test_an_item_linked_by_close_embeddings_alone_joins_no_group_unless_asked_an
     assert labels[6] == labels[4]
     # where every edge stands alone (dedup's rules hold for both), the item joins the two, as before
     assert len(set(guarded_components(7, i, j, verified, standalone=np.ones(6, bool), length=length))) == 1
+
+
+def test_report_anchors_of_names_that_differ_only_in_punctuation_differ():
+    names = ["Op Bridge", "Op.Bridge", "Op_Bridge", "C0001", "Op/Bridge"]
+    anchors = [cp._anchor(n) for n in names]
+    assert len(set(anchors)) == len(names)
+    assert anchors[3] == "c-C0001" and all(re.fullmatch(r"c-[A-Za-z0-9_-]+", a) for a in anchors)

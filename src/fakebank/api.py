@@ -683,14 +683,16 @@ class Fakebank:
 
     def label(self, ids: Sequence[int], label: str) -> list[dict]:
         check_label(label)
+        ids = list(dict.fromkeys(int(i) for i in ids))  # an id given twice is one change, one record
         with self.writer(with_model=False) as w:
             w.set_label(ids, label)
-            return [{"id": int(i), "label": label, "status": "updated"} for i in ids]
+            return [{"id": i, "label": label, "status": "updated"} for i in ids]
 
     def remove(self, ids: Sequence[int]) -> list[dict]:
+        ids = list(dict.fromkeys(int(i) for i in ids))
         with self.writer(with_model=False) as w:
             w.remove(ids)
-            return [{"id": int(i), "status": "removed"} for i in ids]
+            return [{"id": i, "status": "removed"} for i in ids]
 
     # -- thumbnails ---------------------------------------------------------------------------------
 

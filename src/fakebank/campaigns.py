@@ -54,6 +54,7 @@ How items are grouped (measured in ``scripts/bench_campaigns.py``; see README):
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import math
 import re
@@ -921,7 +922,12 @@ def thumbnail_uri(bank, item_id: int) -> str | None:
 
 
 def _anchor(name: str) -> str:
-    return "c-" + re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    """A fragment id for a campaign's section. Names that lose characters to it get a digest of the whole
+    name, so that two analyst names such as "Op Bridge" and "Op.Bridge" never share one."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    if safe != name:
+        safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return "c-" + safe
 
 
 def _events_headline(events: list[dict]) -> str:
