@@ -136,10 +136,12 @@ class Fakebank:
     def _publish(self, bank: Bank) -> None:
         self.store.publish(bank)
 
-    def writer(self, *, with_model: bool = True) -> BankWriter:
+    def writer(self, *, with_model: bool = True, snapshot: Bank | None = None) -> BankWriter:
+        """A writer of the bank (`snapshot`: a reader the caller holds, reused when it is still the latest)."""
         if with_model:
-            return self.store.writer(model_info=self.model_info, embedding_dim=self.extractor.model.embed_dim)
-        return self.store.writer(create=False)
+            return self.store.writer(model_info=self.model_info, embedding_dim=self.extractor.model.embed_dim,
+                                     snapshot=snapshot)
+        return self.store.writer(create=False, snapshot=snapshot)
 
     # -- add ------------------------------------------------------------------------------------------
 
@@ -165,51 +167,69 @@ class Fakebank:
         check_label(label)
         inputs = sources if sources is not None else (Source(os.fspath(f)) for f in files)
         inputs, videos = split_videos(inputs)
-        with self.writer() as w:
-            pending: list[tuple[NewItem, str]] = []
-            seen: dict[str, str] = {}
-            # inputs with the bytes of a pending item: reported with its id once it is committed
-            repeats: list[tuple[str, str]] = []
+        with self.writer() as w:  # creates the bank, or refuses one made with another model, before any work
+            latest = w.bank
+        # The bank's lock is held only while a batch commits, so that `label`, `remove`, the service's
+        # uploads and another `add` can write between batches of a long run (they wait ≤ 30 s for it).
+        pending: list[tuple[NewItem, str]] = []
+        seen: dict[str, str] = {}
+        # inputs with the bytes of a pending item: reported with its id once it is committed
+        repeats: list[tuple[str, str]] = []
+        last_commit = time.monotonic()
+
+        def flush() -> Iterator[dict]:
+            nonlocal latest, pending, repeats, last_commit
+            if pending:
+                with self._write_lock, self.writer(snapshot=latest) as w:
+                    # another writer may have added some of these files since they were looked up
+                    known = {item.sha256: w.bank.id_of_sha256(item.sha256) for item, _ in pending}
+                    fresh = [(item, path) for item, path in pending if known[item.sha256] is None]
+                    ids = w.add([item for item, _ in fresh]) if fresh else []
+                    latest = w.bank
+                self._publish(latest)
+                id_of = {sha: i for sha, i in known.items() if i is not None}
+                added = {item.sha256 for item, _ in fresh}
+                for (item, path), item_id in zip(fresh, ids):
+                    id_of[item.sha256] = item_id
+                for item, path in pending:
+                    if item.sha256 in added:
+                        yield self._add_record(path, id_of[item.sha256], item.sha256, "added", item.p_fake, label)
+                    else:
+                        yield self._add_record(path, id_of[item.sha256], item.sha256, "duplicate", None,
+                                               latest.item(id_of[item.sha256])["label"])
+                for path, sha256 in repeats:
+                    yield self._add_record(path, id_of[sha256], sha256, "duplicate", None,
+                                           label if sha256 in added else latest.item(id_of[sha256])["label"])
+            pending, repeats = [], []
             last_commit = time.monotonic()
 
-            def flush() -> Iterator[dict]:
-                nonlocal pending, repeats, last_commit
-                if pending:
-                    ids = w.add([item for item, _ in pending])
-                    id_of = {}
-                    for (item, path), item_id in zip(pending, ids):
-                        id_of[item.sha256] = item_id
-                        yield self._add_record(path, item_id, item.sha256, "added", item.p_fake, label)
-                    for path, sha256 in repeats:
-                        yield self._add_record(path, id_of[sha256], sha256, "duplicate", None, label)
-                pending, repeats = [], []
-                last_commit = time.monotonic()
-
-            if results is None:
-                results = self.extractor.extract(inputs, skip=lambda sha: w.bank.id_of_sha256(sha) is not None
-                                                 or sha in seen, mirror=False, thumbnail=True)
-            for result in results:
-                if isinstance(result, FailedInput):
-                    yield self._add_record(result.path, None, None, "error", None, None, result.error)
-                    continue
-                # Skipped (known before decoding) or embedded: either way, never add a sha256 twice.
-                existing = w.bank.id_of_sha256(result.sha256)
-                if existing is None and result.sha256 in seen:
-                    repeats.append((result.path, result.sha256))
-                    continue
-                if existing is not None or not isinstance(result, Embedding):
-                    yield self._add_record(result.path, existing, result.sha256, "duplicate", None,
-                                           w.bank.item(existing)["label"] if existing is not None else label)
-                    continue
-                seen[result.sha256] = result.path
-                pending.append((new_item(result, label, source, campaign, note), result.path))
-                if len(pending) >= COMMIT_EVERY_ITEMS or time.monotonic() - last_commit >= COMMIT_EVERY_S:
-                    yield from flush()
-            yield from flush()
-            for src in videos:  # one commit per video: each is many frames of work
-                yield self.add_video(w, src, label=label, source=source, campaign=campaign, note=note)
+        if results is None:
+            results = self.extractor.extract(inputs, skip=lambda sha: latest.id_of_sha256(sha) is not None
+                                             or sha in seen, mirror=False, thumbnail=True)
+        for result in results:
+            if isinstance(result, FailedInput):
+                yield self._add_record(result.path, None, None, "error", None, None, result.error)
+                continue
+            # Skipped (known before decoding) or embedded: either way, never add a sha256 twice.
+            existing = latest.id_of_sha256(result.sha256)
+            if existing is None and result.sha256 in seen:
+                repeats.append((result.path, result.sha256))
+                continue
+            if existing is not None or not isinstance(result, Embedding):
+                yield self._add_record(result.path, existing, result.sha256, "duplicate", None,
+                                       latest.item(existing)["label"] if existing is not None else label)
+                continue
+            seen[result.sha256] = result.path
+            pending.append((new_item(result, label, source, campaign, note), result.path))
+            if len(pending) >= COMMIT_EVERY_ITEMS or time.monotonic() - last_commit >= COMMIT_EVERY_S:
+                yield from flush()
+        yield from flush()
+        for src in videos:  # one commit per video: each is many frames of work
+            yield self.add_video(src, label=label, source=source, campaign=campaign, note=note)
+        with self._write_lock, self.writer(snapshot=latest) as w:
             if w.bank.manifest.get("dedup") is None and len(w.bank):
                 w.set_manifest_entry("dedup", DedupParams().to_dict())  # the thresholds the bank matches with
+            self._publish(w.bank)
 
     def add_ray(self, paths: Sequence[str], *, address: str = "local", workers: int = 2, gpus: float = 0.0,
                 recursive: bool = False, **labels) -> Iterator[dict]:
@@ -474,23 +494,32 @@ class Fakebank:
         return vid.embed_video(self.extractor, src.name, src.data, rate=self.video_rate, max_frames=self.max_frames,
                                strategy=self.video_strategy, mirror=mirror, embed=embed)
 
-    def add_video(self, w: BankWriter, src, *, label: str, source: str | None = None, campaign: str | None = None,
+    def add_video(self, src, *, label: str, source: str | None = None, campaign: str | None = None,
                   note: str | None = None) -> dict:
         """Add one video as one item (committed before the record is returned); `add`'s record plus
-        `"media": "video"` and the `frames` summary."""
+        `"media": "video"` and the `frames` summary. The frames are embedded before the bank is locked."""
         try:
             sha = hashlib.sha256(src.data).hexdigest() if src.data is not None else vid.file_sha256(src.name)
-            existing = w.bank.id_of_sha256(sha)
-            if existing is not None:
-                return self._add_record(src.name, existing, sha, "duplicate", None, w.bank.item(existing)["label"]) \
-                    | {"media": "video"}
-            vemb = vid.embed_video(self.extractor, src.name, src.data, sha256=sha, rate=self.video_rate,
-                                   max_frames=self.max_frames, strategy=self.video_strategy, mirror=False,
-                                   thumbnail=True)
+            known = self.store.snapshot()
+            existing = known.id_of_sha256(sha) if len(known) else None
+            if existing is None:
+                vemb = vid.embed_video(self.extractor, src.name, src.data, sha256=sha, rate=self.video_rate,
+                                       max_frames=self.max_frames, strategy=self.video_strategy, mirror=False,
+                                       thumbnail=True)
+                with self._write_lock, self.writer() as w:
+                    existing = w.bank.id_of_sha256(sha)  # another writer may have added it meanwhile
+                    if existing is None:
+                        item = video_item(vemb, label, source, campaign, note, w.bank.dim)
+                        (item_id,) = w.add([item])
+                    self._publish(w.bank)
+                    bank = w.bank
+            else:
+                bank = known
         except FakebankError as e:
             return self._add_record(src.name, None, None, "error", None, None, str(e)) | {"media": "video"}
-        item = video_item(vemb, label, source, campaign, note, w.bank.dim)
-        (item_id,) = w.add([item])
+        if existing is not None:
+            return self._add_record(src.name, existing, sha, "duplicate", None, bank.item(existing)["label"]) \
+                | {"media": "video"}
         return self._add_record(src.name, item_id, sha, "added", item.p_fake, label) | {
             "media": "video", "frames": vemb.summary()}
 

@@ -273,10 +273,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         src = Source(name, data)
         try:
             if kind == "add":
-                with fb._write_lock, fb.writer() as w:
-                    record = fb.add_video(w, src, **add)
-                    fb._publish(w.bank)
-                    return record
+                return fb.add_video(src, **add)
             vemb = fb.embed_video(src, embed=embed_frames)
         except FakebankError as e:
             return fb.query_error_record(name, str(e)) if kind == "query" else \
