@@ -225,6 +225,36 @@ def test_fakebank_export_imports_with_full_matching_or_as_hashes_only(tmp_path, 
     assert Fakebank(other).lookup([Bank.open(bank).value(4, "pdq").hex()])[0]["matches"][0]["media"] == "hash"
 
 
+def test_export_refuses_bad_targets_before_writing_and_never_leaves_a_temporary_file(tmp_path, bank, monkeypatch):
+    import fakebank.hashlists as hashlists
+
+    def files() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir())
+
+    before = files()
+    code, _, stderr = cli("export", tmp_path / "nowhere" / "fakes.txt", "--bank", bank)
+    assert code == 2 and "does not exist" in " ".join(stderr.split()) and "Traceback" not in stderr
+    (tmp_path / "out").mkdir()
+    code, _, stderr = cli("export", tmp_path / "out", "--bank", bank)
+    assert code == 2 and "is a folder" in " ".join(stderr.split())
+    assert files() == sorted(before + ["out"]) and not any((tmp_path / "out").iterdir())  # no out.tmp, nothing in it
+
+    # a failure midway (here: a full disk after the first batch) leaves the old list and no temporary file
+    batches = hashlists.export_batches
+
+    def disk_full(*args, **kwargs):
+        yield next(batches(*args, **kwargs))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hashlists, "export_batches", disk_full)
+    for fmt, name in (("local_file", "fakes.txt"), ("csv", "fakes.csv"), ("fakebank", "fakes.parquet")):
+        (tmp_path / name).write_text("the list exported last week\n")
+        code, _, stderr = cli("export", tmp_path / name, "--format", fmt, "--bank", bank)
+        assert code == 2 and "No space left on device" in stderr, stderr
+        assert (tmp_path / name).read_text() == "the list exported last week\n"
+        assert not (tmp_path / (name + ".tmp")).exists()
+
+
 # -- look-up -------------------------------------------------------------------------------------------------
 
 def test_lookup_by_hash_finds_images_and_hashes_within_the_distance(tmp_path, bank):
