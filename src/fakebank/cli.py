@@ -288,7 +288,10 @@ def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
     out.print("indexes     " + ", ".join(f"{k}: {v}" for k, v in r["indexes"].items()))
     f = r["fusion"]
     out.print(f"fusion      w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f} "
-              f"min_sim={f['min_similarity']} dup_sim={f['duplicate_similarity']} ({f['source']})")
+              f"min_sim={f['min_similarity']} ({f['source']})")
+    d = r["dedup"]  # the copy decision's settings, as `dupes --save` stores them
+    out.print("dedup       " + " ".join(f"{k}={','.join(v) if k == 'signals' else v}" for k, v in d.items()
+                                        if k != "source") + f" ({d['source']})")
     out.print(f"updated     {r['updated_at']}")
     st = r.get("storage")
     if st and "segments" in st:
