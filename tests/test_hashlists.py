@@ -391,6 +391,19 @@ def test_a_hash_only_item_decides_query_and_dupes_by_pdq(image_bank, tmp_path):
     assert q["match"]["id"] == 2 and "media" not in q["match"]
 
 
+def test_readable_query_and_dupes_print_a_hash_only_match(image_bank, tmp_path):
+    """A hash-only item has no similarity and no path: the readable lines say so (they crashed on None)."""
+    bank, folder = image_bank
+    copy = tmp_path / "copy.jpg"
+    Image.open(folder / "img3.png").save(copy, quality=80)
+    res = runner.invoke(app, ["query", str(copy), "--bank", str(bank)])
+    assert res.exit_code == 0, res.output
+    assert "↳ copy of #4 (fake) hash-only item (similarity —, pdq distance " in res.stdout
+    res = runner.invoke(app, ["dupes", str(copy), "--bank", str(bank)])
+    assert res.exit_code == 0, res.output
+    assert "#4 hash-only item  (pdq, similarity —, pdq distance " in res.stdout
+
+
 def test_campaigns_and_groups_run_over_hash_only_items(image_bank, tmp_path):
     import shutil
     bank = tmp_path / "bank"
