@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +13,10 @@ import pytest
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
+from fakebank.api import Fakebank
 from fakebank.bank import Bank
 from fakebank.cli import app
+from fakebank.dedup import DedupParams
 
 DATA = Path(__file__).parent / "data"
 WEIGHTS = "untrained:test_vit:0"  # 160-px ViT: fast; matching is real even though scores are not
@@ -137,6 +140,43 @@ def test_compact_keeps_answers_and_folds_the_changes(tmp_path, photos, bank):
 def test_info_human_output(bank):
     res = runner.invoke(app, ["info", "--bank", str(bank)])
     assert res.exit_code == 0 and "items       5" in res.stdout and "test_vit" in res.stdout
+
+
+def test_info_shows_the_dedup_settings_that_matching_uses(bank):
+    _, (info,), _ = run("info", "--bank", bank, "--json")
+    assert info["dedup"] == DedupParams().to_dict()  # `add` stores the defaults
+    code, _, _ = run("dupes", "--pdq-threshold", "4", "--signals", "pdq", "--save", "--bank", bank, "--json")
+    assert code == 0
+    _, (info,), _ = run("info", "--bank", bank, "--json")
+    assert info["dedup"] == Fakebank(bank).dedup_params().to_dict()  # what query's match and dupes read
+    assert (info["dedup"]["pdq_threshold"], info["dedup"]["signals"]) == (4, ["pdq"])
+    # the fusion block no longer carries a second, unused copy threshold (it said 31)
+    assert not {"pdq_threshold", "duplicate_similarity"} & set(info["fusion"])
+    res = runner.invoke(app, ["info", "--bank", str(bank)])
+    assert res.exit_code == 0
+    [line] = [x for x in res.stdout.splitlines() if x.startswith("dedup ")]
+    assert "pdq_threshold=4 " in line and "signals=pdq " in line and "pdq_threshold" not in res.stdout.replace(line, "")
+
+
+def test_readable_output_prints_brackets_in_paths_and_sources_literally(tmp_path, photos):
+    """Square brackets in user text are not Rich markup: `[bold]` is printed, `[/]` does not crash."""
+    bold = tmp_path / "x[bold]y.png"
+    closing = tmp_path / "a[" / "]b.png"  # the path reads …/a[/]b.png
+    closing.parent.mkdir()
+    shutil.copy(photos / "img0.png", bold)
+    shutil.copy(photos / "img1.png", closing)
+    bank = tmp_path / "bank[v2]"
+    res = runner.invoke(app, ["add", str(bold), str(closing), "--bank", str(bank), "--weights", WEIGHTS,
+                              "--source", "feed[red]1", "--campaign", "op[/]x"])
+    assert res.exit_code == 0, res.output
+    assert f"  {bold}\n" in res.stdout and f"  {closing}\n" in res.stdout
+    res = runner.invoke(app, ["query", str(bold), str(closing), "--bank", str(bank)])
+    assert res.exit_code == 0, res.output
+    assert f"(fake) {bold} (similarity 1.000" in res.stdout and f"(fake) {closing} (similarity 1.000" in res.stdout
+    res = runner.invoke(app, ["lookup", "--pdq", Bank.open(bank).value(1, "pdq").hex(), "--bank", str(bank)])
+    assert res.exit_code == 0 and "source=feed[red]1  campaign=op[/]x" in res.stdout
+    res = runner.invoke(app, ["info", "--bank", str(bank)])
+    assert res.exit_code == 0 and f"bank        {bank}  " in res.stdout
 
 
 def test_usage_errors_exit_2(tmp_path, photos, bank):

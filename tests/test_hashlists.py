@@ -225,6 +225,36 @@ def test_fakebank_export_imports_with_full_matching_or_as_hashes_only(tmp_path, 
     assert Fakebank(other).lookup([Bank.open(bank).value(4, "pdq").hex()])[0]["matches"][0]["media"] == "hash"
 
 
+def test_export_refuses_bad_targets_before_writing_and_never_leaves_a_temporary_file(tmp_path, bank, monkeypatch):
+    import fakebank.hashlists as hashlists
+
+    def files() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir())
+
+    before = files()
+    code, _, stderr = cli("export", tmp_path / "nowhere" / "fakes.txt", "--bank", bank)
+    assert code == 2 and "does not exist" in " ".join(stderr.split()) and "Traceback" not in stderr
+    (tmp_path / "out").mkdir()
+    code, _, stderr = cli("export", tmp_path / "out", "--bank", bank)
+    assert code == 2 and "is a folder" in " ".join(stderr.split())
+    assert files() == sorted(before + ["out"]) and not any((tmp_path / "out").iterdir())  # no out.tmp, nothing in it
+
+    # a failure midway (here: a full disk after the first batch) leaves the old list and no temporary file
+    batches = hashlists.export_batches
+
+    def disk_full(*args, **kwargs):
+        yield next(batches(*args, **kwargs))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hashlists, "export_batches", disk_full)
+    for fmt, name in (("local_file", "fakes.txt"), ("csv", "fakes.csv"), ("fakebank", "fakes.parquet")):
+        (tmp_path / name).write_text("the list exported last week\n")
+        code, _, stderr = cli("export", tmp_path / name, "--format", fmt, "--bank", bank)
+        assert code == 2 and "No space left on device" in stderr, stderr
+        assert (tmp_path / name).read_text() == "the list exported last week\n"
+        assert not (tmp_path / (name + ".tmp")).exists()
+
+
 # -- look-up -------------------------------------------------------------------------------------------------
 
 def test_lookup_by_hash_finds_images_and_hashes_within_the_distance(tmp_path, bank):
@@ -359,6 +389,19 @@ def test_a_hash_only_item_decides_query_and_dupes_by_pdq(image_bank, tmp_path):
     # an image the partner never shared is not matched by the hash
     code, [q], _ = cli("query", folder / "img1.png", "--bank", bank, "--json")
     assert q["match"]["id"] == 2 and "media" not in q["match"]
+
+
+def test_readable_query_and_dupes_print_a_hash_only_match(image_bank, tmp_path):
+    """A hash-only item has no similarity and no path: the readable lines say so (they crashed on None)."""
+    bank, folder = image_bank
+    copy = tmp_path / "copy.jpg"
+    Image.open(folder / "img3.png").save(copy, quality=80)
+    res = runner.invoke(app, ["query", str(copy), "--bank", str(bank)])
+    assert res.exit_code == 0, res.output
+    assert "↳ copy of #4 (fake) hash-only item (similarity —, pdq distance " in res.stdout
+    res = runner.invoke(app, ["dupes", str(copy), "--bank", str(bank)])
+    assert res.exit_code == 0, res.output
+    assert "#4 hash-only item  (pdq, similarity —, pdq distance " in res.stdout
 
 
 def test_campaigns_and_groups_run_over_hash_only_items(image_bank, tmp_path):

@@ -685,9 +685,15 @@ class Fakebank:
     # -- maintenance -----------------------------------------------------------------------------
 
     def info(self) -> dict:
-        """What the manifest says (no segment is opened: this costs the same at any size)."""
+        """What the manifest says (no segment is opened: this costs the same at any size). `dedup`: the
+        near-duplicate thresholds `query`'s match and `dupes` use (stored by `dupes --save`, else the defaults)."""
         m = self.store.read_manifest()
         model = m.get("model") or {}
+        # Not FusionParams' own copy thresholds: dedup judges every neighbour the api looks up, so those are only
+        # the fallback for neighbours built by hand (decide.is_near_duplicate), and shown here they would
+        # contradict the `dedup` settings that do decide (a stored PDQ threshold of 4 beside a fusion one of 31).
+        fusion = {k: v for k, v in FusionParams.from_dict(m.get("fusion")).to_dict().items()
+                  if k not in ("pdq_threshold", "duplicate_similarity")}
         return {
             "bank": self.store.location,
             "format_version": m["format_version"],
@@ -705,7 +711,8 @@ class Fakebank:
                 "local": ("BinaryIVF per segment over the bank's " + f"{m['local_quantizer']['nlist']} cells"
                           if m.get("local_quantizer") else "BinaryFlat per segment")},
             **self.store.info_storage(m),
-            "fusion": FusionParams.from_dict(m.get("fusion")).to_dict(),
+            "dedup": DedupParams.from_dict(m.get("dedup")).to_dict(),
+            "fusion": fusion,
             "created_at": m["created_at"],
             "updated_at": m["updated_at"],
         }

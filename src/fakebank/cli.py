@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from fakebank.api import DEFAULT_K, Fakebank, expand_inputs
 from fakebank.errors import EXIT_SOME_FAILED, FakebankError
@@ -30,8 +31,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console(highlight=False, soft_wrap=True)
+# No markup on either console: paths, notes, sources and campaign names are user text, and a file named
+# `x[bold]y.jpg` or `a[/]b.jpg` must print as it is (markup would drop the first and crash on the second).
+# The few styled words are rich Text with a style (`_styled`), never markup built from strings.
+err = Console(stderr=True, markup=False)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 
 BankOpt = Annotated[Optional[Path], typer.Option("--bank", help="Bank folder [env FAKEBANK_BANK; default indexes/default].")]
 WeightsOpt = Annotated[Optional[str], typer.Option(
@@ -83,6 +87,22 @@ def _fb(bank, weights=None, device="auto", precision="auto", batch_size=None, po
                     positive_label=positive_label, max_frames=max_frames, store=_store["spec"])
 
 
+def _styled(word: str, style: str, rest: str) -> Text:
+    """`word` in `style`, then `rest` as it is (user text in `rest` is never read as markup)."""
+    return Text.assemble((word, style), rest)
+
+
+def _num(value, spec: str = "") -> str:
+    """A record's number for reading; "—" where the record has none (a hash-only item has no similarity,
+    an unusable hash no PDQ distance)."""
+    return "—" if value is None else format(value, spec)
+
+
+def _path(path) -> str:
+    """A record's path for reading; a hash-only item (a shared PDQ hash) has none."""
+    return "hash-only item" if path is None else str(path)
+
+
 def _emit(record: dict, as_json: bool, human) -> None:
     if as_json:
         sys.stdout.write(json.dumps(record) + "\n")
@@ -105,8 +125,9 @@ def _progress(total: int, what: str, as_json: bool):
 
 def _warn_untrained(fb: Fakebank) -> None:
     if not fb.model_info["trained"]:
-        err.print(f"[yellow]warning:[/] {fb.model_info['name']} has random weights: p_fake and verdicts are "
-                  "meaningless, but matching against the bank is real. Set FAKEBANK_WEIGHTS for real scores.")
+        err.print(_styled("warning:", "yellow", f" {fb.model_info['name']} has random weights: p_fake and verdicts "
+                          "are meaningless, but matching against the bank is real. Set FAKEBANK_WEIGHTS for real "
+                          "scores."))
 
 
 @_command
@@ -189,13 +210,13 @@ def query(
             err.print("error " + r['error'], markup=False, highlight=False)
             return
         colour = {"fake": "red", "real": "green"}.get(r["verdict"], "yellow")
-        line = (f"[{colour}]{r['verdict']:9}[/] score={r['score']:.3f} p_model={r['p_model']:.3f} "
-                f"p_knn={'-' if r['p_knn'] is None else format(r['p_knn'], '.3f')} ({r['reason']})  {r['path']}")
+        rest = (f" score={r['score']:.3f} p_model={r['p_model']:.3f} p_knn={_num(r['p_knn'], '.3f')} "
+                f"({r['reason']})  {r['path']}")
         if r["match"]:
             m = r["match"]
-            line += (f"\n           ↳ copy of #{m['id']} ({m['label']}) {m['path']} "
-                     f"(similarity {m['similarity']:.3f}, pdq distance {m['pdq_distance']})")
-        out.print(line)
+            rest += (f"\n           ↳ copy of #{m['id']} ({m['label']}) {_path(m['path'])} "
+                     f"(similarity {_num(m['similarity'], '.3f')}, pdq distance {_num(m['pdq_distance'])})")
+        out.print(_styled(f"{r['verdict']:9}", colour, rest))
         _print_video(r)
         _print_evidence(r)
 
@@ -218,11 +239,11 @@ def _print_video(r: dict) -> None:
     if f.get("driving"):
         out.print(f"           ↳ verdict from the frame at {f['driving']['timestamp']} s", markup=False)
     for v in f.get("videos", []):
-        out.print(f"           ↳ vPDQ match #{v['id']} ({v['label']}) {v['path']}: {v['query_match_percent']}% of this "
-                  f"video, {v['compared_match_percent']}% of it", markup=False)
+        out.print(f"           ↳ vPDQ match #{v['id']} ({v['label']}) {_path(v['path'])}: "
+                  f"{v['query_match_percent']}% of this video, {v['compared_match_percent']}% of it", markup=False)
     for i in f.get("items", []):
-        out.print(f"           ↳ #{i['id']} ({i['label']}) {i['path']} seen at {', '.join(map(str, i['timestamps']))} s "
-                  f"({i['signal']})", markup=False)
+        out.print(f"           ↳ #{i['id']} ({i['label']}) {_path(i['path'])} seen at "
+                  f"{', '.join(map(str, i['timestamps']))} s ({i['signal']})", markup=False)
 
 
 def _print_evidence(r: dict) -> None:
@@ -288,7 +309,10 @@ def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
     out.print("indexes     " + ", ".join(f"{k}: {v}" for k, v in r["indexes"].items()))
     f = r["fusion"]
     out.print(f"fusion      w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f} "
-              f"min_sim={f['min_similarity']} dup_sim={f['duplicate_similarity']} ({f['source']})")
+              f"min_sim={f['min_similarity']} ({f['source']})")
+    d = r["dedup"]  # the copy decision's settings, as `dupes --save` stores them
+    out.print("dedup       " + " ".join(f"{k}={','.join(v) if k == 'signals' else v}" for k, v in d.items()
+                                        if k != "source") + f" ({d['source']})")
     out.print(f"updated     {r['updated_at']}")
     st = r.get("storage")
     if st and "segments" in st:
@@ -354,7 +378,7 @@ def import_(
         if r["error_count"] > len(r["errors"]):
             err.print(f"… and {r['error_count'] - len(r['errors'])} more bad lines", markup=False)
         if r["note"]:
-            err.print("[yellow]note:[/] " + r["note"])
+            err.print(_styled("note:", "yellow", " " + r["note"]))
         out.print(f"{r['path']} ({r['format']}): {r['signals']} signals → {r['added']} added, {r['updated']} updated, "
                   f"{r['unchanged']} unchanged, {r['error_count']} bad lines skipped")
     if r["error_count"]:
@@ -580,8 +604,8 @@ def dupes(
             n = 0
             for r in fb.dupe_groups(params=params, progress=tick):
                 n += 1
-                _emit(r, as_json, lambda r: out.print(f"group of {len(r['group'])}: "
-                                                      + ", ".join(f"#{i} {p}" for i, p in zip(r["group"], r["paths"]))))
+                _emit(r, as_json, lambda r: out.print(f"group of {len(r['group'])}: " + ", ".join(
+                    f"#{i} {_path(p)}" for i, p in zip(r["group"], r["paths"]))))
         err.print(f"{n} groups of near-duplicates among {len(b)} items")
         return
     files = expand_inputs(paths, recursive)
@@ -596,8 +620,8 @@ def dupes(
         out.print(f"{len(r['duplicates'])} near-duplicates  {r['path']}")
         _print_video(r)
         for d in r["duplicates"]:
-            out.print(f"    #{d['id']} {d['path']}  ({d['signal']}, similarity {d['similarity']:.3f}, "
-                      f"pdq distance {d['pdq_distance']})" + (
+            out.print(f"    #{d['id']} {_path(d['path'])}  ({d['signal']}, similarity "
+                      f"{_num(d['similarity'], '.3f')}, pdq distance {_num(d['pdq_distance'])})" + (
                           f" at {', '.join(map(str, d['timestamps']))} s" if d.get("timestamps") else ""))
 
     with _progress(len(files), "matching", as_json) as tick:

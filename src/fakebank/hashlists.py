@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -334,13 +335,41 @@ def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str]) -> Itera
             yield t.select(list(names))
 
 
+def check_list_path(path: Path) -> None:
+    """Refuse, before any work, a target the list cannot be written to: a folder, or a file in a folder
+    that does not exist or cannot be written (the writer would fail only at the end)."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; name the list file to write, e.g. {path / 'fakes.txt'}")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path}: folder {path.parent} does not exist; create it or name a file in an existing one")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{path}: folder {path.parent} is not writable; name a file in a folder you can write to")
+
+
 def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, model: dict | None) -> dict:
     """Write the bank's items that pass `flt` as a hash list; returns counts. One line per distinct
-    (hash, source) in the text formats, every item in fakebank's own."""
+    (hash, source) in the text formats, every item in fakebank's own.
+
+    The list is written beside the target and moved over it when complete: a failure leaves the target as
+    it was and no temporary file behind."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     path = Path(path)
+    check_list_path(path)
     tmp = path.with_name(path.name + ".tmp")
+    try:
+        written = _write_list(bank, tmp, fmt, flt, model)
+        tmp.replace(path)
+    except OSError as e:
+        raise UsageError(f"{path}: the export failed midway ({e}); {path} is as it was and no partial list is "
+                         f"left — check free space and permissions in {path.parent}, then export again") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(path), "format": fmt, "signals": written}
+
+
+def _write_list(bank: Bank, tmp: Path, fmt: str, flt: ExportFilter, model: dict | None) -> int:
+    """Write the list to `tmp`; returns the number of signals written."""
     written = 0
     if fmt == "fakebank":
         schema = items_schema(bank.dim).with_metadata({PARQUET_META_KEY: json.dumps(
@@ -349,25 +378,24 @@ def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, mod
             for t in export_batches(bank, flt, schema.names):
                 w.write_table(t.cast(schema))
                 written += len(t)
-    else:
-        seen: set[tuple[str, str | None]] = set()
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f) if fmt == "csv" else None
-            if writer is not None:
-                writer.writerow(CSV_COLUMNS)
-            for t in export_batches(bank, flt, ("pdq", "source", "label", "tags")):
-                hashes = [h.hex() for h in t.column("pdq").to_pylist()]
-                for h, src, label, tag in zip(hashes, *(t.column(c).to_pylist() for c in ("source", "label", "tags"))):
-                    if (h, src) in seen:
-                        continue
-                    seen.add((h, src))
-                    if writer is None:
-                        f.write(f"{SIGNAL_TYPE} {h}\n")
-                    else:
-                        writer.writerow([SIGNAL_TYPE, h, src or DEFAULT_COLLAB, CATEGORY_OF_LABEL[label], tag or ""])
-                    written += 1
-    tmp.replace(path)
-    return {"path": str(path), "format": fmt, "signals": written}
+        return written
+    seen: set[tuple[str, str | None]] = set()
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f) if fmt == "csv" else None
+        if writer is not None:
+            writer.writerow(CSV_COLUMNS)
+        for t in export_batches(bank, flt, ("pdq", "source", "label", "tags")):
+            hashes = [h.hex() for h in t.column("pdq").to_pylist()]
+            for h, src, label, tag in zip(hashes, *(t.column(c).to_pylist() for c in ("source", "label", "tags"))):
+                if (h, src) in seen:
+                    continue
+                seen.add((h, src))
+                if writer is None:
+                    f.write(f"{SIGNAL_TYPE} {h}\n")
+                else:
+                    writer.writerow([SIGNAL_TYPE, h, src or DEFAULT_COLLAB, CATEGORY_OF_LABEL[label], tag or ""])
+                written += 1
+    return written
 
 
 # -- look-up by hash ----------------------------------------------------------------------------------------
