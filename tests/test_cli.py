@@ -240,3 +240,31 @@ def test_sigkilled_add_resumes_without_loss(tmp_path, photos):
     b = Bank.open(bank)
     assert len(b) == 150 and acknowledged <= set(b.ids.tolist())
     assert len(set(b.table.column("sha256").to_pylist())) == 150
+
+
+def test_a_long_add_lets_other_writers_in_between_its_batches(tmp_path, photos, monkeypatch):
+    """`add` holds the bank's lock only while a batch commits: an analyst's relabel between two batches of a
+    running add gets the lock at once (it used to wait for the whole run, and fail after the timeout)."""
+    import fakebank.api as api
+    from fakebank.bank import BankWriter
+
+    monkeypatch.setattr(api, "COMMIT_EVERY_ITEMS", 1)
+    path = tmp_path / "bank"
+    fb = Fakebank(path, weights=WEIGHTS, device="cpu")
+    files = sorted(str(p) for p in photos.iterdir())[:3]
+    embedded = list(fb.extractor.extract(files))
+    relabelled = []
+
+    def results():
+        for k, emb in enumerate(embedded):
+            if k == 1:  # the first batch is committed; the add is still running
+                with BankWriter(path, create=False, lock_timeout=1.0) as w:
+                    first = w.bank.id_of_sha256(embedded[0].sha256)
+                    w.set_label([first], "real")
+                    relabelled.append(first)
+            yield emb
+
+    records = list(fb.add([], results=results()))
+    assert [r["status"] for r in records] == ["added"] * 3 and relabelled
+    bank = Bank.open(path)
+    assert bank.item(relabelled[0])["label"] == "real" and len(bank) == 3
