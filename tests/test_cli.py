@@ -235,6 +235,17 @@ def test_sigkilled_add_resumes_without_loss(tmp_path, photos):
     b = Bank.open(bank)
     assert acknowledged <= set(b.ids.tolist()) and len(b) < 150
     assert len(set(b.table.column("sha256").to_pylist())) == len(b)
+    # Ctrl-C (SIGINT; restored in the child, which a shell's background job would inherit as ignored): exit
+    # 130 with what was committed and how to resume, and again nothing lost
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    first = proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    rest, stderr = proc.communicate(timeout=120)
+    stderr = " ".join(stderr.split())  # rich wraps at the terminal's width
+    assert proc.returncode == 130 and "interrupted:" in stderr and "run the same command again" in stderr, stderr
+    acknowledged |= {json.loads(line)["id"] for line in [first, *rest.splitlines()] if '"added"' in line}
+    assert acknowledged <= set(Bank.open(bank).ids.tolist())
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     b = Bank.open(bank)

@@ -53,6 +53,9 @@ PositiveOpt = Annotated[Optional[str], typer.Option(
     "--positive-label", help="Which checkpoint label is the fake/positive class, when it cannot be told.")]
 
 
+NO_INPUTS = "no images or videos found (folders are searched for image and video files; use -r for sub-folders)"
+
+
 def _command(fn=None, *, name: str | None = None):
     """Register a command whose FakebankErrors become a message on stderr and their exit code (`name`: when
     the command's name is not its function's, e.g. a Python keyword)."""
@@ -151,7 +154,7 @@ def add(
     fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames)
     files = list(paths) if ray else expand_inputs(paths, recursive)
     if not files:
-        raise typer.BadParameter("no images found (folders are searched for image files; use -r for sub-folders)")
+        raise typer.BadParameter(NO_INPUTS)
     _warn_untrained(fb)
     counts = {"added": 0, "duplicate": 0, "error": 0}
 
@@ -164,14 +167,20 @@ def add(
             out.print(f"added      id={r['id']}  p_fake={r['p_fake']:.3f}  {r['path']}" + (
                 f"  (video: {r['frames']['count']} frames)" if r.get("media") == "video" else ""))
 
-    with _progress(len(files), "adding", as_json) as tick:
-        records = fb.add_ray(files, address=ray, workers=ray_workers, gpus=ray_gpus, recursive=recursive, label=label,
-                             source=source, campaign=campaign, note=note) if ray else \
-            fb.add(files, label=label, source=source, campaign=campaign, note=note)
-        for r in records:
-            counts[r["status"]] += 1
-            _emit(r, as_json, human)
-            tick()
+    try:
+        with _progress(len(files), "adding", as_json) as tick:
+            records = fb.add_ray(files, address=ray, workers=ray_workers, gpus=ray_gpus, recursive=recursive,
+                                 label=label, source=source, campaign=campaign, note=note) if ray else \
+                fb.add(files, label=label, source=source, campaign=campaign, note=note)
+            for r in records:
+                counts[r["status"]] += 1
+                _emit(r, as_json, human)
+                tick()
+    except KeyboardInterrupt:
+        # every record printed is committed; what was embedded since the last commit is not
+        err.print(f"interrupted: {counts['added']} added and committed, {counts['duplicate']} already in the bank; "
+                  "run the same command again to resume (what is in the bank is skipped)")
+        raise typer.Exit(130) from None
     err.print(f"{counts['added']} added, {counts['duplicate']} already in the bank, {counts['error']} failed "
               f"→ {fb.store.location}")
     if counts["error"]:
@@ -198,7 +207,7 @@ def query(
     fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames)
     files = expand_inputs(paths, recursive)
     if not files:
-        raise typer.BadParameter("no images found")
+        raise typer.BadParameter(NO_INPUTS)
     if out_dir is not None and not explain:
         raise typer.BadParameter("--out-dir holds heat-map overlays: add --explain")
     fb.open_bank()  # a missing bank is the first thing to report, before loading any model
@@ -554,7 +563,7 @@ def campaigns(
     for r in records:
         _emit(r, as_json, human)
     s = result.stats
-    err.print(f"{len(records)} campaigns of ≥ {min_size} items"
+    err.print(f"{len(records)} campaign{'' if len(records) == 1 else 's'} of ≥ {min_size} items"
               + (f" from {s['selected']} flagged items ({s['edges']} edges"
                  + (f", {s['local_edges']} from local features" if s.get("local_edges") is not None else "")
                  + ")" if s else " (stored)")
@@ -610,7 +619,7 @@ def dupes(
         return
     files = expand_inputs(paths, recursive)
     if not files:
-        raise typer.BadParameter("no images found")
+        raise typer.BadParameter(NO_INPUTS)
     failed = 0
 
     def human(r: dict) -> None:
