@@ -135,6 +135,9 @@ def test_compact_keeps_answers_and_folds_the_changes(tmp_path, photos, bank):
     assert [n["id"] for n in after["neighbors"]] == [n["id"] for n in before["neighbors"]]
     _, (info,), _ = run("info", "--bank", bank, "--json")
     assert info["storage"] == {"segments": 1, "largest_segment": 4, "delta_files": 0}
+    # adding a banked file again under another label says the label stays, and how to change it
+    res = runner.invoke(app, ["add", str(photos / "img2.png"), "--bank", str(bank), "--label", "fake"])
+    assert res.exit_code == 0 and "stays real: `fakebank label 3 --label fake`" in " ".join(res.stdout.split())
 
 
 def test_info_human_output(bank):

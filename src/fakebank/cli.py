@@ -162,7 +162,9 @@ def add(
         if r["status"] == "error":
             err.print("error " + r['error'], markup=False, highlight=False)
         elif r["status"] == "duplicate":
-            out.print(f"duplicate  id={r['id']}  {r['path']}")
+            kept = r["label"] if r["label"] not in (None, label) else None  # --label is not applied to it
+            out.print(f"duplicate  id={r['id']}  {r['path']}"
+                      + (f"  (stays {kept}: `fakebank label {r['id']} --label {label}` changes it)" if kept else ""))
         else:
             out.print(f"added      id={r['id']}  p_fake={r['p_fake']:.3f}  {r['path']}" + (
                 f"  (video: {r['frames']['count']} frames)" if r.get("media") == "video" else ""))
