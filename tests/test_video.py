@@ -309,6 +309,26 @@ def test_unrelated_video_matches_nothing(video_bank, videos):
     assert d["duplicates"] == []
 
 
+def test_a_full_export_moves_videos_and_patch_grids_with_every_signal(video_bank, videos, tmp_path):
+    """`export --format fakebank` + `import` into a bank of the same model: every stored column arrives (a
+    video's frames and frame hashes, the patch grid, the thumbnail), so its copies are still found by vPDQ."""
+    fb, records = video_bank
+    out = tmp_path / "all.parquet"
+    assert fb.export_list(out, fmt="fakebank", labels=("fake", "real", "unknown"), min_quality=0)["signals"] == 2
+    moved = Fakebank(tmp_path / "moved", weights=WEIGHTS)
+    r = moved.import_list(out)  # makes the bank, with the model of `WEIGHTS`: the export's own
+    assert r["added"] == 2 and r["note"] is None
+    src, dst = Bank.open(fb.bank_path), Bank.open(moved.bank_path)
+    for name in ("orig.mp4", "fake.png"):
+        a = src.id_of_sha256(records[name]["sha256"])
+        b = dst.id_of_sha256(records[name]["sha256"])
+        for col in ("media", "duration_s", "fps", "frames", "frame_pdq", "patch_grid", "thumbnail", "local", "pdq_trim"):
+            assert dst.value(b, col) == src.value(a, col), (name, col)
+    assert dst.value(dst.id_of_sha256(records["fake.png"]["sha256"]), "patch_grid") is not None
+    (r,) = moved.query([videos["small"]])
+    assert r["reason"] == "near_duplicate" and r["match"]["signal"] == "vpdq"
+
+
 def test_relabelled_video_corrects_its_copies(tmp_path, videos):
     fb = Fakebank(tmp_path / "bank", weights=WEIGHTS)
     (added,) = fb.add([videos["orig"]], label="fake")

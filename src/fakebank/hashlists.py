@@ -24,7 +24,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -280,17 +280,14 @@ def _hash_item(key: str, s: Signal) -> NewItem:
 
 
 def _full_item(rows: pa.Table, n: int, s: Signal) -> NewItem:
-    """An exported row with its embeddings and signals, as the partner's bank held it."""
+    """An exported row with everything the partner's bank held for it: embeddings, signals, thumbnail, a
+    video's frames and the patch grid (a column left out here would silently cost the item a signal)."""
     r = rows.slice(n, 1).to_pylist()[0]
     if r.get("media") == HASH_ONLY or r.get("cls") is None:
         return _hash_item(r["sha256"], s)
-    return NewItem(
-        sha256=r["sha256"], path=r["path"], label=check_label(s.label), p_fake=r["p_fake"], logit=r["logit"],
-        pdq=r["pdq"], pdq_quality=r["pdq_quality"], cls=np.asarray(r["cls"], np.float32),
-        patch=np.asarray(r["patch"], np.float32), width=r["width"], height=r["height"], source=s.source,
-        campaign=r["campaign"], note=r["note"], pdq_dihedral=r["pdq_dihedral"], pdq_trim=r["pdq_trim"],
-        pdq_trim_quality=r["pdq_trim_quality"], local=r["local"], media=r.get("media"), tags=r.get("tags"),
-        external_id=s.external_id)
+    stored = {f.name: r.get(f.name) for f in fields(NewItem)}
+    return NewItem(**{**stored, "label": check_label(s.label), "source": s.source, "external_id": s.external_id,
+                      "cls": np.asarray(r["cls"], np.float32), "patch": np.asarray(r["patch"], np.float32)})
 
 
 # -- writing ------------------------------------------------------------------------------------------------
