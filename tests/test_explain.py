@@ -15,6 +15,7 @@ from fakebank.cli import app
 from fakebank.explain import DELETION_SEEDS, deletion_test, explain_image, heat_grid, overlay, painted
 from fakebank.model import load_model
 from fakebank.preprocess import load_rgb, model_view, to_array
+from videoutil import write_video
 
 DATA = Path(__file__).parent / "data"
 FAKES = sorted((DATA / "commfor").glob("*.png"))
@@ -122,7 +123,7 @@ def test_overlay_leaves_cold_patches_untouched():
 
 
 def test_cli_explain_and_query_explain(tmp_path):
-    png = tmp_path / "heat.png"
+    png = tmp_path / "new" / "heat.png"  # a missing folder is made
     res = runner.invoke(app, ["explain", str(FAKES[0]), "--weights", WEIGHTS, "--out", str(png), "--json"])
     assert res.exit_code == 0, res.output
     (r,) = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
@@ -145,6 +146,15 @@ def test_cli_explain_and_query_explain(tmp_path):
     assert Path(q["heatmap"]["overlay"]).parent == out_dir and Path(q["heatmap"]["overlay"]).is_file()
     res = runner.invoke(app, ["query", str(FAKES[0]), "--bank", str(bank), "--out-dir", str(out_dir)])
     assert res.exit_code == 2  # --out-dir without --explain is a usage error
+    # a bad --out is refused before the model runs; a video is refused with what to do instead
+    res = runner.invoke(app, ["explain", str(FAKES[0]), "--weights", WEIGHTS, "--out", str(png.parent)])
+    assert res.exit_code == 2 and "is a folder" in res.stderr
+    res = runner.invoke(app, ["explain", str(FAKES[0]), "--weights", WEIGHTS, "--out", str(png / "x.png")])
+    assert res.exit_code == 2 and "is a file, not a folder" in " ".join(res.stderr.split())
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, [(load_rgb(FAKES[1]), 1)], fps=5)
+    res = runner.invoke(app, ["explain", str(clip), "--weights", WEIGHTS])
+    assert res.exit_code == 2 and "is a video" in " ".join(res.stderr.split())
 
 
 def test_service_query_explain_and_provenance(tmp_path):

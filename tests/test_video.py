@@ -71,6 +71,20 @@ def test_sniff_by_content(videos, pics):
     avif = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf"  # HEIF/AVIF stills are images
     assert not vid.sniff_video(avif) and vid.sniff_video(avif.replace(b"avif", b"isom", 1))
     assert vid.is_video("clip.MOV") and not vid.is_video(str(DATA / "commfor" / "00000274.png"))
+    gif = io.BytesIO()  # GIF starts with MPEG-TS's sync byte
+    Image.new("P", (400, 400)).save(gif, format="GIF")
+    gif = gif.getvalue()[:vid.SNIFF_BYTES]
+    assert not vid.sniff_video(gif[:188] + b"G" + gif[189:376] + b"G" + gif[377:])
+
+
+def test_a_video_saved_under_an_image_name_is_taken_as_a_video(video_bank, videos, tmp_path):
+    fb, records = video_bank
+    disguised = tmp_path / "clip.jpg"
+    disguised.write_bytes(videos["small"].read_bytes())
+    (r,) = fb.query([disguised])
+    assert r["media"] == "video" and r["match"]["id"] == records["orig.mp4"]["id"]
+    res = CliRunner().invoke(app, ["query", str(disguised), "--bank", str(fb.bank_path), "--weights", WEIGHTS, "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout.splitlines()[0])["media"] == "video"
 
 
 def test_strategies_reach_the_same_frames(videos):
@@ -128,6 +142,10 @@ def test_max_frames_spreads_samples_over_a_long_video(tmp_path, pics):
     assert frames[-1].timestamp >= 90  # the last sample comes from the end, not minute one
     with pytest.raises(Exception, match="max-frames"):
         vid.VideoReader(path, max_frames=0)
+    # fewer frames a sample than a whole number: the step rounds up, so the samples still reach the end
+    slow = write_video(tmp_path / "slow.mp4", [(pics[i % 13], 10) for i in range(10)], fps=1, size=(96, 64))
+    r, frames = frames_of(slow, max_frames=60)
+    assert len(frames) == 50 and r.interval_s == pytest.approx(2.0) and frames[-1].timestamp >= 95
 
 
 def test_damaged_inputs_fail_clearly_or_give_what_was_there(tmp_path, videos):

@@ -238,6 +238,7 @@ class Fakebank:
         from fakebank import raydata
 
         files = raydata.inputs_of(paths, recursive, expand_inputs)
+        # by extension only: sniffing would open every file of a million-line listing on the driver
         is_video = [Path(f).suffix.lower() in vid.VIDEO_SUFFIXES for f in files]
         videos = [f for f, v in zip(files, is_video) if v]  # sampled here, after the images
         results = raydata.extract(
@@ -395,7 +396,16 @@ class Fakebank:
         from fakebank.preprocess import load_rgb, to_array
 
         path = os.fspath(path)
+        if out is not None:  # before the work, not after it
+            out = Path(out)
+            if out.is_dir():
+                raise UsageError(f"--out {out} is a folder; name a .png file")
+            if out.parent.exists() and not out.parent.is_dir():
+                raise UsageError(f"--out {out}: {out.parent} is a file, not a folder")
         data = _read_input(path)
+        if vid.is_video(path, data[:vid.SNIFF_BYTES]):
+            raise UsageError(f"{path} is a video; explain draws the heat map of one image: save the frame you "
+                             "want as an image (e.g. `ffmpeg -ss 12 -i clip.mp4 -frames:v 1 frame.png`) and explain that")
         model = self.extractor.model
         img = load_rgb(data, name=path, max_pixels=self.extractor.max_pixels)
         heat = explain_image(model, img)
@@ -409,9 +419,7 @@ class Fakebank:
             record["p_model"] = round(float(self.extractor.embed_pixels(pixels[None])[1][0]), 6)
             record["deletion"] = None
         if out is not None:
-            out = Path(out)
-            if out.is_dir():
-                raise UsageError(f"--out {out} is a folder; name a .png file")
+            out.parent.mkdir(parents=True, exist_ok=True)
             heat.overlay().save(out, format="PNG")
             record["heatmap"]["overlay"] = str(out)
         record["model"] = self.model_record()
@@ -932,14 +940,14 @@ def new_item(emb, label: str, source: str | None, campaign: str | None, note: st
 
 
 def split_videos(inputs: Iterable) -> tuple[list, list]:
-    """(images, videos) among Sources or paths: a video by extension, else by content; files with an image
-    extension are never sniffed."""
+    """(images, videos) among Sources or paths: a video by extension, else by its first bytes, whatever its
+    name (a clip saved as .jpg is still a video; a real image is never taken for one: `vid.sniff_video`)."""
     from fakebank.embed import Source
 
     images, videos = [], []
     for src in inputs:
         src = Source(os.fspath(src.name), src.data) if isinstance(src, Source) else Source(os.fspath(src))
-        is_video = Path(src.name).suffix.lower() not in IMAGE_SUFFIXES and vid.is_video(src.name, src.data)
+        is_video = vid.is_video(src.name, src.data)
         (videos if is_video else images).append(src)
     return images, videos
 

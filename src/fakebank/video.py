@@ -62,6 +62,8 @@ def sniff_video(head: bytes) -> bool:
         return True
     if head[:3] == b"FLV" or head[:16] == bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"):
         return True
+    if head[:4] == b"GIF8":  # starts with MPEG-TS's sync byte 0x47 ("G")
+        return False
     return len(head) > 376 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47  # MPEG-TS sync
 
 
@@ -180,9 +182,14 @@ class VideoReader:
                 raise TooLargeError(f"{self.name}: frames of {self.info.width}×{self.info.height} are over the "
                                     f"limit of {max_pixels:,} pixels; downscale the video first")
             interval = 1.0 / rate
+            # vPDQ: every int(seconds_per_hash × fps)th frame
+            self.step = max(1, int(interval * self.info.fps))
             if self.info.duration_s and self.info.duration_s / interval > max_frames:
-                interval = self.info.duration_s / max_frames  # sparser, but still over the whole video
-            self.interval_s = interval
+                # sparser, but still over the whole video: rounded up, or the last samples never come
+                # (1,000 s at 1 fps into 600 frames would otherwise take frames 0–599)
+                self.step = max(1, math.ceil(self.info.duration_s * self.info.fps / max_frames - 1e-6))
+                interval = self.step / self.info.fps
+            self.interval_s = interval  # the spacing of the samples, as reported
             self.strategy = choose_strategy(self.info, interval) if strategy == "auto" else strategy
         except BaseException:
             self._container.close()
@@ -265,7 +272,7 @@ class VideoReader:
     # -- sampling ------------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[SampledFrame]:
-        step = max(1, int(self.interval_s * self.info.fps))  # vPDQ: every int(seconds_per_hash × fps)th frame
+        step = self.step
         budget = max(DECODE_BUDGET_PER_SAMPLE, step) * (min(self.max_frames, self._expected_samples(step)) + 1)
         taken = 0
         try:
