@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
@@ -203,10 +204,41 @@ def test_calibrate_stores_fusion(tmp_path, photos, bank):
         Image.open(photos / f"img{i}.png").rotate(3).save(d / "fake" / f"{i}.jpg")
     for i in (3, 4):
         Image.open(photos / f"img{i}.png").rotate(3).save(d / "real" / f"{i}.jpg")
-    code, (r,), _ = run("calibrate", d, "--bank", bank, "--json")
-    assert code == 0 and r["images"] == 5 and set(r["before"]) == {"accuracy", "average_precision"}
-    _, (info,), _ = run("info", "--bank", bank, "--json")
-    assert info["fusion"]["source"].startswith("calibrate")
+    (d / "fake" / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(500))  # a video is skipped, and said
+    code, (r,), err = run("calibrate", d, "--bank", bank, "--json")
+    assert r["images"] == 5 and set(r["before"]) == {"accuracy", "average_precision"}
+    assert r["skipped_videos"] == [str(d / "fake" / "clip.mp4")] and "only 3 fake and 2 real" in r["warnings"][0]
+    # untrained weights: whether this fit has a problem is chance; what is stored follows from it
+    _, (after,), _ = run("info", "--bank", bank, "--json")
+    assert r["stored"] == (not r["problems"]) and code == (0 if r["stored"] else 1)
+    assert after["fusion"]["source"].startswith("calibrate") == r["stored"]
+    # fake/ and real/ swapped: the model's logit now counts against fake (or the fit scores worse): not stored
+    (d / "fake").rename(d / "tmp")
+    (d / "real").rename(d / "fake")
+    (d / "tmp").rename(d / "real")
+    code, (s,), err = run("calibrate", d, "--bank", bank, "--json")
+    assert s["fusion"]["w_model"] <= 0  # the seeded test model's logits follow the folders
+    assert code == 1 and not s["stored"] and "are fake/ and real/ swapped" in " ".join(err.split())
+    assert run("info", "--bank", bank, "--json")[1][0]["fusion"] == after["fusion"]  # unchanged
+    code, (s,), err = run("calibrate", d, "--bank", bank, "--json", "--force")
+    assert code == 0 and s["stored"] and "stored anyway" in err
+    assert run("info", "--bank", bank, "--json")[1][0]["fusion"]["w_model"] == s["fusion"]["w_model"]
+
+
+def test_fit_problems_flag_a_fit_that_contradicts_the_model():
+    from fakebank.decide import FusionParams, fit_fusion, fit_problems
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([1, 0], 40)
+    logits = rng.normal(0, 1, 80) + np.where(y == 1, 2.0, -2.0)
+    good = fit_fusion(logits, [None] * 80, y, FusionParams())
+    m = {"accuracy": 0.9, "average_precision": 0.9}
+    assert good.w_model > 0 and fit_problems(good, m, m, 40, 40) == ([], [])
+    swapped = fit_fusion(logits, [None] * 80, 1 - y, FusionParams())
+    problems, _ = fit_problems(swapped, m, m, 40, 40)
+    assert swapped.w_model < 0 and "swapped" in problems[0]
+    worse = {"accuracy": 0.8, "average_precision": 0.9}
+    assert "worse" in fit_problems(good, m, worse, 40, 40)[0][0]
 
 
 def test_module_entry_point_and_help():

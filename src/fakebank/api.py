@@ -852,15 +852,18 @@ class Fakebank:
             raise UsageError(f"--report {path}: folder {path.parent} does not exist")
         return write_report(path, bank, records, result.events, params=result.params)
 
-    def calibrate(self, folder: str | os.PathLike, *, k: int = DEFAULT_K) -> dict:
-        """Fit the fusion weights on DIR/fake and DIR/real against this bank; store them in the manifest."""
+    def calibrate(self, folder: str | os.PathLike, *, k: int = DEFAULT_K, force: bool = False) -> dict:
+        """Fit the fusion weights on DIR/fake and DIR/real against this bank; store them in the manifest
+        unless the fit has a problem (`decide.fit_problems`; `force` stores it anyway)."""
+        from fakebank.decide import fit_problems
         from fakebank.embed import Embedding
 
         folder = Path(folder)
-        fake, real = expand_inputs([folder / "fake"], True), expand_inputs([folder / "real"], True)
-        fake, real = ([p for p in ps if Path(p).suffix.lower() in IMAGE_SUFFIXES] for ps in (fake, real))  # images
         if not (folder / "fake").is_dir() or not (folder / "real").is_dir():
             raise UsageError(f"{folder} must hold fake/ and real/ sub-folders of images")
+        fake, real = expand_inputs([folder / "fake"], True), expand_inputs([folder / "real"], True)
+        skipped = [p for p in fake + real if vid.is_video(p)]  # the fusion is fitted on images' logits
+        fake, real = ([p for p in ps if p not in skipped] for ps in (fake, real))
         if not fake or not real:
             raise UsageError(f"{folder}: need images in both fake/ ({len(fake)}) and real/ ({len(real)})")
         bank = self.open_bank()
@@ -885,12 +888,16 @@ class Fakebank:
         fitted = FusionParams(**{**fitted.to_dict(),
                                  "source": f"calibrate {folder} on {datetime.now(timezone.utc).date()}"})
         after = _scores(np.asarray(logits), knn, fitted)
-        with self.writer(with_model=False) as w:
-            w.set_fusion(fitted.to_dict())
+        metrics = {"before": _metrics(before, y, base.threshold), "after": _metrics(after, y, fitted.threshold)}
+        problems, warnings = fit_problems(fitted, metrics["before"], metrics["after"], int(y.sum()), int(len(y) - y.sum()))
+        stored = force or not problems
+        if stored:
+            with self.writer(with_model=False) as w:
+                w.set_fusion(fitted.to_dict())
         return {
             "images": len(y), "fake": int(y.sum()), "real": int(len(y) - y.sum()), "failed": failed,
-            "before": _metrics(before, y, base.threshold), "after": _metrics(after, y, fitted.threshold),
-            "fusion": fitted.to_dict(),
+            "skipped_videos": skipped, **metrics, "fusion": fitted.to_dict(), "stored": stored,
+            "problems": problems, "warnings": warnings,
         }
 
 

@@ -477,21 +477,34 @@ def thumbnails(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
 def calibrate(
     folder: Annotated[Path, typer.Argument(help="Folder with fake/ and real/ sub-folders of labelled images.")],
     k: Annotated[int, typer.Option("-k", min=1)] = DEFAULT_K,
+    force: Annotated[bool, typer.Option("--force", help="Store the fit even when it has a problem (a weight "
+                                        "≤ 0, or worse scores than the weights in use).")] = False,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Fit the model/neighbour fusion weights on labelled images and store them in the bank."""
     fb = _fb(bank, weights, device, precision, batch_size, positive_label)
     _warn_untrained(fb)
-    r = fb.calibrate(folder, k=k)
+    r = fb.calibrate(folder, k=k, force=force)
     if as_json:
         _emit(r, True, None)
-        return
-    out.print(f"{r['images']} images ({r['fake']} fake, {r['real']} real), {len(r['failed'])} failed")
-    for when in ("before", "after"):
-        out.print(f"{when:7} accuracy={r[when]['accuracy']:.4f}  AP={r[when]['average_precision']:.4f}")
-    f = r["fusion"]
-    out.print(f"stored  w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f}")
+    else:
+        out.print(f"{r['images']} images ({r['fake']} fake, {r['real']} real), {len(r['failed'])} failed"
+                  + (f", {len(r['skipped_videos'])} videos skipped (the fit is on images)" if r["skipped_videos"] else ""),
+                  markup=False)
+        for when in ("before", "after"):
+            out.print(f"{when:7} accuracy={r[when]['accuracy']:.4f}  AP={r[when]['average_precision']:.4f}")
+        f = r["fusion"]
+        out.print(f"{'stored' if r['stored'] else 'fitted'}  w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} "
+                  f"bias={f['bias']:.3f}")
+    for w in r["warnings"]:
+        err.print(f"warning: {w}", markup=False)
+    for p in r["problems"]:
+        err.print(f"{'stored anyway' if r['stored'] else 'not stored'}: {p}", markup=False)
+    if not r["stored"]:
+        err.print("the bank keeps its fusion weights; fix the labelled images or the model, or pass --force",
+                  markup=False)
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 @_command

@@ -207,3 +207,28 @@ def fit_fusion(logits: np.ndarray, p_knn: list[float | None], y: np.ndarray, bas
         grad = X.T @ (p - y) / len(y) + l2 * np.array([w[0] - 1.0, w[1], 0.0])
         w -= lr * grad
     return FusionParams(**{**base.to_dict(), "w_model": float(w[0]), "w_knn": float(w[1]), "bias": float(w[2])})
+
+
+MIN_CALIBRATION_PER_CLASS = 20  # below this a fit of three weights is mostly noise
+
+
+def fit_problems(fitted: FusionParams, before: dict, after: dict, n_fake: int, n_real: int) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of a calibration fit. A problem means the fit would make verdicts worse or
+    contradicts the model (it is not stored without --force); a warning is worth saying but harmless."""
+    problems, warnings = [], []
+    if fitted.w_model <= 0:
+        problems.append(f"the fit weighs the model's fake logit at {fitted.w_model:.3f} (≤ 0): on these images a "
+                        "higher fake score means real — are fake/ and real/ swapped, or the weights or "
+                        "--positive-label not those of the model?")
+    if fitted.w_knn < 0:
+        problems.append(f"the fit weighs the neighbours' vote at {fitted.w_knn:.3f} (< 0): the bank's labels "
+                        "disagree with these images' — check the bank's labels")
+    if after["accuracy"] < before["accuracy"] or after["average_precision"] < before["average_precision"]:
+        problems.append(f"the fit scores worse on its own images than the weights in use (accuracy "
+                        f"{before['accuracy']:.4f} → {after['accuracy']:.4f}, AP {before['average_precision']:.4f} "
+                        f"→ {after['average_precision']:.4f})")
+    if min(n_fake, n_real) < MIN_CALIBRATION_PER_CLASS:
+        warnings.append(f"only {n_fake} fake and {n_real} real images: a fit needs ≥ {MIN_CALIBRATION_PER_CLASS} "
+                        "of each to be more than noise")
+    return problems, warnings
+
