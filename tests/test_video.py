@@ -440,7 +440,7 @@ def test_cli_video_add_query_and_vpdq(tmp_path, videos):
 
 
 def test_service_accepts_video_uploads(tmp_path, videos):
-    from test_service import AUTH, Server
+    from test_service import AUTH, KEY, Server
 
     bank = tmp_path / "bank"
     assert [r["status"] for r in Fakebank(bank, weights=WEIGHTS).add([videos["orig"]])] == ["added"]
@@ -460,6 +460,14 @@ def test_service_accepts_video_uploads(tmp_path, videos):
         r = httpx.post(server.url + "/v1/query", files=[("file", ("bad.mp4", b"\x00" * 4096, "video/mp4"))],
                        headers=AUTH, timeout=60)
         assert r.status_code == 422 and "bad.mp4" in r.json()["error"]
+        with httpx.Client(base_url=server.url, timeout=120) as ui:  # the web UI's query page takes videos too
+            ui.post("/ui/signin", data={"key": KEY})
+            page = ui.post("/ui/query", files=[("file", ("clip.bin", blob, "application/octet-stream"))],
+                           headers={"Origin": server.url})
+            assert page.status_code == 200 and "near_duplicate" in page.text and "your video" in page.text
+            assert re.search(r"12 frames sampled|1[01] frames sampled", page.text)
+            page = ui.post("/ui/query", files=[("file", ("big.mp4", big, "video/mp4"))], headers={"Origin": server.url})
+            assert page.status_code == 413 and "video upload limit" in page.text
     finally:
         server.stop()
 

@@ -453,9 +453,13 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
 
     async def ui_query(uploads: list[tuple[str, bytes]], k: int, explain: bool,
                        provenance: bool) -> list[tuple[dict, bytes | None]]:
-        """POST /v1/query's path for the web UI, with each upload's thumbnail from the same decode."""
-        _, results, records = await query_images(uploads, k, explain, provenance, thumbnails=True)
-        return [(r, e.thumbnail if isinstance(e, Embedding) else None) for r, e in zip(records, results)]
+        """POST /v1/query's path for the web UI, with each image upload's thumbnail from the same decode
+        (a video has none: its record says which frame drove the verdict)."""
+        images, videos = split(uploads)
+        bank, results, records = await query_images(images, k, explain, provenance, thumbnails=True)
+        thumbs = iter([e.thumbnail if isinstance(e, Embedding) else None for e in results])
+        records = await with_videos(uploads, videos, records, lambda n, d: video_record("query", bank, n, d, k))
+        return [(r, None if i in videos else next(thumbs)) for i, r in enumerate(records)]
 
     @app.get("/v1/items/{item_id}/thumbnail", dependencies=[Auth], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}, "image/webp": {}}}})
@@ -472,7 +476,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         return Response(thumb, media_type=thumbnail_mime(thumb), headers={"Cache-Control": "private, max-age=3600"})
 
     app.include_router(ui_router(fb, api_key=config.api_key, max_upload_bytes=config.max_upload_bytes,
-                                 query=ui_query))  # the web UI at /ui (fakebank.ui)
+                                 max_video_upload_bytes=config.max_video_upload_bytes, query=ui_query))  # the web UI at /ui (fakebank.ui)
     return app
 
 

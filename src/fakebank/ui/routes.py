@@ -27,6 +27,7 @@ from fakebank.bank import LABELS, Bank
 from fakebank.errors import FakebankError, NotFoundError, UsageError, http_status
 from fakebank.thumbnails import thumbnail_mime
 from fakebank.ui import session
+from fakebank.video import SNIFF_BYTES, is_video
 
 # (uploads as (name, bytes), k, explain, provenance) → per upload its `query` record and its thumbnail (JPEG,
 # None when it did not decode): the service's path
@@ -53,7 +54,8 @@ PLACEHOLDER_SVG = (
 _HERE = resources.files("fakebank.ui")
 
 
-def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query: QueryFn) -> APIRouter:
+def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query: QueryFn,
+              max_video_upload_bytes: int | None = None) -> APIRouter:
     """The /ui pages, for one Fakebank and the service's key."""
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
     templates.env.filters["when"] = _when
@@ -120,17 +122,20 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
         files = [f for f in file or [] if f.filename]
         if not files:
             return render(request, "query.html", 422, k=k, heatmap=heatmap,
-                          message="no image chosen: drop one or more image files on the box, or pick them")
+                          message="no file chosen: drop one or more images or videos on the box, or pick them")
         if len(files) > MAX_FILES:
             return render(request, "query.html", 413, k=k, heatmap=heatmap,
                           message=f"{len(files)} files at once; the limit is {MAX_FILES}")
         uploads = []
         for f in files:
-            data = await f.read(max_upload_bytes + 1)
             name = os.path.basename(f.filename or "upload")
-            if len(data) > max_upload_bytes:
+            head = await f.read(SNIFF_BYTES)
+            video = is_video(name, head)
+            limit = (max_video_upload_bytes or max_upload_bytes) if video else max_upload_bytes
+            data = head + await f.read(limit + 1 - len(head))
+            if len(data) > limit:
                 return render(request, "query.html", 413, k=k, heatmap=heatmap,
-                              message=f"{name}: over the upload limit of {max_upload_bytes:,} bytes")
+                              message=f"{name}: over the {'video ' if video else ''}upload limit of {limit:,} bytes")
             uploads.append((name, data))
         try:
             records = await query(uploads, k, heatmap, True)
