@@ -347,6 +347,31 @@ def test_a_full_export_moves_videos_and_patch_grids_with_every_signal(video_bank
     assert r["reason"] == "near_duplicate" and r["match"]["signal"] == "vpdq"
 
 
+def test_thumbnails_command_makes_an_old_videos_thumbnail_from_its_driving_frame(video_bank, tmp_path):
+    """A video item without a thumbnail (a bank from before thumbnails; here an export with the column
+    emptied) gets one from its original file: the frame `add` would have taken."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fb, records = video_bank
+    out = tmp_path / "all.parquet"
+    fb.export_list(out, fmt="fakebank", min_quality=0)
+    t = pq.read_table(out)
+    t = t.set_column(t.schema.get_field_index("thumbnail"), "thumbnail", pa.nulls(len(t), pa.binary()))
+    pq.write_table(t, out)
+    old = Fakebank(tmp_path / "old", weights=WEIGHTS)
+    assert old.import_list(out)["added"] == 2
+    bank = Bank.open(old.bank_path)
+    vid_id = bank.id_of_sha256(records["orig.mp4"]["sha256"])
+    assert vid_id in bank.missing_thumbnails()
+    res = CliRunner().invoke(app, ["thumbnails", "--bank", str(old.bank_path), "--json"])
+    assert res.exit_code == 0, res.output
+    made = Image.open(io.BytesIO(Bank.open(old.bank_path).thumbnail(vid_id))).convert("L")
+    stored = Image.open(io.BytesIO(Bank.open(fb.bank_path).thumbnail(records["orig.mp4"]["id"]))).convert("L")
+    assert made.size == stored.size
+    assert np.abs(np.asarray(made, np.float32) - np.asarray(stored, np.float32)).mean() < 8
+
+
 def test_relabelled_video_corrects_its_copies(tmp_path, videos):
     fb = Fakebank(tmp_path / "bank", weights=WEIGHTS)
     (added,) = fb.add([videos["orig"]], label="fake")

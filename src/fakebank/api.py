@@ -638,6 +638,10 @@ class Fakebank:
         """`fakebank export`: the bank's items (by default its fakes) as a hash list a partner can read."""
         from fakebank.hashlists import ExportFilter, write_list
 
+        from fakebank.hashlists import FORMATS
+
+        if fmt not in (*FORMATS, "vpdq"):
+            raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}, vpdq")
         for label in labels:
             check_label(label)
         bank = self.open_bank()
@@ -768,7 +772,11 @@ class Fakebank:
 
         for item_id in bank.missing_thumbnails():
             try:
-                made[item_id] = thumbnail_of_file(bank.value(item_id, "path"), bank.value(item_id, "sha256"))
+                if bank.value(item_id, "media") == VIDEO:
+                    made[item_id] = vid.thumbnail_of_video(bank.value(item_id, "path"), bank.value(item_id, "sha256"),
+                                                           bank.value(item_id, "frames"))
+                else:
+                    made[item_id] = thumbnail_of_file(bank.value(item_id, "path"), bank.value(item_id, "sha256"))
             except InputError as e:
                 yield self._thumb_record(bank, item_id, "error", str(e))
                 continue

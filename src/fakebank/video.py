@@ -772,6 +772,28 @@ def file_sha256(path: str | os.PathLike) -> str:
         raise InputError(f"{os.fspath(path)}: cannot read ({e.strerror or e}); check the path") from e
 
 
+def thumbnail_of_video(path: str | None, sha256: str | None, frames_blob: bytes | None) -> bytes:
+    """A banked video's thumbnail from its original file (still there, unchanged): the frame that drives
+    its verdict (`driving_index` of the stored frames' logits), as `add` stores it."""
+    from fakebank.thumbnails import make_thumbnail
+
+    if not path:
+        raise InputError("the item has no stored path; it was added without a file")
+    if sha256 and file_sha256(path) != sha256:
+        raise InputError(f"{path}: the file changed since it was added (sha256 differs); not the item's video")
+    stored = unpack_frames(frames_blob) if frames_blob else None
+    number = int(stored["number"][driving_index(stored["logit"])]) if stored is not None and len(stored) else 0
+    with VideoReader(path) as reader:
+        last = None
+        for frame in reader:
+            last = frame
+            if frame.number >= number:
+                break
+    if last is None:
+        raise InputError(f"{path}: no frame could be decoded")
+    return make_thumbnail(last.image)
+
+
 def embed_video(extractor, name: str, data: bytes | None = None, *, sha256: str | None = None,
                 rate: float = DEFAULT_RATE, max_frames: int = DEFAULT_MAX_FRAMES, strategy: str = "auto",
                 mirror: bool = True, thumbnail: bool = False,
