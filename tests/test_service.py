@@ -120,6 +120,18 @@ def test_auth_is_required_except_healthz(server):
     assert post(server, "/v1/query", [("a.jpg", distinct_images(1)[0])], auth={}).status_code == 401
 
 
+def test_web_ui_errors_are_pages_and_api_errors_json(server):
+    with httpx.Client(base_url=server.url, timeout=30) as ui:
+        assert ui.get("/ui/bank").status_code == 303  # signed out: to the sign-in form, still a redirect
+        ui.post("/ui/signin", data={"key": KEY})
+        for path, status, words in (("/ui/items/abc", 422, "bad request"), ("/ui/nothing-here", 404, "no page at")):
+            r = ui.get(path)
+            assert r.status_code == status and r.headers["content-type"].startswith("text/html"), path
+            assert words in r.text and "Back to the bank" in r.text
+    r = httpx.get(server.url + "/v1/items/abc", headers=AUTH)
+    assert r.status_code == 422 and "bad request" in r.json()["error"]
+
+
 def test_add_then_query_equals_the_in_process_api(server, tmp_path):
     originals = [DATA / "commfor" / "00000845.png", DATA / "pdq" / "reg-test-input" / "dih" / "bridge-1-original.jpg"]
     r = post(server, "/v1/items", [(p.name, p.read_bytes()) for p in originals],

@@ -230,13 +230,22 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
 
     app.add_exception_handler(HmaError, hma_error_response)
 
+    def is_page(request: Request) -> bool:
+        return request.url.path == "/ui" or request.url.path.startswith("/ui/") and \
+            not request.url.path.startswith("/ui/static/")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
+        if is_page(request) and e.status_code >= 400 and e.status_code != 401:  # redirects stay redirects
+            return ui.error_page(request, UsageError(str(e.detail) if e.status_code != 404 else
+                                                     f"no page at {request.url.path}"), e.status_code)
         return JSONResponse({"error": e.detail}, status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        if is_page(request):
+            return ui.error_page(request, UsageError(f"bad request: {problems}"), 422)
         return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
 
     def require_key(request: Request) -> None:
@@ -475,8 +484,9 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
                                 f"{bank.value(item_id, 'path')} is gone or changed; restore it and run `fakebank thumbnails`")
         return Response(thumb, media_type=thumbnail_mime(thumb), headers={"Cache-Control": "private, max-age=3600"})
 
-    app.include_router(ui_router(fb, api_key=config.api_key, max_upload_bytes=config.max_upload_bytes,
-                                 max_video_upload_bytes=config.max_video_upload_bytes, query=ui_query))  # the web UI at /ui (fakebank.ui)
+    ui = ui_router(fb, api_key=config.api_key, max_upload_bytes=config.max_upload_bytes,
+                   max_video_upload_bytes=config.max_video_upload_bytes, query=ui_query)
+    app.include_router(ui)  # the web UI at /ui (fakebank.ui)
     return app
 
 

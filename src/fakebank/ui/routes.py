@@ -71,6 +71,8 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
     def error_page(request: Request, e: FakebankError, status: int | None = None) -> HTMLResponse:
         return render(request, "error.html", status or http_status(e), message=str(e))
 
+    router.error_page = error_page  # the service answers a bad /ui request with it, not with JSON
+
     # -- session ---------------------------------------------------------------------------------
 
     @router.get("/ui")
