@@ -24,7 +24,7 @@ WEIGHTS = "untrained:test_vit:0"  # 160-px ViT: fast; matching is real even thou
 ADD_KEYS = {"path", "id", "sha256", "status", "p_fake", "label", "error"}
 QUERY_KEYS = {"path", "sha256", "verdict", "reason", "score", "p_model", "p_knn", "match", "neighbors", "model"}
 NEIGHBOR_KEYS = {"id", "path", "label", "campaign", "similarity", "pdq_distance"}
-MATCH_KEYS = NEIGHBOR_KEYS | {"signal", "inliers", "spatial_agreement"}  # a match carries its evidence
+MATCH_KEYS = NEIGHBOR_KEYS | {"signal", "inliers", "spatial_agreement", "disputed_by"}  # a match carries its evidence
 runner = CliRunner()
 
 

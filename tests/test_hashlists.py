@@ -391,6 +391,28 @@ def test_a_hash_only_item_decides_query_and_dupes_by_pdq(image_bank, tmp_path):
     assert q["match"]["id"] == 2 and "media" not in q["match"]
 
 
+@pytest.mark.parametrize("order", [("fake", "real"), ("real", "fake")])
+def test_one_hash_shared_as_fake_and_as_real_flags_fake_whatever_the_import_order(image_bank, tmp_path, order):
+    """Two sources disagree about one picture: the verdict does not depend on which list came first, and
+    the record names the copy that disagrees."""
+    import shutil
+
+    bank = tmp_path / "bank"
+    shutil.copytree(image_bank[0], bank)
+    h = Bank.open(bank).value(1, "pdq").hex()  # img0's hash, shared by two partners
+    for n, label in enumerate(order):
+        (tmp_path / f"{label}.txt").write_text(f"pdq {h}\n")
+        code, [r], _ = cli("import", tmp_path / f"{label}.txt", "--bank", bank, "--source", f"p{n}", "--label", label, "--json")
+        assert r["added"] == 1
+    code, _, _ = cli("remove", "1", "--bank", bank)  # the image itself goes: only the two shared hashes remain
+    copy = tmp_path / "copy.jpg"
+    Image.open(image_bank[1] / "img0.png").save(copy, quality=80)
+    code, [q], _ = cli("query", copy, "--bank", bank, "--json")
+    assert (q["verdict"], q["reason"], q["match"]["label"], q["match"]["signal"]) == ("fake", "near_duplicate", "fake", "pdq")
+    real_id = [n["id"] for n in q["neighbors"] if n["label"] == "real"]
+    assert q["match"]["disputed_by"] == real_id and len(real_id) == 1
+
+
 def test_readable_query_and_dupes_print_a_hash_only_match(image_bank, tmp_path):
     """A hash-only item has no similarity and no path: the readable lines say so (they crashed on None)."""
     bank, folder = image_bank

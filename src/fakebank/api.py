@@ -490,7 +490,7 @@ class Fakebank:
             "score": round(d.score, 6),
             "p_model": round(d.p_model, 6),
             "p_knn": None if d.p_knn is None else round(d.p_knn, 6),
-            "match": d.match.match_dict() if d.match else None,
+            "match": d.match.match_dict() | {"disputed_by": d.disputed_by} if d.match else None,
             "neighbors": [n.to_dict() for n in d.neighbors],
             "model": self.model_record(),
         }

@@ -111,6 +111,7 @@ class Decision:
     p_knn: float | None
     match: Neighbor | None
     neighbors: list[Neighbor] = field(default_factory=list)
+    disputed_by: list[int] = field(default_factory=list)  # copies labelled the other way (`disputed_by`)
 
 
 def sigmoid(x: float) -> float:
@@ -144,9 +145,21 @@ def best_match(neighbors: list[Neighbor], params: FusionParams) -> Neighbor | No
     if not dupes:
         return None
     rank = {s: k for k, s in enumerate(SIGNAL_ORDER)}
+    # Equally strong copies labelled both ways (one hash shared as fake by one source, real by another):
+    # `fake` wins, whatever order they were added in — a bank of known fakes errs towards flagging, and
+    # the record names the disagreeing copies (`disputed_by`) for an analyst to settle.
     return min(dupes, key=lambda n: (rank.get(n.signal, len(rank)),
                                      n.pdq_distance if n.pdq_distance is not None else 257,
-                                     -(n.inliers or 0), -n.similarity))
+                                     -(n.inliers or 0), -n.similarity, n.label != "fake"))
+
+
+def disputed_by(match: Neighbor | None, neighbors: list[Neighbor], params: FusionParams) -> list[int]:
+    """Ids of the near-duplicates labelled the other way from `match` (fake vs real): the bank holds
+    contradicting words about this picture."""
+    if match is None or match.label not in ("fake", "real"):
+        return []
+    other = "real" if match.label == "fake" else "fake"
+    return [n.id for n in neighbors if n.label == other and is_near_duplicate(n, params)]
 
 
 def knn_vote(neighbors: list[Neighbor], params: FusionParams) -> float | None:
@@ -185,7 +198,8 @@ def decide(logit: float, neighbors: list[Neighbor], params: FusionParams | None 
     p_knn = knn_vote(neighbors, params)
     if match is not None and match.label in ("fake", "real"):
         score = 1.0 if match.label == "fake" else 0.0
-        return Decision(match.label, "near_duplicate", score, p_model, p_knn, match, neighbors)
+        return Decision(match.label, "near_duplicate", score, p_model, p_knn, match, neighbors,
+                        disputed_by(match, neighbors, params))
     score = fuse(logit, p_knn, params)
     reason = "model" if p_knn is None else "knn"
     verdict = verdict_of(score, params)
