@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,28 @@ def test_second_writer_waits_then_gets_a_clear_error(tmp_path):
             writer(tmp_path, lock_timeout=0.3).__enter__()
     with writer(tmp_path, lock_timeout=0.3) as w2:  # released on exit
         w2.add([make_item(2)])
+
+
+def test_a_long_wait_for_the_lock_is_said_once(tmp_path, caplog, monkeypatch):
+    import fakebank.bank as bank_module
+
+    monkeypatch.setattr(bank_module, "LOCK_QUIET_S", 0.2)
+    got = []
+    with writer(tmp_path) as w:
+        w.add([make_item(1)])
+
+        def second():
+            with writer(tmp_path, lock_timeout=20) as w2:
+                got.append(len(w2.bank))
+
+        t = threading.Thread(target=second)
+        with caplog.at_level("WARNING", logger="fakebank"):
+            t.start()
+            time.sleep(1.0)
+            waits = [r.getMessage() for r in caplog.records]
+    t.join(20)
+    assert got == [1]  # it got the lock once the first writer was done
+    assert len(waits) == 1 and f"another fakebank process (pid {os.getpid()}); waiting up to 20 s" in waits[0]
 
 
 def test_readers_never_see_a_half_commit(tmp_path):

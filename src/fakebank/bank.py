@@ -44,6 +44,7 @@ import bisect
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -68,6 +69,7 @@ LABELS = ("fake", "real", "unknown")
 DEFAULT_BANK = "indexes/default"
 BANK_ENV = "FAKEBANK_BANK"
 DEFAULT_LOCK_TIMEOUT_S = 30.0
+LOCK_QUIET_S = 2.0  # a wait for another writer longer than this is said (once), not silent
 VECTOR_KINDS = ("cls", "patch")
 PDQ_BYTES = 32
 # Size-tiered merging: MERGE_FANOUT consecutive segments of one tier (rows < MERGE_FANOUT ** tier) are
@@ -1578,11 +1580,18 @@ class BankWriter:
     def _acquire_lock(self) -> None:
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + self.lock_timeout
+        said = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not said and time.monotonic() >= deadline - self.lock_timeout + LOCK_QUIET_S:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                    logging.getLogger("fakebank").warning(
+                        "%s is being written by another fakebank process (pid %s); waiting up to %.0f s for it",
+                        self.path, holder, self.lock_timeout)
+                    said = True
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
                     os.close(fd)
