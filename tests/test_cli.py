@@ -194,6 +194,13 @@ def test_usage_errors_exit_2(tmp_path, photos, bank):
     code, _, err = run("label", "99", "--label", "fake", "--bank", bank)
     assert code == 2 and "no item with id 99" in err
     assert run("add", tmp_path / "empty-dir-does-not-exist-but-is-file.jpg", "--bank", bank)[0] == 1
+    # an add that puts nothing into a new bank leaves no bank pinned to its model behind
+    code, _, err = run("add", tmp_path / "typo.jpg", "--bank", tmp_path / "fresh", "--weights", "untrained:test_vit:1")
+    assert code == 1 and "no bank was made" in " ".join(err.split())
+    code, _, err = run("query", photos, "--bank", tmp_path / "fresh")
+    assert code == 2 and "no bank at" in err
+    code, _, _ = run("add", photos / "img0.png", "--bank", tmp_path / "fresh", "--weights", WEIGHTS)  # other weights: welcome
+    assert code == 0 and len(Bank.open(tmp_path / "fresh")) == 1
 
 
 def test_calibrate_stores_fusion(tmp_path, photos, bank):

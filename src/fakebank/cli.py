@@ -184,7 +184,7 @@ def add(
                   "run the same command again to resume (what is in the bank is skipped)")
         raise typer.Exit(130) from None
     err.print(f"{counts['added']} added, {counts['duplicate']} already in the bank, {counts['error']} failed "
-              f"→ {fb.store.location}")
+              f"→ {fb.store.location}" + ("" if fb.store.exists() else " (nothing went in: no bank was made)"))
     if counts["error"]:
         raise typer.Exit(EXIT_SOME_FAILED)
 
