@@ -328,6 +328,27 @@ def test_analyst_campaigns_are_ground_truth(tmp_path):
     assert column[real_seed[0]] == "op-aurora"
 
 
+def test_an_analyst_campaign_set_after_add_is_ground_truth_and_survives_compact(tmp_path):
+    s = Synth(9)
+    ids = add(tmp_path, [s.item("a") for _ in range(4)] + [s.item("z")])
+    assert by_name(run(tmp_path))  # computed: one campaign of the four, named by clustering
+    res = runner.invoke(app, ["label", str(ids[0]), str(ids[4]), "--campaign", "op-aurora", "--bank", str(tmp_path),
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["campaign"] for x in res.stdout.splitlines()] == ["op-aurora", "op-aurora"]
+    assert by_name(run(tmp_path)) == {"op-aurora": set(ids)}  # the seed pulls its group; the far one joins
+    assert Bank.open(tmp_path).label_of(ids[0]) == "fake"  # a campaign-only change keeps the label
+    assert runner.invoke(app, ["compact", "--bank", str(tmp_path)]).exit_code == 0  # folded into the segment
+    bank = Bank.open(tmp_path)
+    assert [bank.value(i, "campaign") for i in ids] == ["op-aurora", None, None, None, "op-aurora"]
+    res = runner.invoke(app, ["label", str(ids[4]), "--campaign", "", "--bank", str(tmp_path)])
+    assert res.exit_code == 0 and "no analyst campaign" in res.stdout
+    assert Bank.open(tmp_path).value(ids[4], "campaign") is None
+    assert by_name(run(tmp_path)) == {"op-aurora": set(ids[:4])}
+    res = runner.invoke(app, ["label", str(ids[0]), "--bank", str(tmp_path)])
+    assert res.exit_code == 2 and "nothing to change" in " ".join(res.stderr.split())
+
+
 def test_two_analyst_campaigns_in_one_component_are_split_by_nearest_seed(tmp_path):
     s = Synth(10)
     ca, pa_ = s.centre("a")
@@ -466,6 +487,15 @@ def test_cli_contract_and_report(real_bank, tmp_path):
     assert all(len({photo_of[m] for m in json.loads(line)["members"]}) == 1 for line in loose.stdout.splitlines())
     assert "attached by close embeddings alone" in attach_report.read_text() and "attached by" not in page
     assert Bank.open(real_bank).manifest["campaigns"]["params"]["embedding_attach"] is False
+    # a query names the campaign of its match and of its neighbours: the answer to "which campaign?"
+    campaign_of = {m: r["campaign"] for r in records for m in r["members"]}
+    member = records[0]["members"][0]
+    copy = tmp_path / "repost.jpg"
+    Image.open(bank.value(member, "path")).convert("RGB").save(copy, quality=70)
+    res = runner.invoke(app, ["query", str(copy), "--bank", str(real_bank), "--json"])
+    q = json.loads(res.stdout.splitlines()[0])
+    assert q["match"] is not None and q["match"]["campaign"] == campaign_of[q["match"]["id"]] == records[0]["campaign"]
+    assert all(n["campaign"] == campaign_of.get(n["id"]) for n in q["neighbors"])
 
 
 def test_report_placeholder_for_unreadable_paths(tmp_path):

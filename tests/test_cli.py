@@ -139,6 +139,12 @@ def test_compact_keeps_answers_and_folds_the_changes(tmp_path, photos, bank):
     # adding a banked file again under another label says the label stays, and how to change it
     res = runner.invoke(app, ["add", str(photos / "img2.png"), "--bank", str(bank), "--label", "fake"])
     assert res.exit_code == 0 and "stays real: `fakebank label 3 --label fake`" in " ".join(res.stdout.split())
+    # … and that --campaign is not applied to it either, until `label --campaign` sets it
+    res = runner.invoke(app, ["add", str(photos / "img2.png"), "--bank", str(bank), "--label", "real", "--campaign", "Op [Rain]"])
+    assert "--campaign not applied: `fakebank label 3 --campaign 'Op [Rain]'` sets it" in " ".join(res.stdout.split())
+    assert run("label", "3", "--campaign", "Op [Rain]", "--bank", bank, "--json")[1][0]["campaign"] == "Op [Rain]"
+    res = runner.invoke(app, ["add", str(photos / "img2.png"), "--bank", str(bank), "--label", "real", "--campaign", "Op [Rain]"])
+    assert res.exit_code == 0 and "not applied" not in res.stdout
 
 
 def test_info_human_output(bank):

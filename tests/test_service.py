@@ -189,9 +189,21 @@ def test_item_endpoints(server):
     assert r.json() == {"id": rec["id"], "label": "real", "status": "updated"}
     assert httpx.get(url, headers=AUTH).json()["label"] == "real"
     assert httpx.patch(url, json={"label": "maybe"}, headers=AUTH).status_code == 400
-    r = httpx.patch(url, json={"label": "fake", "campaign": "Op X"}, headers=AUTH)  # not editable: refused
-    assert r.status_code == 422 and "campaign" in r.json()["error"]
-    assert httpx.get(url, headers=AUTH).json()["label"] == "real"
+    r = httpx.patch(url, json={"label": "real" * 100_000}, headers=AUTH)  # a huge value is not echoed whole
+    assert r.status_code == 400 and len(r.json()["error"]) < 200
+    # the analyst campaign of an item already in the bank: set, kept by a label-only patch, cleared
+    r = httpx.patch(url, json={"campaign": "Op X"}, headers=AUTH)
+    assert r.json() == {"id": rec["id"], "label": "real", "campaign": "Op X", "status": "updated"}
+    assert httpx.patch(url, json={"label": "fake"}, headers=AUTH).json() == {"id": rec["id"], "label": "fake", "status": "updated"}
+    got = httpx.get(url, headers=AUTH).json()
+    assert (got["label"], got["campaign"]) == ("fake", "Op X")
+    assert httpx.patch(url, json={"campaign": None}, headers=AUTH).json()["campaign"] is None
+    assert httpx.get(url, headers=AUTH).json()["campaign"] is None
+    r = httpx.patch(url, json={"label": "real", "path": "/etc/x"}, headers=AUTH)  # not editable: refused
+    assert r.status_code == 422 and "path" in r.json()["error"]
+    r = httpx.patch(url, json={}, headers=AUTH)
+    assert r.status_code == 400 and "nothing to change" in r.json()["error"]
+    assert httpx.get(url, headers=AUTH).json()["label"] == "fake"
     assert httpx.delete(url, headers=AUTH).json() == {"id": rec["id"], "status": "removed"}
     assert httpx.get(url, headers=AUTH).status_code == 404
     assert httpx.delete(url, headers=AUTH).status_code == 404

@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.store import open_store
 from fakebank.errors import BankError, FakebankError, InputError, UsageError
 from fakebank import video as vid
+
+KEEP: Any = object()  # `label(campaign=KEEP)`: leave the analyst campaign as it is
+
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".avif", ".heic"}
 COMMIT_EVERY_ITEMS = 64  # a crash during `add` loses at most this many embedded images …
@@ -349,7 +353,7 @@ class Fakebank:
             m = matches.get(item_id)
             out.append(Neighbor(
                 id=item_id, path=bank.value(item_id, "path"), label=bank.label_of(item_id),
-                campaign=bank.value(item_id, "campaign"), similarity=round(sim, 6),
+                campaign=bank.campaign_of(item_id), similarity=round(sim, 6),
                 pdq_distance=m.pdq_distance if m else pdq_distance(bank, probe, item_id),
                 signal=m.signal if m else None, judged=True, hash_only=hash_only,
                 inliers=m.inliers if m else None, spatial_agreement=m.spatial_agreement if m else None,
@@ -576,7 +580,7 @@ class Fakebank:
         videos = vid.vpdq_matches(bank, vemb.frames)
         matched = {m.id for m in videos}
         per_frame = [[Neighbor(id=m.id, path=bank.value(m.id, "path"), label=bank.label_of(m.id),
-                               campaign=bank.value(m.id, "campaign"), similarity=m.similarity,
+                               campaign=bank.campaign_of(m.id), similarity=m.similarity,
                                pdq_distance=m.pdq_distance, signal=m.signal, judged=True)
                       for m in dedup_find(bank, Probe.of_embedding(e), params)] for e in vemb.embeddings]
         items = vid.frame_matches(vemb.frames, per_frame, skip=matched.__contains__)
@@ -596,7 +600,7 @@ class Fakebank:
         query = np.stack([f.cls for f in vemb.frames])
         sim = float((query @ stored.T).max()) if len(stored) else 0.0
         return Neighbor(id=item_id, path=bank.value(item_id, "path"), label=bank.label_of(item_id),
-                        campaign=bank.value(item_id, "campaign"), similarity=round(sim, 6),
+                        campaign=bank.campaign_of(item_id), similarity=round(sim, 6),
                         pdq_distance=m.min_distance, signal="vpdq", judged=True)
 
     def vpdq(self, path: str | os.PathLike, *, strategy: str = "exact", upright: bool = False) -> list[vid.VpdqFeature]:
@@ -734,12 +738,24 @@ class Fakebank:
             "updated_at": m["updated_at"],
         }
 
-    def label(self, ids: Sequence[int], label: str) -> list[dict]:
-        check_label(label)
+    def label(self, ids: Sequence[int], label: str | None = None, *, campaign: str | None = KEEP) -> list[dict]:
+        """Set items' label and/or analyst campaign (`campaign=None` or "" clears it), in one commit.
+        The analyst campaign is ground truth for `fakebank campaigns` from its next run."""
+        if label is None and campaign is KEEP:
+            raise UsageError("nothing to change: give a label (--label) and/or a campaign (--campaign)")
+        if label is not None:
+            check_label(label)
+        if campaign is not KEEP:
+            campaign = (campaign or "").strip() or None
         ids = list(dict.fromkeys(int(i) for i in ids))  # an id given twice is one change, one record
+        changes = [(i, "label", label) for i in ids if label is not None]
+        changes += [(i, "analyst_campaign", campaign) for i in ids if campaign is not KEEP]
         with self.writer(with_model=False) as w:
-            w.set_label(ids, label)
-            return [{"id": i, "label": label, "status": "updated"} for i in ids]
+            w.apply([], changes)
+            bank = w.bank
+            # the record names the campaign only when it was changed (a relabel's record is as before)
+            return [{"id": i, "label": label if label is not None else bank.label_of(i),
+                     **({} if campaign is KEEP else {"campaign": campaign}), "status": "updated"} for i in ids]
 
     def remove(self, ids: Sequence[int]) -> list[dict]:
         ids = list(dict.fromkeys(int(i) for i in ids))

@@ -99,7 +99,12 @@ CAMPAIGNS_SCHEMA = pa.schema([("id", pa.int64()), ("campaign", pa.string()), ("o
 # One change per row: op "label" (value: the label), "remove", "campaign" (value: computed campaign, null
 # clears it). Later rows win.
 DELTA_SCHEMA = pa.schema([("id", pa.int64()), ("op", pa.string()), ("value", pa.string())])
-EDIT_OPS = ("note", "tags")  # delta ops that overwrite a metadata column (label, remove, campaign: their own)
+# delta ops that overwrite a metadata column, and that column (label, remove, campaign: their own ops);
+# "analyst_campaign" sets the analyst's `campaign` column of an item already in the bank (`label --campaign`)
+EDIT_COLUMN = {"note": "note", "tags": "tags", "analyst_campaign": "campaign"}
+EDIT_OPS = tuple(EDIT_COLUMN)
+EDITED_COLUMNS = tuple(EDIT_COLUMN.values())
+_EDIT_OP_OF = {c: op for op, c in EDIT_COLUMN.items()}
 # Thumbnails made after their items were added (`fakebank thumbnails`): segments are immutable, so they
 # live in id-sorted side files (Arrow IPC, memory-mapped like segments) that the manifest lists under
 # "thumbnails", newest last; a merge folds them into the merged segment's column, `compact` drops them.
@@ -229,7 +234,8 @@ def signal_key(signal_type: str, signal: str, source: str | None) -> str:
 
 def check_label(label: str) -> str:
     if label not in LABELS:
-        raise UsageError(f"label must be one of {', '.join(LABELS)}, not {label!r}")
+        shown = repr(label) if len(str(label)) <= 40 else f"{str(label)[:40]!r}… ({len(str(label)):,} characters)"
+        raise UsageError(f"label must be one of {', '.join(LABELS)}, not {shown}")
     return label
 
 
@@ -518,14 +524,32 @@ class Deltas:
                 self.edits.pop(i, None)
             elif op == "campaign":
                 self.campaigns[i] = v
-            elif op in EDIT_OPS:
-                self.edits.setdefault(i, {})[op] = v
+            elif op in EDIT_OPS:  # kept by column: readers overlay it on that column
+                self.edits.setdefault(i, {})[EDIT_COLUMN[op]] = v
 
     def changes(self) -> list[tuple[int, str, str | None]]:
         """The folded form: one (id, op, value) per id and op."""
         return ([(i, "label", v) for i, v in self.labels.items()] + [(i, "remove", None) for i in sorted(self.removed)]
                 + [(i, "campaign", v) for i, v in self.campaigns.items()]
-                + [(i, op, v) for i, e in self.edits.items() for op, v in e.items()])
+                + [(i, _EDIT_OP_OF[col], v) for i, e in self.edits.items() for col, v in e.items()])
+
+
+def computed_campaign(bank, item_id: int) -> str | None:
+    """The computed campaign of one item, from an id-sorted index of the bank's assignments built once
+    per snapshot (a query asks this of each neighbour; the assignments file is read once, not per call)."""
+    index = bank.__dict__.get("_campaign_index")
+    if index is None:
+        table = bank.campaign_assignments()
+        if table is None or not len(table):
+            index = (np.zeros(0, np.int64), np.zeros(0, object))
+        else:
+            ids = table.column("id").to_numpy()
+            order = np.argsort(ids, kind="stable")
+            index = (ids[order], np.asarray(table.column("campaign").to_pylist(), object)[order])
+        bank.__dict__["_campaign_index"] = index
+    ids, names = index
+    pos = int(np.searchsorted(ids, item_id))
+    return names[pos] if pos < len(ids) and ids[pos] == item_id else None
 
 
 def delta_table(changes: Sequence[tuple[int, str, str | None]]) -> pa.Table:
@@ -927,6 +951,11 @@ class Bank:
                          "campaign": pa.array([c for c, _ in rows.values()], pa.string()),
                          "origin": pa.array([o for _, o in rows.values()], pa.string())}, schema=CAMPAIGNS_SCHEMA)
 
+    def campaign_of(self, item_id: int) -> str | None:
+        """The item's campaign as a query reports it: the analyst's (given at `add`), else the one the
+        last `fakebank campaigns` run (and its later edits) assigned; None when neither."""
+        return self.value(item_id, "campaign") or computed_campaign(self, item_id)
+
     # -- bulk reads that every store offers (bank.Bank and milvus_bank.MilvusBank) ------------------------
 
     @property
@@ -969,7 +998,7 @@ class Bank:
                                      schema=pa.schema([schema.field(n) for n in names])).filter(pa.array(live))
             ids = t.column("id").to_pylist() if "id" in names else seg.ids[live].tolist()
             for n in names:
-                if n != "label" and n not in EDIT_OPS:
+                if n != "label" and n not in EDITED_COLUMNS:
                     continue
                 over = self.deltas.labels if n == "label" else {i: e[n] for i, e in self.deltas.edits.items() if n in e}
                 if over and any(i in over for i in ids):
@@ -1022,6 +1051,16 @@ class Bank:
                 if r < len(self.ids) and self.ids[r] == i:
                     labels[r] = label
             table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels.tolist(), pa.string()))
+        for col in EDITED_COLUMNS:  # notes, tags and analyst campaigns edited since their segment was written
+            over = {i: e[col] for i, e in self.deltas.edits.items() if col in e}
+            if not over or col not in table.column_names:
+                continue
+            values = np.asarray(table.column(col).to_pylist(), dtype=object)
+            for i, v in over.items():
+                r = int(np.searchsorted(self.ids, i))
+                if r < len(self.ids) and self.ids[r] == i:
+                    values[r] = v
+            table = table.set_column(table.schema.get_field_index(col), col, pa.array(values.tolist(), pa.string()))
         return table
 
     @cached_property
@@ -1398,13 +1437,13 @@ class BankWriter:
                 table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.string()))
         if deltas.edits:
             ids = table.column("id").to_numpy()
-            for op in EDIT_OPS:
-                hit = [(r, deltas.edits[i][op]) for r, i in enumerate(ids.tolist()) if op in deltas.edits.get(i, {})]
+            for col in EDITED_COLUMNS:
+                hit = [(r, deltas.edits[i][col]) for r, i in enumerate(ids.tolist()) if col in deltas.edits.get(i, {})]
                 if hit:
-                    values = table.column(op).to_pylist()
+                    values = table.column(col).to_pylist()
                     for r, v in hit:
                         values[r] = v
-                    table = table.set_column(table.schema.get_field_index(op), op, pa.array(values, pa.string()))
+                    table = table.set_column(table.schema.get_field_index(col), col, pa.array(values, pa.string()))
         if self.bank._thumb_files and "thumbnail" in table.schema.names:  # side thumbnails move into the merged segment's column
             thumbs = table.column("thumbnail").to_pylist()
             ids = table.column("id").to_pylist()

@@ -163,8 +163,12 @@ def add(
             err.print("error " + r['error'], markup=False, highlight=False)
         elif r["status"] == "duplicate":
             kept = r["label"] if r["label"] not in (None, label) else None  # --label is not applied to it
+            # nor --campaign: the item keeps its own
+            moved = campaign if campaign and fb.snapshot().value(r["id"], "campaign") != campaign else None
             out.print(f"duplicate  id={r['id']}  {r['path']}"
-                      + (f"  (stays {kept}: `fakebank label {r['id']} --label {label}` changes it)" if kept else ""))
+                      + (f"  (stays {kept}: `fakebank label {r['id']} --label {label}` changes it)" if kept else "")
+                      + (f"  (--campaign not applied: `fakebank label {r['id']} --campaign '{moved}'` sets it)"
+                         if moved else ""), markup=False)
         else:
             out.print(f"added      id={r['id']}  p_fake={r['p_fake']:.3f}  {r['path']}" + (
                 f"  (video: {r['frames']['count']} frames)" if r.get("media") == "video" else ""))
@@ -226,7 +230,10 @@ def query(
         if r["match"]:
             m = r["match"]
             rest += (f"\n           ↳ copy of #{m['id']} ({m['label']}) {_path(m['path'])} "
-                     f"(similarity {_num(m['similarity'], '.3f')}, pdq distance {_num(m['pdq_distance'])})")
+                     f"(similarity {_num(m['similarity'], '.3f')}, pdq distance {_num(m['pdq_distance'])})"
+                     + (f" campaign {m['campaign']}" if m.get("campaign") else "")
+                     + (f"; labelled the other way: #{', #'.join(map(str, m['disputed_by']))}"
+                        if m.get("disputed_by") else ""))
         out.print(_styled(f"{r['verdict']:9}", colour, rest))
         _print_video(r)
         _print_evidence(r)
@@ -335,12 +342,20 @@ def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
 @_command
 def label(
     ids: Annotated[list[int], typer.Argument(help="Item ids (see query/add output).")],
-    new_label: Annotated[str, typer.Option("--label", help="fake | real | unknown")],
+    new_label: Annotated[Optional[str], typer.Option("--label", help="fake | real | unknown")] = None,
+    campaign: Annotated[Optional[str], typer.Option(
+        "--campaign", help="Put the items in this analyst campaign ('' takes them out); `campaigns` treats "
+        "it as ground truth from its next run.")] = None,
     bank: BankOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Change items' labels (an analyst override; takes effect on the next query)."""
-    for r in _fb(bank).label(ids, new_label):
-        _emit(r, as_json, lambda r: out.print(f"#{r['id']} → {r['label']}"))
+    """Change items' labels and/or analyst campaign (an analyst override; takes effect on the next query)."""
+    from fakebank.api import KEEP
+
+    for r in _fb(bank).label(ids, new_label, campaign=KEEP if campaign is None else campaign):
+        _emit(r, as_json, lambda r: out.print(f"#{r['id']} → {r['label']}"
+                                              + (f", campaign {r['campaign']}" if campaign is not None and r["campaign"]
+                                                 else ", no analyst campaign" if campaign is not None else ""),
+                                              markup=False))
 
 
 @_command

@@ -48,8 +48,9 @@ import numpy as np
 import pyarrow as pa
 
 from fakebank.bank import (
-    CAMPAIGNS_SCHEMA, EDIT_OPS, HASH_ONLY, HASH_ONLY_COUNT, LABELS, LOCAL_ID_BITS, PDQ_BYTES, PDQ_DIHEDRAL_BYTES,
-    SHARED_HASH_QUALITY, VECTOR_KINDS, VIDEO, NewItem, check_label, check_model, check_new_item, items_schema,
+    CAMPAIGNS_SCHEMA, EDIT_COLUMN, EDIT_OPS, HASH_ONLY, HASH_ONLY_COUNT, LABELS, LOCAL_ID_BITS, PDQ_BYTES, PDQ_DIHEDRAL_BYTES,
+    SHARED_HASH_QUALITY, VECTOR_KINDS, VIDEO, NewItem, check_label, check_model, check_new_item, computed_campaign,
+    items_schema,
     BOOKKEEPING, META_COLUMNS, table_columns,
 )
 from fakebank.errors import BankError, NotFoundError, UsageError
@@ -575,6 +576,10 @@ class MilvusBank:
     def has_local(self) -> bool:
         return self._local_rows > 0
 
+    def campaign_of(self, item_id: int) -> str | None:
+        """As `bank.Bank.campaign_of`: the analyst's campaign, else the computed one."""
+        return self.value(item_id, "campaign") or computed_campaign(self, item_id)
+
     def campaign_assignments(self) -> pa.Table | None:
         rows = self._scan(self.store.campaigns, "", ["id", "campaign", "origin"])
         if not rows and not self.manifest.get("campaigns"):
@@ -798,7 +803,7 @@ class MilvusWriter:
                     if op == "label":
                         r["label"] = v
                     else:
-                        r["meta"] = {**r["meta"], op: v}
+                        r["meta"] = {**r["meta"], EDIT_COLUMN[op]: v}
             for part in _chunks(rows):
                 self.store.client.upsert(self.store.items, list(part))
         has_video = bool(removed) and self.store.has_video()

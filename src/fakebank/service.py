@@ -29,8 +29,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fakebank.api import DEFAULT_K, Fakebank
-from fakebank.bank import check_label, check_model
+from fakebank.api import DEFAULT_K, KEEP, Fakebank
+from fakebank.bank import check_label, check_model, computed_campaign
 from fakebank.embed import Decoded, Embedding, Extractor, Source
 from fakebank.errors import BankError, FakebankError, InputError, UsageError, http_status
 from fakebank.hma import HmaError, hma_error_response, hma_router
@@ -171,11 +171,12 @@ class LookupBody(BaseModel):
 
 
 class LabelPatch(BaseModel):
-    """An item's only editable field over HTTP; anything else is refused (422), not silently ignored: the
-    analyst campaign is given at `add` time, computed ones by `campaigns`."""
+    """An item's editable fields over HTTP: its label and its analyst campaign ("" or null takes it out of
+    one); anything else is refused (422), not silently ignored (computed campaigns come from `campaigns`)."""
 
     model_config = ConfigDict(extra="forbid")
-    label: str
+    label: str | None = None
+    campaign: str | None = None
 
 
 def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
@@ -414,12 +415,13 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         bank = fb.snapshot()
         if not bank.has(item_id):
             raise HTTPException(404, f"no item with id {item_id}")
-        return bank.item(item_id)
+        return bank.item(item_id) | {"computed_campaign": computed_campaign(bank, item_id)}
 
     @app.patch("/v1/items/{item_id}", dependencies=[Auth])
     def patch_item(item_id: int, body: LabelPatch) -> dict:
+        campaign = body.campaign if "campaign" in body.model_fields_set else KEEP
         with fb._write_lock:
-            return fb.label([item_id], body.label)[0]
+            return fb.label([item_id], body.label, campaign=campaign)[0]
 
     @app.delete("/v1/items/{item_id}", dependencies=[Auth])
     def delete_item(item_id: int) -> dict:
