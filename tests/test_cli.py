@@ -259,6 +259,10 @@ def test_module_entry_point_and_help():
     assert res.returncode == 0
     for cmd in ("add", "query", "info", "label", "remove", "calibrate"):
         assert cmd in res.stdout
+    # bracketed notes in help texts are text, not markup that would swallow them
+    res = subprocess.run([sys.executable, "-m", "fakebank", "dupes", "--help"], capture_output=True, text=True)
+    text = " ".join(res.stdout.split())
+    assert "[env FAKEBANK_BANK; default indexes/default]" in text and "[default: the bank's, else Meta's 31]" in text
 
 
 def test_sigkilled_add_resumes_without_loss(tmp_path, photos):

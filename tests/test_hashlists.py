@@ -195,6 +195,13 @@ def test_export_by_campaign_takes_analyst_and_computed_members(tmp_path, bank):
     assert r["signals"] == 2
     assert (tmp_path / "x.txt").read_text().split() == \
         ["pdq", b.value(3, "pdq").hex(), "pdq", b.value(analyst, "pdq").hex()]
+    # a campaign nobody gave any item (a typo) is an error, not an empty list for a partner
+    code, _, err = cli("export", tmp_path / "typo.txt", "--bank", bank, "--campaign", "op-z")
+    assert code == 2 and "no item is in campaign 'op-z'; computed campaigns: op-x, op-y" in " ".join(err.split())
+    assert not (tmp_path / "typo.txt").exists()
+    # an analyst campaign set after add counts (label --campaign)
+    Fakebank(bank).label([2], campaign="op-z")
+    assert Fakebank(bank).export_list(tmp_path / "z.txt", fmt="local_file", campaign="op-z")["signals"] == 1
 
 
 def test_fakebank_export_imports_with_full_matching_or_as_hashes_only(tmp_path, bank):

@@ -30,6 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[env FAKEBANK_BANK; default …]": brackets are text, not markup
 )
 # No markup on either console: paths, notes, sources and campaign names are user text, and a file named
 # `x[bold]y.jpg` or `a[/]b.jpg` must print as it is (markup would drop the first and crash on the second).
@@ -140,7 +141,7 @@ def add(
     label: Annotated[str, typer.Option("--label", help="fake | real | unknown")] = "fake",
     source: Annotated[Optional[str], typer.Option("--source", help="Where these came from.")] = None,
     campaign: Annotated[Optional[str], typer.Option("--campaign", help="Known campaign name (ground truth).")] = None,
-    note: Annotated[Optional[str], typer.Option("--note")] = None,
+    note: Annotated[Optional[str], typer.Option("--note", help="Free text kept with each added item.")] = None,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
     max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
@@ -197,7 +198,7 @@ def add(
 def query(
     paths: Annotated[list[Path], typer.Argument(help="Image or video files and/or folders.")],
     k: Annotated[int, typer.Option("-k", min=1, help="Neighbours to look up.")] = DEFAULT_K,
-    recursive: Annotated[bool, typer.Option("-r", "--recursive")] = False,
+    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")] = False,
     explain: Annotated[bool, typer.Option(
         "--explain", help='Add a patch heat map ("heatmap"): one extra forward + backward pass per image.')] = False,
     provenance: Annotated[bool, typer.Option(
@@ -491,7 +492,7 @@ def thumbnails(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
 @_command
 def calibrate(
     folder: Annotated[Path, typer.Argument(help="Folder with fake/ and real/ sub-folders of labelled images.")],
-    k: Annotated[int, typer.Option("-k", min=1)] = DEFAULT_K,
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours that vote for each image.")] = DEFAULT_K,
     force: Annotated[bool, typer.Option("--force", help="Store the fit even when it has a problem (a weight "
                                         "≤ 0, or worse scores than the weights in use).")] = False,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
@@ -525,7 +526,7 @@ def calibrate(
 @_command
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (beyond loopback needs FAKEBANK_API_KEY).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")] = 8080,
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Per-file upload bound.")] = 20,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Decoded pixels per image.")] = 50_000_000,
     max_upload_mb_video: Annotated[int, typer.Option(
@@ -607,7 +608,7 @@ def campaigns(
 def dupes(
     paths: Annotated[Optional[list[Path]], typer.Argument(
         help="Images to look up; none: groups of near-duplicates inside the bank.")] = None,
-    recursive: Annotated[bool, typer.Option("-r", "--recursive")] = False,
+    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")] = False,
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", help="cls cosine at or above which two images are copies (the embedding signal) "
         "[default: the bank's, else 0.99].")] = None,

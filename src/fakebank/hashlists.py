@@ -316,10 +316,20 @@ class ExportFilter:
         return keep
 
     def computed_ids(self, bank: Bank) -> set[int]:
-        stored = bank.campaign_assignments() if self.campaign is not None else None
-        if stored is None:
+        """The ids clustering put in the wanted campaign; a campaign that neither clustering nor an analyst
+        gave any item is a usage error (a typo would otherwise send a partner an empty list)."""
+        if self.campaign is None:
             return set()
-        return set(stored.filter(pc.equal(stored.column("campaign"), self.campaign)).column("id").to_pylist())
+        stored = bank.campaign_assignments()
+        ids = set() if stored is None else \
+            set(stored.filter(pc.equal(stored.column("campaign"), self.campaign)).column("id").to_pylist())
+        if not ids and not any(self.campaign in set(t.column("campaign").to_pylist())
+                               for t in bank.batches(["campaign"])):
+            names = sorted(set(stored.column("campaign").to_pylist()) if stored is not None else set())
+            raise UsageError(f"no item is in campaign {self.campaign!r}; "
+                             + (f"computed campaigns: {', '.join(names[:20])}{' …' if len(names) > 20 else ''}"
+                                if names else "run `fakebank campaigns` to compute campaigns"))
+        return ids
 
 
 def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str]) -> Iterator[pa.Table]:
