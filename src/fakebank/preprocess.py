@@ -253,7 +253,7 @@ def _check_pixels(im: Image.Image, label: str, max_pixels: int) -> None:
     if pixels > max_pixels:
         raise TooLargeError(
             f"{label}: {width}×{height} = {pixels:,} pixels is more than the limit of {max_pixels:,} "
-            "(decompression-bomb guard); downscale it, or raise max_pixels if the file is trusted"
+            "(decompression-bomb guard); downscale it, or raise the limit (--max-pixels) if the file is trusted"
         )
     # Pillow has already warned (DecompressionBombWarning) when pixels > Image.MAX_IMAGE_PIXELS; refuse
     # those too, so that its warning always ends as this error (silencing it would mean changing the

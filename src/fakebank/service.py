@@ -406,7 +406,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         return {"results": records}
 
     @app.get("/v1/campaigns", dependencies=[Auth])
-    def campaigns(min_size: int = 2, recompute: bool = False) -> dict:
+    def campaigns(min_size: Annotated[int, Query(ge=1)] = 2, recompute: bool = False) -> dict:
         """Stored campaigns (recompute=true clusters the bank again first, keeping campaign ids)."""
         return {"results": fb.campaigns(min_size=min_size, recompute=recompute, save=recompute)}
 
