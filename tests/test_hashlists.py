@@ -483,7 +483,8 @@ def test_hma_routes_and_v1_lookup_over_http(image_bank, tmp_path):
         assert (r.status_code, r.json()) == (400, {"message": "Either url or both signal and signal_type are required"})
         assert get("/m/lookup", url="http://127.0.0.1/x.jpg").status_code == 403
         st = get("/m/index/status").json()
-        assert set(st) == {"pdq"} and st["pdq"]["present"] is True and st["pdq"]["size"] == 4
+        assert set(st) == {"pdq", "vpdq"} and st["pdq"]["present"] is True and st["pdq"]["size"] == 4
+        assert st["vpdq"]["size"] == 0 and get("/m/index/status", signal_type="vpdq").json() == {"vpdq": st["vpdq"]}
         # POST: one file under its content type's name, hashed by fakebank
         data = png_bytes(Image.open(folder / "img3.png"), format="JPEG", quality=85)
         r = httpx.post(server.url + "/m/lookup", files={"photo": ("x.jpg", data)}, headers=AUTH, timeout=60)
@@ -491,7 +492,9 @@ def test_hma_routes_and_v1_lookup_over_http(image_bank, tmp_path):
         [m] = r.json()["pdq"]["partner"]
         assert m["bank_content_id"] == 4 and isinstance(m["distance"], str) and int(m["distance"]) <= 31
         r = httpx.post(server.url + "/m/lookup", files={"video": ("x.jpg", data)}, headers=AUTH, timeout=60)
-        assert (r.status_code, r.json()) == (400, {"message": "no such content_type: 'video'"})
+        assert r.status_code == 400 and "x.jpg" in r.json()["message"]  # a photo is no video
+        r = httpx.post(server.url + "/m/lookup", files={"audio": ("x.mp3", data)}, headers=AUTH, timeout=60)
+        assert (r.status_code, r.json()) == (400, {"message": "no such content_type: 'audio'"})
         # the service's key guards these routes like the rest
         assert httpx.get(server.url + "/m/raw_lookup", params={"signal_type": "pdq", "signal": h_hash}).status_code == 401
         # fakebank's own look-up, with labels, sources and the distance bound

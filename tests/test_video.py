@@ -372,6 +372,38 @@ def test_thumbnails_command_makes_an_old_videos_thumbnail_from_its_driving_frame
     assert np.abs(np.asarray(made, np.float32) - np.asarray(stored, np.float32)).mean() < 8
 
 
+def test_hma_matches_videos_by_vpdq_signal_and_upload(video_bank, videos):
+    """HMA's matching API speaks vPDQ: pytx's VPDQSignal string (JSON list of "hex,quality,timestamp") or a
+    video uploaded in the field `video`; a banked fake video answers with HMA's "Q%[C%]" distance."""
+    from test_service import AUTH, Server
+
+    fb, records = video_bank
+    vid_id = records["orig.mp4"]["id"]
+
+    def signal(path) -> str:  # as pytx's vpdq_to_json writes it
+        return json.dumps([f"{f.pdq_hex},{f.quality},{f.timestamp:.3}" for f in fb.vpdq(path)])
+
+    server = Server(fb.bank_path).start()
+    try:
+        get = lambda path, **params: httpx.get(server.url + path, params=params, headers=AUTH, timeout=60)
+        r = get("/m/lookup", signal_type="vpdq", signal=signal(videos["small"]))
+        assert r.status_code == 200, r.text
+        [m] = r.json()["FAKEBANK"]
+        assert m["bank_content_id"] == vid_id and re.fullmatch(r"\d+%\[\d+%\]", m["distance"])
+        assert int(m["distance"].split("%")[0]) >= 80
+        r = get("/m/raw_lookup", signal_type="vpdq", signal=signal(videos["trim"]), include_distance="true")
+        assert [x["bank_content_id"] for x in r.json()["matches"]] == [vid_id]
+        assert get("/m/lookup", signal_type="vpdq", signal=signal(videos["unrelated"])).json() == {}
+        r = get("/m/lookup", signal_type="vpdq", signal='["nothex,100,0.0"]')
+        assert r.status_code == 400 and "invalid signal" in r.json()["message"]
+        assert get("/m/index/status").json()["vpdq"]["size"] == 1
+        blob = videos["small"].read_bytes()
+        r = httpx.post(server.url + "/m/lookup", files={"video": ("clip.mp4", blob)}, headers=AUTH, timeout=120)
+        assert r.status_code == 200 and [x["bank_content_id"] for x in r.json()["vpdq"]["FAKEBANK"]] == [vid_id]
+    finally:
+        server.stop()
+
+
 def test_relabelled_video_corrects_its_copies(tmp_path, videos):
     fb = Fakebank(tmp_path / "bank", weights=WEIGHTS)
     (added,) = fb.add([videos["orig"]], label="fake")

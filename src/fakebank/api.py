@@ -603,13 +603,14 @@ class Fakebank:
                         campaign=bank.campaign_of(item_id), similarity=round(sim, 6),
                         pdq_distance=m.min_distance, signal="vpdq", judged=True)
 
-    def vpdq(self, path: str | os.PathLike, *, strategy: str = "exact", upright: bool = False) -> list[vid.VpdqFeature]:
-        """vPDQ features of a video file as vpdq-hash-video computes them: frames chosen alike (`exact`: every
-        int(fps)-th decoded frame), hashed at full resolution, as coded (`upright`: the display rotation
-        applied, which vPDQ does not do). Needs no model and no bank."""
+    def vpdq(self, path: str | os.PathLike | bytes, *, strategy: str = "exact", upright: bool = False,
+             name: str | None = None) -> list[vid.VpdqFeature]:
+        """vPDQ features of a video file (or its bytes, `name` for messages) as vpdq-hash-video computes them:
+        frames chosen alike (`exact`: every int(fps)-th decoded frame), hashed at full resolution, as coded
+        (`upright`: the display rotation applied, which vPDQ does not do). Needs no model and no bank."""
         from fakebank.pdq import pdq_hash
 
-        with vid.VideoReader(path, rate=self.video_rate, max_frames=self.max_frames, strategy=strategy,
+        with vid.VideoReader(path, name=name, rate=self.video_rate, max_frames=self.max_frames, strategy=strategy,
                              upright=upright) as reader:
             return [vid.VpdqFeature(f.number, (h := pdq_hash(f.image, max_side=None)).quality, h.hex,
                                     round(f.timestamp, vid.VPDQ_TIMESTAMP_PRECISION)) for f in reader]

@@ -7,7 +7,12 @@ fakebank unchanged (issue 12). Routes, parameters, JSON shapes and error bodies 
 - ``GET /m/lookup?signal_type=pdq&signal=HEX[&banks=…]`` → ``{BANK: [{"bank_content_id", "distance"}]}``;
 - ``POST /m/lookup`` with one multipart file whose field name is the content type (``photo``) → the same,
   keyed by signal type: ``{"pdq": {BANK: […]}}`` (fakebank hashes the upload with its own PDQ);
-- ``GET /m/index/status`` → ``{"pdq": {"present", "built_to", "size"}}``.
+- ``GET /m/index/status`` → ``{"pdq": {"present", "built_to", "size"}, "vpdq": {…}}``.
+
+Videos speak ``vpdq`` (python-threatexchange's ``VPDQSignal``): the signal is the JSON list of
+``"pdq_hex,quality,timestamp"`` strings; a banked fake video answers when vPDQ's rule holds (≥ 80 % of the
+query's unique usable frames within 31 bits of its frames, `video.vpdq_matches`), its distance HMA's
+``"Q%[C%]"`` (query, compared match percent); an upload goes in the field ``video``.
 
 Mapping: an HMA *bank* is a fakebank *source* (an imported list's collab, or ``--source`` at add); items
 without a source are in the bank ``FAKEBANK``. HMA's banks hold content to act on, so only items labelled
@@ -18,19 +23,27 @@ Hamming distance as a string (pytx's ``pretty_str``); the threshold is HMA's, 31
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
+
+import numpy as np
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from fakebank import video as vid
 from fakebank.api import Fakebank
+from fakebank.bank import VIDEO
 from fakebank.errors import FakebankError, UsageError
 from fakebank.hashlists import SIGNAL_TYPE
 from fakebank.pdq import PDQ_MATCH_THRESHOLD
 
 CONTENT_TYPE = "photo"  # HMA's content type of PDQ
+VIDEO_CONTENT_TYPE = "video"  # … and of vPDQ
+VPDQ = "vpdq"
+SIGNAL_TYPES = (SIGNAL_TYPE, VPDQ)
 DEFAULT_BANK = "FAKEBANK"
 
 
@@ -44,8 +57,11 @@ def hma_error_response(request: Request, e: HmaError) -> JSONResponse:
     return JSONResponse({"message": e.message}, status_code=e.status)
 
 
-def _matches(fb: Fakebank, signal: str | None, signal_type: str | None, banks: str | None) -> list[tuple[str, int, int]]:
-    """(bank name, item id, distance) of the fake items matching one signal, as HMA's index answers."""
+def _matches(fb: Fakebank, signal: str | None, signal_type: str | None, banks: str | None) -> list[tuple[str, int, str]]:
+    """(bank name, item id, distance as HMA prints it) of the fake items matching one signal, as HMA's
+    index answers."""
+    if signal_type == VPDQ:
+        return _vpdq_matches(fb, signal or "", banks)
     if signal_type != SIGNAL_TYPE:
         raise HmaError(400, f"No such SignalType '{signal_type}'")
     try:
@@ -59,18 +75,54 @@ def _matches(fb: Fakebank, signal: str | None, signal_type: str | None, banks: s
             continue
         name = m["source"] or DEFAULT_BANK
         if wanted is None or name in wanted:
-            out.append((name, m["id"], m["distance"]))
+            out.append((name, m["id"], str(m["distance"])))
     return out
 
 
-def _by_bank(matches: list[tuple[str, int, int]]) -> dict:
+def parse_vpdq_signal(signal: str) -> list[vid.VpdqFeature]:
+    """pytx's VPDQSignal string: a JSON list of "pdq_hex,quality,timestamp" (`vpdq_util.json_to_vpdq`)."""
+    try:
+        items = json.loads(signal or "[]")
+        if not isinstance(items, list):
+            raise ValueError("not a JSON list")
+        out = []
+        for n, item in enumerate(items):
+            pdq_hex, quality, timestamp = str(item).split(",")
+            if len(pdq_hex) != 64 or not 0 <= int(quality) <= 100 or float(timestamp) < 0:
+                raise ValueError(f"feature {n}: {str(item)[:80]!r}")
+            bytes.fromhex(pdq_hex)
+            out.append(vid.VpdqFeature(n, int(quality), pdq_hex.lower(), float(timestamp)))
+        return out
+    except ValueError as e:
+        raise HmaError(400, f"invalid signal: a vpdq signal is a JSON list of \"pdq_hex,quality,timestamp\" ({e})") from None
+
+
+def _vpdq_matches(fb: Fakebank, signal: str, banks: str | None) -> list[tuple[str, int, str]]:
+    features = parse_vpdq_signal(signal)
+    frames = [vid.QueryFrame(number=f.frame_number, timestamp=f.timestamp, pdq=bytes.fromhex(f.pdq_hex),
+                             quality=f.quality, dihedral=(bytes.fromhex(f.pdq_hex),), pdq_trim=None, trim_quality=0,
+                             logit=0.0, cls=np.zeros(0, np.float32)) for f in features]
+    bank = fb.snapshot()
+    wanted = set(banks.split(",")) if banks else None
+    out = []
+    for m in vid.vpdq_matches(bank, frames):
+        if bank.label_of(m.id) != "fake":
+            continue
+        name = bank.value(m.id, "source") or DEFAULT_BANK
+        if wanted is None or name in wanted:
+            out.append((name, m.id, f"{m.vpdq.query_match_percent:.0f}%[{m.vpdq.compared_match_percent:.0f}%]"))
+    return out
+
+
+def _by_bank(matches: list[tuple[str, int, str]]) -> dict:
     out: dict[str, list[dict]] = {}
     for name, item_id, dist in matches:
-        out.setdefault(name, []).append({"bank_content_id": item_id, "distance": str(dist)})
+        out.setdefault(name, []).append({"bank_content_id": item_id, "distance": dist})
     return out
 
 
-def hma_router(fb: Fakebank, auth: Callable, max_upload_bytes: int) -> APIRouter:
+def hma_router(fb: Fakebank, auth: Callable, max_upload_bytes: int, max_video_upload_bytes: int | None = None) -> APIRouter:
+    max_video_upload_bytes = max_video_upload_bytes or max_upload_bytes
     router = APIRouter(prefix="/m", dependencies=[Depends(auth)], tags=["HMA matching"])
 
     @router.get("/raw_lookup")
@@ -80,7 +132,7 @@ def hma_router(fb: Fakebank, auth: Callable, max_upload_bytes: int) -> APIRouter
             raise HmaError(400, "signal and signal_type are required")
         matches = _matches(fb, signal, signal_type, banks)
         if _bool(include_distance):
-            return {"matches": [{"bank_content_id": i, "distance": str(d)} for _, i, d in matches]}
+            return {"matches": [{"bank_content_id": i, "distance": d} for _, i, d in matches]}
         return {"matches": [i for _, i, _ in matches]}
 
     @router.get("/lookup")
@@ -103,11 +155,18 @@ def hma_router(fb: Fakebank, auth: Callable, max_upload_bytes: int) -> APIRouter
         if len(files) > 1:
             raise HmaError(400, "Only one file allowed per request")
         [(field, upload)] = files
-        if field != CONTENT_TYPE:
+        if field not in (CONTENT_TYPE, VIDEO_CONTENT_TYPE):
             raise HmaError(400, f"no such content_type: '{field}'")
-        data = await upload.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
+        limit = max_video_upload_bytes if field == VIDEO_CONTENT_TYPE else max_upload_bytes
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
             raise HmaError(413, "Content too large")
+        if field == VIDEO_CONTENT_TYPE:
+            if not vid.is_video(upload.filename or "upload", data[:vid.SNIFF_BYTES]):
+                raise HmaError(400, f"{upload.filename or 'upload'}: not a video (by its name and first bytes); "
+                                    "send a photo in the field 'photo'")
+            signal = await run_in_threadpool(_vpdq_of_upload, fb, data, upload.filename or "upload")
+            return {VPDQ: _by_bank(await run_in_threadpool(_matches, fb, signal, VPDQ, banks))}
         signal = await run_in_threadpool(_pdq_of_upload, data, upload.filename or "upload")
         if signal is None:  # PDQ below its quality bar says nothing; HMA's hasher returns no signal then
             return {SIGNAL_TYPE: {}}
@@ -115,12 +174,14 @@ def hma_router(fb: Fakebank, auth: Callable, max_upload_bytes: int) -> APIRouter
 
     @router.get("/index/status")
     def index_status(signal_type: str | None = None) -> dict:
-        if signal_type is not None and signal_type != SIGNAL_TYPE:
+        if signal_type is not None and signal_type not in SIGNAL_TYPES:
             raise HmaError(400, f"No such signal type '{signal_type}'")
         bank = fb.snapshot()
         built = int(datetime.fromisoformat(bank.manifest["updated_at"]).timestamp())
         # the index HMA answers from holds the fake items only (/m/* never returns real or unknown ones)
-        return {SIGNAL_TYPE: {"present": True, "built_to": built, "size": bank.manifest["counts"]["fake"]}}
+        status = {SIGNAL_TYPE: {"present": True, "built_to": built, "size": bank.manifest["counts"]["fake"]},
+                  VPDQ: {"present": True, "built_to": built, "size": _fake_videos(bank)}}
+        return status if signal_type is None else {signal_type: status[signal_type]}
 
     return router
 
@@ -131,6 +192,21 @@ def _bool(s: str) -> bool:
     if s.lower() in ("false", "0"):
         return False
     raise HmaError(400, "invalid boolean parameter - prefer true/false")
+
+
+def _fake_videos(bank) -> int:
+    return sum(int(((t.column("media").to_numpy(zero_copy_only=False) == VIDEO)
+                    & (t.column("label").to_numpy(zero_copy_only=False) == "fake")).sum())
+               for t in bank.batches(["media", "label"]))
+
+
+def _vpdq_of_upload(fb: Fakebank, data: bytes, name: str) -> str:
+    """The upload's vPDQ signal as pytx writes it (frames chosen as vpdq-hash-video does)."""
+    try:
+        features = fb.vpdq(data, name=name)
+    except FakebankError as e:
+        raise HmaError(400, str(e)) from None
+    return json.dumps([f"{f.pdq_hex},{f.quality},{f.timestamp:.{vid.VPDQ_TIMESTAMP_PRECISION}}" for f in features])
 
 
 def _pdq_of_upload(data: bytes, name: str) -> str | None:

@@ -435,7 +435,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
             raise HTTPException(413, f"{len(body.pdq)} hashes in one request; the limit is {MAX_LOOKUP_HASHES}")
         return {"results": fb.lookup(body.pdq, max_distance=body.max_distance)}
 
-    app.include_router(hma_router(fb, require_key, config.max_upload_bytes))
+    app.include_router(hma_router(fb, require_key, config.max_upload_bytes, config.max_video_upload_bytes))
 
     @app.get("/v1/info", dependencies=[Auth])
     def info() -> dict:
