@@ -208,6 +208,8 @@ def test_fakebank_export_imports_with_full_matching_or_as_hashes_only(tmp_path, 
     fb = Fakebank(bank)
     (tmp_path / "l.txt").write_text(f"pdq {hexes(1, seed=5)[0]}\n")
     fb.import_list(tmp_path / "l.txt", source="p")
+    hash_id = next(r["id"] for r in Bank.open(bank).table.select(["id", "media"]).to_pylist() if r["media"] == "hash")
+    fb.label([hash_id], campaign="op-h")
     out = tmp_path / "full.parquet"
     assert fb.export_list(out, fmt="fakebank")["signals"] == 6
     same = tmp_path / "same"
@@ -217,6 +219,8 @@ def test_fakebank_export_imports_with_full_matching_or_as_hashes_only(tmp_path, 
     assert (r["format"], r["added"], r["note"]) == ("fakebank", 6, None)
     b = Bank.open(same)
     assert b.manifest["counts"]["hash_only"] == 1
+    rows = b.table.select(["media", "campaign"]).to_pylist()
+    assert [r["campaign"] for r in rows if r["media"] == "hash"] == ["op-h"]  # the partner's campaign came along
     sims, ids = b.search("cls", make_item(3).cls[None], 1)  # embeddings came along: kNN works
     assert b.value(int(ids[0, 0]), "sha256") == make_item(3).sha256 and sims[0, 0] > 0.9999
     assert Fakebank(same).import_list(out)["added"] == 0  # idempotent: images by sha256, hashes by signal

@@ -8,6 +8,7 @@ import io
 import json
 import re
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import httpx
@@ -146,6 +147,11 @@ def test_max_frames_spreads_samples_over_a_long_video(tmp_path, pics):
     slow = write_video(tmp_path / "slow.mp4", [(pics[i % 13], 10) for i in range(10)], fps=1, size=(96, 64))
     r, frames = frames_of(slow, max_frames=60)
     assert len(frames) == 50 and r.interval_s == pytest.approx(2.0) and frames[-1].timestamp >= 95
+    # 29.97 fps takes every 29th frame: 19.7 s (590 frames) is 21 samples, not 20, so the spacing widens (all of it, none cut)
+    ntsc = write_video(tmp_path / "ntsc.mp4", [(pics[i % 13], 1.98) for i in range(10)], fps=Fraction(30000, 1001),
+                       size=(32, 32), gop=30)
+    r, frames = frames_of(ntsc, max_frames=20)
+    assert len(frames) == 20 and r.complete and r.step == 30 and frames[-1].timestamp >= 18.5
 
 
 def test_damaged_inputs_fail_clearly_or_give_what_was_there(tmp_path, videos):

@@ -172,7 +172,6 @@ class Fakebank:
         inputs = sources if sources is not None else (Source(os.fspath(f)) for f in files)
         inputs, videos = split_videos(inputs)
         created = not self.store.exists()
-        folder_made = created and not Path(self.store.location).exists()
         with self.writer() as w:  # creates the bank, or refuses one made with another model, before any work
             latest = w.bank
         # The bank's lock is held only while a batch commits, so that `label`, `remove`, the service's
@@ -238,7 +237,7 @@ class Fakebank:
             self._publish(w.bank)
             empty = len(w.bank) == 0
         if created and empty and hasattr(self.store, "discard_if_empty"):
-            self.store.discard_if_empty(folder_too=folder_made)  # nothing went in: no bank pinned to this model
+            self.store.discard_if_empty()  # nothing went in: no bank pinned to this model
 
     def add_ray(self, paths: Sequence[str], *, address: str = "local", workers: int = 2, gpus: float = 0.0,
                 recursive: bool = False, **labels) -> Iterator[dict]:

@@ -1106,7 +1106,7 @@ def _open_format_1(path: Path, manifest: dict) -> Bank:
 def read_manifest(path: Path) -> dict:
     mpath = path / MANIFEST
     if not mpath.is_file():
-        if path.is_dir() and any(path.iterdir()):
+        if path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()):
             raise BankError(f"{path}: not a fakebank bank (no {MANIFEST}); pick another --bank")
         raise BankError(f"no bank at {path}; create one with `fakebank add IMAGES --bank {path}`")
     try:

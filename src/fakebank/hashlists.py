@@ -272,11 +272,11 @@ def _key_of(s: Signal, hl: HashList, n: int, full: bool) -> str:
     return signal_key(SIGNAL_TYPE, s.hash, s.source)
 
 
-def _hash_item(key: str, s: Signal) -> NewItem:
+def _hash_item(key: str, s: Signal, campaign: str | None = None) -> NewItem:
     return NewItem(sha256=key, path=None, label=check_label(s.label), p_fake=None, logit=None,
                    pdq=bytes.fromhex(s.hash), pdq_quality=s.quality, cls=None, patch=None, width=None,
                    height=None, source=s.source, note=s.note, media=HASH_ONLY, tags=" ".join(s.tags) or None,
-                   external_id=s.external_id)
+                   external_id=s.external_id, campaign=campaign)
 
 
 def _full_item(rows: pa.Table, n: int, s: Signal) -> NewItem:
@@ -284,7 +284,7 @@ def _full_item(rows: pa.Table, n: int, s: Signal) -> NewItem:
     video's frames and the patch grid (a column left out here would silently cost the item a signal)."""
     r = rows.slice(n, 1).to_pylist()[0]
     if r.get("media") == HASH_ONLY or r.get("cls") is None:
-        return _hash_item(r["sha256"], s)
+        return _hash_item(r["sha256"], s, r.get("campaign"))
     stored = {f.name: r.get(f.name) for f in fields(NewItem)}
     return NewItem(**{**stored, "label": check_label(s.label), "source": s.source, "external_id": s.external_id,
                       "cls": np.asarray(r["cls"], np.float32), "patch": np.asarray(r["patch"], np.float32)})

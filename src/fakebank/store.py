@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fakebank.bank import LOCK_FILE, MANIFEST, Bank, BankWriter, read_manifest
+from fakebank.bank import MANIFEST, Bank, BankWriter, read_manifest
 from fakebank.errors import UsageError
 
 STORE_ENV = "FAKEBANK_STORE"
@@ -93,19 +93,14 @@ class FolderStore:
         return BankWriter(self.path, model_info=model_info, embedding_dim=embedding_dim, create=create,
                           snapshot=snapshot)
 
-    def discard_if_empty(self, *, folder_too: bool) -> bool:
+    def discard_if_empty(self) -> bool:
         """Undo the creation of a bank that got no item (an `add` whose every input failed), so that its
-        model is not pinned by a bank that holds nothing; `folder_too`: the folder was made for it."""
+        model is not pinned by a bank that holds nothing. The folder and its lock file stay: deleting a
+        lock file another writer waits on would let two writers in."""
         with self.write_lock, self.writer(create=False) as w:
             if len(w.bank) or w.bank.manifest["segments"] or w.bank.manifest.get("deltas"):
                 return False
             (self.path / MANIFEST).unlink()
-            (self.path / LOCK_FILE).unlink(missing_ok=True)  # still held: a waiter then finds no bank
-        if folder_too:
-            try:
-                self.path.rmdir()
-            except OSError:  # something else was put there meanwhile: leave it
-                pass
         return True
 
     def info_storage(self, manifest: dict) -> dict:

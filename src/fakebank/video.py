@@ -184,10 +184,12 @@ class VideoReader:
             interval = 1.0 / rate
             # vPDQ: every int(seconds_per_hash × fps)th frame
             self.step = max(1, int(interval * self.info.fps))
-            if self.info.duration_s and self.info.duration_s / interval > max_frames:
+            frames_total = self.info.frame_count or (self.info.duration_s or 0.0) * self.info.fps
+            if math.ceil(frames_total / self.step - 1e-6) > max_frames:
                 # sparser, but still over the whole video: rounded up, or the last samples never come
-                # (1,000 s at 1 fps into 600 frames would otherwise take frames 0–599)
-                self.step = max(1, math.ceil(self.info.duration_s * self.info.fps / max_frames - 1e-6))
+                # (1,000 s at 1 fps into 600 frames would otherwise take frames 0–599; 590 s at 29.97 fps,
+                # every 29th frame, would be 610 samples)
+                self.step = max(1, math.ceil(frames_total / max_frames - 1e-6))
                 interval = self.step / self.info.fps
             self.interval_s = interval  # the spacing of the samples, as reported
             self.strategy = choose_strategy(self.info, interval) if strategy == "auto" else strategy
