@@ -128,6 +128,9 @@ def test_web_ui_errors_are_pages_and_api_errors_json(server):
             r = ui.get(path)
             assert r.status_code == status and r.headers["content-type"].startswith("text/html"), path
             assert words in r.text and "Back to the bank" in r.text
+        r = ui.delete("/ui/query")  # the page keeps what HTTP requires of the answer
+        assert r.status_code == 405 and r.headers["content-type"].startswith("text/html")
+        assert "GET" in r.headers["allow"]
     r = httpx.get(server.url + "/v1/items/abc", headers=AUTH)
     assert r.status_code == 422 and "bad request" in r.json()["error"]
 

@@ -408,8 +408,9 @@ class Fakebank:
             out = Path(out)
             if out.is_dir():
                 raise UsageError(f"--out {out} is a folder; name a .png file")
-            if out.parent.exists() and not out.parent.is_dir():
-                raise UsageError(f"--out {out}: {out.parent} is a file, not a folder")
+            blocker = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
+            if blocker is not None:
+                raise UsageError(f"--out {out}: {blocker} is a file, not a folder")
         data = _read_input(path)
         if vid.is_video(path, data[:vid.SNIFF_BYTES]):
             raise UsageError(f"{path} is a video; explain draws the heat map of one image: save the frame you "

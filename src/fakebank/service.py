@@ -239,7 +239,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
     async def _http_error(request: Request, e: StarletteHTTPException):
         if is_page(request) and e.status_code >= 400 and e.status_code != 401:  # redirects stay redirects
             return ui.error_page(request, UsageError(str(e.detail) if e.status_code != 404 else
-                                                     f"no page at {request.url.path}"), e.status_code)
+                                                     f"no page at {request.url.path}"), e.status_code, e.headers)
         return JSONResponse({"error": e.detail}, status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)

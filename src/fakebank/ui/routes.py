@@ -68,8 +68,11 @@ def ui_router(fb: Fakebank, *, api_key: str | None, max_upload_bytes: int, query
         response.headers.update(SECURITY_HEADERS)
         return response
 
-    def error_page(request: Request, e: FakebankError, status: int | None = None) -> HTMLResponse:
-        return render(request, "error.html", status or http_status(e), message=str(e))
+    def error_page(request: Request, e: FakebankError, status: int | None = None,
+                   headers: dict | None = None) -> HTMLResponse:
+        page = render(request, "error.html", status or http_status(e), message=str(e))
+        page.headers.update(headers or {})  # a 405's Allow, a 429's Retry-After
+        return page
 
     router.error_page = error_page  # the service answers a bad /ui request with it, not with JSON
 
