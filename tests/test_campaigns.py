@@ -344,6 +344,8 @@ def test_an_analyst_campaign_set_after_add_is_ground_truth_and_survives_compact(
     res = runner.invoke(app, ["label", str(ids[4]), "--campaign", "", "--bank", str(tmp_path)])
     assert res.exit_code == 0 and "no analyst campaign" in res.stdout
     assert Bank.open(tmp_path).value(ids[4], "campaign") is None
+    assert Bank.open(tmp_path).campaign_of(ids[4]) is None  # not the last run's 'op-aurora' the analyst took back
+    assert Bank.open(tmp_path).campaign_of(ids[1]) == "op-aurora"  # the run's own assignments stand
     assert by_name(run(tmp_path)) == {"op-aurora": set(ids[:4])}
     res = runner.invoke(app, ["label", str(ids[0]), "--bank", str(tmp_path)])
     assert res.exit_code == 2 and "nothing to change" in " ".join(res.stderr.split())

@@ -751,6 +751,9 @@ class Fakebank:
         ids = list(dict.fromkeys(int(i) for i in ids))  # an id given twice is one change, one record
         changes = [(i, "label", label) for i in ids if label is not None]
         changes += [(i, "analyst_campaign", campaign) for i in ids if campaign is not KEEP]
+        # the last run's assignment may name the analyst campaign just changed: it follows the analyst
+        # (cleared: no campaign) until the next `fakebank campaigns` run
+        changes += [(i, "campaign", campaign) for i in ids if campaign is not KEEP]
         with self.writer(with_model=False) as w:
             w.apply([], changes)
             bank = w.bank

@@ -1206,7 +1206,7 @@ class BankWriter:
 
     def apply(self, items: Sequence[NewItem], changes: Sequence[tuple[int, str, str | None]] = (),
               settings: dict | None = None) -> list[int]:
-        """Add `items`, apply delta `changes` (label, remove, EDIT_OPS) to existing ones and store manifest
+        """Add `items`, apply delta `changes` (label, remove, campaign, EDIT_OPS) to existing ones and store manifest
         `settings`, all in one commit: a hash list's import or sync lands whole or not at all."""
         assert self.bank is not None
         if not items and not changes and not settings:
@@ -1273,7 +1273,7 @@ class BankWriter:
                 check_label(v)
             elif op == "remove":
                 v = None
-            elif op in EDIT_OPS:
+            elif op in EDIT_OPS or op == "campaign":
                 self.bank._need(i)  # raises NotFoundError naming an unknown id
                 continue
             else:

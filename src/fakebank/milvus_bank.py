@@ -714,7 +714,7 @@ class MilvusWriter:
         for i, op, v in changes:
             if op == "label":
                 check_label(v)
-            elif op not in ("remove", *EDIT_OPS):
+            elif op not in ("remove", "campaign", *EDIT_OPS):
                 raise BankError(f"unknown change {op!r}")
             self.bank._need(i)
         for key in settings or {}:
@@ -728,8 +728,10 @@ class MilvusWriter:
             ids = list(range(first, first + len(items)))
             self.store.put_manifest({"next_id": first + len(items)})  # reserved before any row is written
             self._insert(items, ids)
-        if changes:
-            self._change(changes)
+        edits = [c for c in changes if c[1] != "campaign"]
+        if edits:
+            self._change(edits)
+        self._set_campaign_rows({int(i): v for i, op, v in changes if op == "campaign"})
         self._committed(**(settings or {}))
         return ids
 
@@ -828,6 +830,10 @@ class MilvusWriter:
         assert self.bank is not None
         for i in assignments:
             self.bank._need(i)
+        self._set_campaign_rows(assignments)
+        self._committed()
+
+    def _set_campaign_rows(self, assignments: dict[int, str | None]) -> None:
         clear = [int(i) for i, c in assignments.items() if c is None]
         rows = [{"id": int(i), "campaign": c, "origin": "computed", "_v": [0.0, 0.0]}
                 for i, c in assignments.items() if c is not None]
@@ -835,7 +841,6 @@ class MilvusWriter:
             self.store.client.delete(self.store.campaigns, filter=f"id in {_in(clear)}")
         for part in _chunks(rows):
             self.store.client.upsert(self.store.campaigns, list(part))
-        self._committed()
 
     def commit_campaigns(self, assignments: pa.Table, info: dict) -> None:
         """Replace the stored assignments with a campaign run's (CAMPAIGNS_SCHEMA) and store its `info`."""
