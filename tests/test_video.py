@@ -415,7 +415,12 @@ def test_relabelled_video_corrects_its_copies(tmp_path, videos):
     (added,) = fb.add([videos["orig"]], label="fake")
     fb.label([added["id"]], "real")
     (r,) = Fakebank(tmp_path / "bank").query([videos["small"]])
-    assert r["verdict"] == "real" and r["match"]["label"] == "real"
+    assert r["verdict"] == "real" and r["match"]["label"] == "real" and r["match"]["disputed_by"] == []
+    # a copy banked as fake contradicts it: fake wins, and the record names the real one for an analyst
+    (copy,) = fb.add([videos["letterbox"]], label="fake")
+    (r,) = Fakebank(tmp_path / "bank").query([videos["small"]])
+    assert r["verdict"] == "fake" and r["match"]["id"] == copy["id"]
+    assert r["match"]["disputed_by"] == [added["id"]]
 
 
 def _rounded(x, digits: int = 4):

@@ -712,8 +712,10 @@ def video_decision(frames: Sequence[QueryFrame], decisions: Sequence[Decision],
         frame = next((j for j, f in enumerate(frames) if round(f.timestamp, 3) == first_ts), 0)
         match = neighbor_of(item_id) if kind == "video" else frame_hits[i].neighbor
         d = decisions[frame]
+        other = "real" if label == "fake" else "fake"  # known copies labelled the other way, for an analyst
+        disputed = list(dict.fromkeys(k[1] for k in labelled if labels[k[1]] == other))
         decision = Decision(label, "near_duplicate", 1.0 if label == "fake" else 0.0, d.p_model, d.p_knn, match,
-                            d.neighbors)
+                            d.neighbors, disputed_by=disputed)
         return VideoDecision(decision, frame, list(video_matches), list(frame_hits), kind)
     # A frame judged a copy on its own (fewer than MIN_FRAME_HITS frames) counts by its model/kNN score.
     scores = [fuse(f.logit, d.p_knn, params) for f, d in zip(frames, decisions)]
