@@ -896,7 +896,8 @@ class Fakebank:
             raise UsageError(f"{folder} must hold fake/ and real/ sub-folders of images")
         fake, real = expand_inputs([folder / "fake"], True), expand_inputs([folder / "real"], True)
         skipped = [p for p in fake + real if vid.is_video(p)]  # the fusion is fitted on images' logits
-        fake, real = ([p for p in ps if p not in skipped] for ps in (fake, real))
+        skipped_set = set(skipped)
+        fake, real = ([p for p in ps if p not in skipped_set] for ps in (fake, real))
         if not fake or not real:
             raise UsageError(f"{folder}: need images in both fake/ ({len(fake)}) and real/ ({len(real)})")
         bank = self.open_bank()

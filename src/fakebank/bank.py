@@ -486,8 +486,9 @@ def _sha_key(sha256: str) -> int:
 
 @dataclass
 class Deltas:
-    """Changes merged at read: the latest label per relabelled id, removed ids, campaign edits, and edits
-    of the metadata a hash list updates (`note`, `tags`: EDIT_OPS)."""
+    """Changes merged at read: the latest label per relabelled id, removed ids, edits of the computed
+    campaign assignments (`campaigns`, op "campaign"), and edits of item columns by EDIT_OPS (`edits`:
+    a hash list's `note` and `tags`, the analyst's `campaign`), kept by column name."""
 
     labels: dict[int, str]
     removed: set[int]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -168,7 +169,7 @@ def add(
             moved = campaign if campaign and fb.snapshot().value(r["id"], "campaign") != campaign else None
             out.print(f"duplicate  id={r['id']}  {r['path']}"
                       + (f"  (stays {kept}: `fakebank label {r['id']} --label {label}` changes it)" if kept else "")
-                      + (f"  (--campaign not applied: `fakebank label {r['id']} --campaign '{moved}'` sets it)"
+                      + (f"  (--campaign not applied: `fakebank label {r['id']} --campaign {shlex.quote(moved)}` sets it)"
                          if moved else ""), markup=False)
         else:
             out.print(f"added      id={r['id']}  p_fake={r['p_fake']:.3f}  {r['path']}" + (
@@ -417,7 +418,7 @@ def export(
     file: Annotated[Path, typer.Argument(help="Where to write the list.")],
     fmt: Annotated[str, typer.Option("--format", help="local_file | csv | fakebank | vpdq (a folder: one "
                                      "vPDQ file per banked video)")] = "local_file",
-    labels: Annotated[list[str], typer.Option("--label", help="Labels to export (repeat) [default: fake].")] = ["fake"],
+    labels: Annotated[list[str], typer.Option("--label", metavar="LABEL", help="Labels to export (repeat).")] = ["fake"],
     source: Annotated[Optional[str], typer.Option("--source", help="Only items from this source.")] = None,
     campaign: Annotated[Optional[str], typer.Option("--campaign", help="Only items of this campaign.")] = None,
     min_quality: Annotated[int, typer.Option("--min-quality", min=0, max=100,

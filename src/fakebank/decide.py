@@ -139,7 +139,7 @@ def best_match(neighbors: list[Neighbor], params: FusionParams) -> Neighbor | No
     """The strongest near-duplicate that carries a verdict (labelled fake or real; an `unknown` copy only
     where no copy is labelled, so an unlabelled copy never hides a labelled one): by the signal that judged
     it (dedup's order, so a global-look `embedding` match never outranks a PDQ or keypoint one), then
-    smallest PDQ distance, most inliers, highest similarity."""
+    smallest PDQ distance, most inliers, highest similarity; between equals, `fake` before `real`."""
     dupes = [n for n in neighbors if is_near_duplicate(n, params)]
     dupes = [n for n in dupes if n.label in ("fake", "real")] or dupes
     if not dupes:

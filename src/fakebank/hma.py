@@ -195,9 +195,14 @@ def _bool(s: str) -> bool:
 
 
 def _fake_videos(bank) -> int:
-    return sum(int(((t.column("media").to_numpy(zero_copy_only=False) == VIDEO)
-                    & (t.column("label").to_numpy(zero_copy_only=False) == "fake")).sum())
-               for t in bank.batches(["media", "label"]))
+    """Counted once per snapshot (a status poll would otherwise scan the whole bank each time)."""
+    count = bank.__dict__.get("_hma_fake_videos")
+    if count is None:
+        count = sum(int(((t.column("media").to_numpy(zero_copy_only=False) == VIDEO)
+                         & (t.column("label").to_numpy(zero_copy_only=False) == "fake")).sum())
+                    for t in bank.batches(["media", "label"]))
+        bank.__dict__["_hma_fake_videos"] = count
+    return count
 
 
 def _vpdq_of_upload(fb: Fakebank, data: bytes, name: str) -> str:
