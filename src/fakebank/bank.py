@@ -56,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fakebank import index as faiss_index
@@ -528,6 +529,29 @@ class Deltas:
             elif op in EDIT_OPS:  # kept by column: readers overlay it on that column
                 self.edits.setdefault(i, {})[EDIT_COLUMN[op]] = v
 
+    def overrides(self, column: str) -> dict[int, str | None]:
+        """What the deltas set in one column, by id: the labels for `label`, the edits for EDITED_COLUMNS."""
+        if column == "label":
+            return self.labels
+        if column in EDITED_COLUMNS:
+            return {i: e[column] for i, e in self.edits.items() if column in e}
+        return {}
+
+    def overlay(self, table: pa.Table, ids: np.ndarray) -> pa.Table:
+        """`table`, whose rows are the items `ids`, with the labels and edited columns the deltas set."""
+        for column in ("label", *EDITED_COLUMNS):
+            over = self.overrides(column)
+            if not over or column not in table.column_names:
+                continue
+            hit = np.isin(ids, np.fromiter(over, np.int64, len(over)))
+            if not hit.any():
+                continue
+            k = table.schema.get_field_index(column)
+            values = pc.replace_with_mask(table.column(column).combine_chunks(), pa.array(hit),
+                                          pa.array([over[int(i)] for i in ids[hit]], pa.string()))
+            table = table.set_column(k, table.schema.field(k), values)
+        return table
+
     def changes(self) -> list[tuple[int, str, str | None]]:
         """The folded form: one (id, op, value) per id and op."""
         return ([(i, "label", v) for i, v in self.labels.items()] + [(i, "remove", None) for i in sorted(self.removed)]
@@ -979,13 +1003,11 @@ class Bank:
             for n in names:
                 for (p, _), v in zip(pos_rows, seg.column(n).take(take).to_pylist()):
                     out[n][p] = v
-        for p, i in enumerate(ids):
-            edits = self.deltas.edits.get(i)
-            for n in names:
-                if n == "label" and i in self.deltas.labels:
-                    out[n][p] = self.deltas.labels[i]
-                elif edits and n in edits:
-                    out[n][p] = edits[n]
+        for n in names:
+            over = self.deltas.overrides(n)
+            for p, i in enumerate(ids) if over else ():
+                if i in over:
+                    out[n][p] = over[i]
         return out
 
     def batches(self, names: Sequence[str]) -> Iterator[pa.Table]:
@@ -997,16 +1019,7 @@ class Bank:
                 continue
             t = pa.Table.from_arrays([seg.column(n) for n in names],
                                      schema=pa.schema([schema.field(n) for n in names])).filter(pa.array(live))
-            ids = t.column("id").to_pylist() if "id" in names else seg.ids[live].tolist()
-            for n in names:
-                if n != "label" and n not in EDITED_COLUMNS:
-                    continue
-                over = self.deltas.labels if n == "label" else {i: e[n] for i, e in self.deltas.edits.items() if n in e}
-                if over and any(i in over for i in ids):
-                    col = t.column(n).to_pylist()
-                    t = t.set_column(t.schema.get_field_index(n), schema.field(n),
-                                     pa.array([over.get(i, v) for i, v in zip(ids, col)], pa.string()))
-            yield t
+            yield self.deltas.overlay(t, seg.ids[live])
 
     def recent_ids(self, n: int) -> list[int]:
         """The ids of the n newest live items, newest first (ids grow with time): newest segments only."""
@@ -1045,24 +1058,7 @@ class Bank:
         parts = [pa.Table.from_arrays([s.column(n) for n in names], names=names).filter(pa.array(m))
                  for s, m in zip(self.segments, self._live)]
         table = pa.concat_tables(parts) if parts else items_schema(self.dim).empty_table().select(names)
-        if self.deltas.labels:
-            labels = np.asarray(table.column("label").to_pylist(), dtype=object)
-            for i, label in self.deltas.labels.items():
-                r = int(np.searchsorted(self.ids, i))
-                if r < len(self.ids) and self.ids[r] == i:
-                    labels[r] = label
-            table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels.tolist(), pa.string()))
-        for col in EDITED_COLUMNS:  # notes, tags and analyst campaigns edited since their segment was written
-            over = {i: e[col] for i, e in self.deltas.edits.items() if col in e}
-            if not over or col not in table.column_names:
-                continue
-            values = np.asarray(table.column(col).to_pylist(), dtype=object)
-            for i, v in over.items():
-                r = int(np.searchsorted(self.ids, i))
-                if r < len(self.ids) and self.ids[r] == i:
-                    values[r] = v
-            table = table.set_column(table.schema.get_field_index(col), col, pa.array(values.tolist(), pa.string()))
-        return table
+        return self.deltas.overlay(table, self.ids)
 
     @cached_property
     def vectors(self) -> dict[str, np.ndarray]:
@@ -1428,23 +1424,7 @@ class BankWriter:
         table = pa.concat_tables(parts).combine_chunks() if parts else schema.empty_table()
         if not len(table):
             return None, None
-        if deltas.labels:
-            ids = table.column("id").to_numpy()
-            hit = [(r, deltas.labels[i]) for r, i in enumerate(ids.tolist()) if i in deltas.labels]
-            if hit:
-                labels = table.column("label").to_pylist()
-                for r, label in hit:
-                    labels[r] = label
-                table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.string()))
-        if deltas.edits:
-            ids = table.column("id").to_numpy()
-            for col in EDITED_COLUMNS:
-                hit = [(r, deltas.edits[i][col]) for r, i in enumerate(ids.tolist()) if col in deltas.edits.get(i, {})]
-                if hit:
-                    values = table.column(col).to_pylist()
-                    for r, v in hit:
-                        values[r] = v
-                    table = table.set_column(table.schema.get_field_index(col), col, pa.array(values, pa.string()))
+        table = deltas.overlay(table, table.column("id").to_numpy())
         if self.bank._thumb_files and "thumbnail" in table.schema.names:  # side thumbnails move into the merged segment's column
             thumbs = table.column("thumbnail").to_pylist()
             ids = table.column("id").to_pylist()
