@@ -184,6 +184,17 @@ def test_export_is_read_by_pytx_and_round_trips_into_an_empty_bank(tmp_path, ban
     r = fb.export_list(tmp_path / "ncmec.txt", fmt="local_file", source="NCMEC-genai")
     assert r["signals"] == 1 and (tmp_path / "ncmec.txt").read_text() == f"pdq {h[0]}\n"
     assert fb.export_list(tmp_path / "none.txt", fmt="local_file", min_quality=101)["signals"] == 0
+    # fakebank's own export moves every item by default, and any export says what the quality bar kept out
+    everything = fb.export_list(tmp_path / "all.parquet", fmt="fakebank")
+    assert everything["signals"] > 0 and (everything["below_min_quality"], everything["min_quality"]) == (0, 0)
+    none = fb.export_list(tmp_path / "all.parquet", fmt="fakebank", min_quality=101)
+    assert none["signals"] == 0 and none["below_min_quality"] == everything["signals"]
+    res = runner.invoke(app, ["export", str(tmp_path / "q.txt"), "--bank", str(bank), "--min-quality", "100"])
+    assert res.exit_code == 0 and "items left out below --min-quality 100" in " ".join(res.stdout.split())
+    # a source no item has (a typo) is an error naming the sources, not an empty list
+    with pytest.raises(UsageError, match="no item has source 'NCMEC'; sources: .*NCMEC-genai"):
+        fb.export_list(tmp_path / "typo.txt", fmt="local_file", source="NCMEC")
+    assert not (tmp_path / "typo.txt").exists()
 
 
 def test_export_by_campaign_takes_analyst_and_computed_members(tmp_path, bank):

@@ -27,7 +27,7 @@ from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
 from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
-from fakebank.pdq import PDQ_MATCH_THRESHOLD
+from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY
 from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.store import open_store
 from fakebank.errors import BankError, FakebankError, InputError, UsageError
@@ -644,8 +644,10 @@ class Fakebank:
                 "errors": [{"line": n, "error": e} for n, e in hl.errors], "error_count": hl.error_count}
 
     def export_list(self, path: str | os.PathLike, *, fmt: str, labels: Sequence[str] = ("fake",),
-                    source: str | None = None, campaign: str | None = None, min_quality: int = 50) -> dict:
-        """`fakebank export`: the bank's items (by default its fakes) as a hash list a partner can read."""
+                    source: str | None = None, campaign: str | None = None, min_quality: int | None = None) -> dict:
+        """`fakebank export`: the bank's items (by default its fakes) as a hash list a partner can read.
+        `min_quality` (default: PDQ's bar of 50 for the hash lists, 0 for fakebank's own full export, which
+        moves a bank: a flat photo's hash matches noise at a partner, but its embeddings still count)."""
         from fakebank.hashlists import ExportFilter, write_list
 
         from fakebank.hashlists import FORMATS
@@ -655,6 +657,8 @@ class Fakebank:
         for label in labels:
             check_label(label)
         bank = self.open_bank()
+        if min_quality is None:
+            min_quality = 0 if fmt == "fakebank" else PDQ_MIN_QUALITY
         flt = ExportFilter(labels=tuple(labels), source=source, campaign=campaign, min_quality=min_quality)
         if fmt == "vpdq":
             return _export_vpdq(bank, Path(path), replace(flt, min_quality=0))

@@ -421,13 +421,17 @@ def export(
     labels: Annotated[list[str], typer.Option("--label", metavar="LABEL", help="Labels to export (repeat).")] = ["fake"],
     source: Annotated[Optional[str], typer.Option("--source", help="Only items from this source.")] = None,
     campaign: Annotated[Optional[str], typer.Option("--campaign", help="Only items of this campaign.")] = None,
-    min_quality: Annotated[int, typer.Option("--min-quality", min=0, max=100,
-                                             help="Leave out PDQ hashes below this quality.")] = 50,
+    min_quality: Annotated[Optional[int], typer.Option(
+        "--min-quality", min=0, max=100, metavar="Q",
+        help="Leave out items whose PDQ quality is below Q [default: 50; 0 for --format fakebank].")] = None,
     bank: BankOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Write the bank's items (its fakes by default) as a hash list a partner can import."""
     r = _fb(bank).export_list(file, fmt=fmt, labels=labels, source=source, campaign=campaign, min_quality=min_quality)
-    _emit(r, as_json, lambda r: out.print(f"{r['signals']} signals → {r['path']} ({r['format']})"))
+    _emit(r, as_json, lambda r: out.print(
+        f"{r['signals']} signals → {r['path']} ({r['format']})"
+        + (f"; {r['below_min_quality']} items left out below --min-quality {r['min_quality']}"
+           if r.get("below_min_quality") else "")))
 
 
 @_command

@@ -302,18 +302,32 @@ class ExportFilter:
     # the columns `keep` reads
     COLUMNS = ("id", "label", "pdq_quality", "source", "campaign")
 
-    def keep(self, t: pa.Table, computed: set[int]) -> np.ndarray:
-        """Which rows of a batch of live items (labels as the bank reads them now) pass the filter;
-        `computed`: the ids that clustering assigned to the wanted campaign."""
+    def keep(self, t: pa.Table, computed: set[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Which rows of a batch of live items (labels as the bank reads them now) pass the filter, and
+        which pass all of it but the quality bar; `computed`: the ids clustering put in the wanted campaign."""
         keep = np.isin(np.asarray(t.column("label").to_pylist(), dtype=object), list(self.labels))
-        keep &= t.column("pdq_quality").fill_null(SHARED_HASH_QUALITY).to_numpy(zero_copy_only=False) >= self.min_quality
         if self.source is not None:
             keep &= np.asarray(t.column("source").to_pylist(), dtype=object) == self.source
         if self.campaign is not None:
             analyst = np.asarray(t.column("campaign").to_pylist(), dtype=object) == self.campaign
             keep &= analyst | np.isin(t.column("id").to_numpy(zero_copy_only=False),
                                       np.fromiter(computed, np.int64, len(computed)))
-        return keep
+        good = t.column("pdq_quality").fill_null(SHARED_HASH_QUALITY).to_numpy(zero_copy_only=False) >= self.min_quality
+        return keep & good, keep & ~good
+
+    def check_source(self, bank: Bank) -> None:
+        """A source no item has is a usage error, as a campaign is (a typo would send an empty list)."""
+        if self.source is None:
+            return
+        seen: set[str] = set()
+        for t in bank.batches(["source"]):
+            seen |= set(t.column("source").to_pylist())
+            if self.source in seen:
+                return
+        names = sorted(s for s in seen if s)
+        raise UsageError(f"no item has source {self.source!r}; "
+                         + (f"sources: {', '.join(names[:20])}{' …' if len(names) > 20 else ''}" if names
+                            else "no item has a source (give one with `add --source`)"))
 
     def computed_ids(self, bank: Bank) -> set[int]:
         """The ids clustering put in the wanted campaign; a campaign that neither clustering nor an analyst
@@ -332,12 +346,18 @@ class ExportFilter:
         return ids
 
 
-def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str]) -> Iterator[pa.Table]:
-    """The live items that pass `flt`, columns `names` (besides the filter's own), a batch at a time."""
+def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str],
+                   left_out: dict[str, int] | None = None) -> Iterator[pa.Table]:
+    """The live items that pass `flt`, columns `names` (besides the filter's own), a batch at a time;
+    `left_out["min_quality"]` counts the items only the quality bar kept out."""
+    flt.check_source(bank)
     computed = flt.computed_ids(bank)
     cols = list(dict.fromkeys([*ExportFilter.COLUMNS, *names]))
     for t in bank.batches(cols):
-        t = t.filter(pa.array(flt.keep(t, computed)))
+        keep, low = flt.keep(t, computed)
+        if left_out is not None:
+            left_out["min_quality"] = left_out.get("min_quality", 0) + int(low.sum())
+        t = t.filter(pa.array(keep))
         if len(t):
             yield t.select(list(names))
 
@@ -364,25 +384,28 @@ def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, mod
     path = Path(path)
     check_list_path(path)
     tmp = path.with_name(path.name + ".tmp")
+    left_out = {"min_quality": 0}
     try:
-        written = _write_list(bank, tmp, fmt, flt, model)
+        written = _write_list(bank, tmp, fmt, flt, model, left_out)
         tmp.replace(path)
     except OSError as e:
         raise UsageError(f"{path}: the export failed midway ({e}); {path} is as it was and no partial list is "
                          f"left — check free space and permissions in {path.parent}, then export again") from e
     finally:
         tmp.unlink(missing_ok=True)
-    return {"path": str(path), "format": fmt, "signals": written}
+    return {"path": str(path), "format": fmt, "signals": written, "below_min_quality": left_out["min_quality"],
+            "min_quality": flt.min_quality}
 
 
-def _write_list(bank: Bank, tmp: Path, fmt: str, flt: ExportFilter, model: dict | None) -> int:
+def _write_list(bank: Bank, tmp: Path, fmt: str, flt: ExportFilter, model: dict | None,
+                left_out: dict[str, int]) -> int:
     """Write the list to `tmp`; returns the number of signals written."""
     written = 0
     if fmt == "fakebank":
         schema = items_schema(bank.dim).with_metadata({PARQUET_META_KEY: json.dumps(
             {"format": 1, "model": model, "embedding_dim": bank.dim, "bank_id": bank.location}).encode()})
         with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
-            for t in export_batches(bank, flt, schema.names):
+            for t in export_batches(bank, flt, schema.names, left_out):
                 w.write_table(t.cast(schema))
                 written += len(t)
         return written
@@ -391,7 +414,7 @@ def _write_list(bank: Bank, tmp: Path, fmt: str, flt: ExportFilter, model: dict 
         writer = csv.writer(f) if fmt == "csv" else None
         if writer is not None:
             writer.writerow(CSV_COLUMNS)
-        for t in export_batches(bank, flt, ("pdq", "source", "label", "tags")):
+        for t in export_batches(bank, flt, ("pdq", "source", "label", "tags"), left_out):
             hashes = [h.hex() for h in t.column("pdq").to_pylist()]
             for h, src, label, tag in zip(hashes, *(t.column(c).to_pylist() for c in ("source", "label", "tags"))):
                 if (h, src) in seen:
