@@ -410,6 +410,19 @@ def test_hma_matches_videos_by_vpdq_signal_and_upload(video_bank, videos):
         server.stop()
 
 
+def test_a_real_item_at_other_moments_does_not_dispute_a_fake_one(tmp_path, videos, pics):
+    """inserted.mp4 shows pics[9] (0–3 s), pics[8] (3–6 s), pics[10]: a real photo and a fake one cut together."""
+    fb = Fakebank(tmp_path / "bank", weights=WEIGHTS)
+    pics[9].save(tmp_path / "real.png")
+    pics[8].save(tmp_path / "fake.png")
+    real, = fb.add([tmp_path / "real.png"], label="real")
+    fake, = fb.add([tmp_path / "fake.png"], label="fake")
+    (r,) = fb.query([videos["inserted"]])
+    assert r["verdict"] == "fake" and r["match"]["id"] == fake["id"]
+    assert real["id"] in [m["id"] for m in r["frames"]["items"]]  # seen, at other moments: other footage
+    assert r["match"]["disputed_by"] == []
+
+
 def test_relabelled_video_corrects_its_copies(tmp_path, videos):
     fb = Fakebank(tmp_path / "bank", weights=WEIGHTS)
     (added,) = fb.add([videos["orig"]], label="fake")

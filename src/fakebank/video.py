@@ -712,8 +712,14 @@ def video_decision(frames: Sequence[QueryFrame], decisions: Sequence[Decision],
         frame = next((j for j, f in enumerate(frames) if round(f.timestamp, 3) == first_ts), 0)
         match = neighbor_of(item_id) if kind == "video" else frame_hits[i].neighbor
         d = decisions[frame]
-        other = "real" if label == "fake" else "fake"  # known copies labelled the other way, for an analyst
-        disputed = list(dict.fromkeys(k[1] for k in labelled if labels[k[1]] == other))
+        # copies of the same moments labelled the other way, for an analyst (a real item seen at other
+        # moments is other footage, not a dispute)
+        def moments(k) -> set[float]:
+            return set(video_matches[k[2]].timestamps if k[0] == "video" else frame_hits[k[2]].timestamps)
+
+        other = "real" if label == "fake" else "fake"
+        shown = moments((kind, item_id, i))
+        disputed = list(dict.fromkeys(k[1] for k in labelled if labels[k[1]] == other and moments(k) & shown))
         decision = Decision(label, "near_duplicate", 1.0 if label == "fake" else 0.0, d.p_model, d.p_knn, match,
                             d.neighbors, disputed_by=disputed)
         return VideoDecision(decision, frame, list(video_matches), list(frame_hits), kind)
