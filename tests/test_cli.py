@@ -209,6 +209,25 @@ def test_usage_errors_exit_2(tmp_path, photos, bank):
     assert code == 0 and len(Bank.open(tmp_path / "fresh")) == 1
 
 
+def test_a_read_only_bank_is_read_and_refuses_writes_with_a_message(tmp_path, photos, bank, monkeypatch):
+    import fakebank.bank as bank_module
+    from fakebank.errors import ReadOnlyError, http_status
+
+    copy = tmp_path / "ro"
+    shutil.copytree(bank, copy)
+    monkeypatch.setattr(bank_module, "folder_writable", lambda path: Path(path) != copy)  # as if another user's
+    assert run("query", photos / "img0.png", "--bank", copy)[0] == 0  # reading needs no lock
+    for args in (("label", "1", "--label", "real"), ("remove", "1"), ("compact",), ("campaigns",),
+                 ("add", photos / "img1.png")):
+        code, _, err = run(*args, "--bank", copy)
+        assert code == 2 and "is read-only for this user" in " ".join(err.split()) and "Traceback" not in err, args
+    assert http_status(ReadOnlyError("x")) == 403
+    # a --bank that is a file is named as such, for add as for reads
+    (tmp_path / "notabank").write_text("x")
+    code, _, err = run("add", photos / "img1.png", "--bank", tmp_path / "notabank")
+    assert code == 2 and "is a file, not a bank folder" in " ".join(err.split())
+
+
 def test_calibrate_stores_fusion(tmp_path, photos, bank):
     d = tmp_path / "cal"
     (d / "fake").mkdir(parents=True)

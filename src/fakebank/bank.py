@@ -60,7 +60,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fakebank import index as faiss_index
-from fakebank.errors import BankError, NotFoundError, UsageError
+from fakebank.errors import BankError, NotFoundError, ReadOnlyError, UsageError
 from fakebank.pdq import PDQ_MIN_QUALITY
 
 FORMAT_VERSION = 2
@@ -1100,6 +1100,10 @@ def _open_format_1(path: Path, manifest: dict) -> Bank:
     return Bank(path, manifest, [Segment(path, entry, dim, table=table)], Deltas.empty())
 
 
+def folder_writable(path: Path) -> bool:
+    return os.access(path, os.W_OK | os.X_OK)
+
+
 def read_manifest(path: Path) -> dict:
     mpath = path / MANIFEST
     if not mpath.is_file():
@@ -1161,6 +1165,8 @@ class BankWriter:
         self._quantizer_entry: dict | None = None  # trained by this writer, not yet in a manifest
 
     def __enter__(self) -> BankWriter:
+        if self.path.exists() and not self.path.is_dir():
+            raise BankError(f"{self.path} is a file, not a bank folder; pick another --bank")
         if not (self.path / MANIFEST).is_file():
             if not self.create:
                 read_manifest(self.path)  # raises the right message
@@ -1598,7 +1604,15 @@ class BankWriter:
     # -- lock ---------------------------------------------------------------------------------------
 
     def _acquire_lock(self) -> None:
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            if not folder_writable(self.path):
+                os.close(fd)
+                raise PermissionError("folder not writable")
+        except PermissionError as e:
+            raise ReadOnlyError(
+                f"{self.path} is read-only for this user ({getattr(e, 'strerror', None) or e}): it can be "
+                "queried but not changed; write to a copy you own, or ask the bank's owner") from None
         deadline = time.monotonic() + self.lock_timeout
         said = False
         while True:

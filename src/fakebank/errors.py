@@ -33,6 +33,10 @@ class BankError(FakebankError):
     """A bank folder is missing, locked, corrupt or built with another model."""
 
 
+class ReadOnlyError(BankError):
+    """A bank this process may read but not write (its folder or lock file is not writable)."""
+
+
 class InputError(FakebankError):
     """One input file could not be used; the rest of the batch goes on."""
 
@@ -51,4 +55,6 @@ def http_status(e: FakebankError) -> int:
         return 422
     if isinstance(e, NotFoundError):
         return 404
+    if isinstance(e, ReadOnlyError):
+        return 403
     return 400 if isinstance(e, UsageError) else 409

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fakebank.bank import MANIFEST, Bank, BankWriter, read_manifest
-from fakebank.errors import UsageError
+from fakebank.errors import BankError, ReadOnlyError, UsageError
 
 STORE_ENV = "FAKEBANK_STORE"
 FOLDER = "folder"
@@ -38,6 +38,8 @@ class FolderStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        if self.path.is_file():  # before a model is loaded for it
+            raise BankError(f"{self.path} is a file, not a bank folder; pick another --bank")
         self.write_lock = threading.Lock()  # one writer per process; the bank's flock covers processes
         self._lock = threading.Lock()
         self._snapshot: tuple[tuple | None, Bank] | None = None
@@ -59,7 +61,7 @@ class FolderStore:
             try:
                 with self.write_lock, self.writer(create=False):
                     pass  # the writer migrates on entry
-            except PermissionError:
+            except (PermissionError, ReadOnlyError):
                 pass
         return Bank.open(self.path)
 
