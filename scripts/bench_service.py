@@ -51,7 +51,7 @@ class Server:
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "fakebank", "serve", "--bank", str(bank), "--weights", weights,
-                     "--port", str(self.port), *extra]
+                     "--port", str(self.port), "--create", *extra]
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "Server":

@@ -50,7 +50,7 @@ class Server:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fakebank", "serve", "--bank", str(self.bank), "--weights", WEIGHTS,
-             "--port", str(self.port), *self.extra],
+             "--port", str(self.port), "--create", *self.extra],
             env=env, stdout=subprocess.DEVNULL, stderr=self._log, text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -292,6 +292,22 @@ def test_refuses_a_public_address_without_a_key(tmp_path):
                           str(tmp_path / "b"), "--weights", WEIGHTS],
                          env={**os.environ, "FAKEBANK_API_KEY": ""}, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "FAKEBANK_API_KEY" in res.stderr
+
+
+def test_refuses_a_missing_bank_and_a_taken_port_before_saying_it_serves(tmp_path):
+    def serve(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fakebank", "serve", "--weights", WEIGHTS, *args],
+                              capture_output=True, text=True, timeout=120)
+
+    res = serve("--bank", str(tmp_path / "typo"), "--port", str(free_port()))
+    assert res.returncode == 2 and "no bank at" in res.stderr and "--create" in res.stderr
+    assert not (tmp_path / "typo").exists() and "serving" not in res.stderr
+    with socket.socket() as holder:  # another process's port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        res = serve("--bank", str(tmp_path / "b"), "--create", "--port", str(holder.getsockname()[1]))
+    assert res.returncode == 2 and "pick another --port" in " ".join(res.stderr.split())
+    assert "serving" not in res.stderr and "Traceback" not in res.stderr
 
 
 def test_sigkill_during_uploads_loses_no_acknowledged_item(tmp_path):

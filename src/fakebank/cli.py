@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from fakebank.api import DEFAULT_K, Fakebank, expand_inputs
-from fakebank.errors import EXIT_SOME_FAILED, FakebankError
+from fakebank.errors import EXIT_SOME_FAILED, BankError, FakebankError
 from fakebank.video import DEFAULT_MAX_FRAMES, STRATEGIES, write_vpdq
 
 app = typer.Typer(
@@ -539,14 +539,21 @@ def serve(
     max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, positive_label: PositiveOpt = None,
+    create: Annotated[bool, typer.Option(
+        "--create", help="Start a new, empty bank when there is none at --bank (without it a typo'd --bank "
+                         "is refused, not served empty).")] = False,
 ) -> None:
     """Serve the bank over HTTP (FastAPI; OpenAPI docs at /docs)."""
-    from fakebank.service import API_KEY_ENV, ServiceConfig, check_bind
+    from fakebank.service import API_KEY_ENV, ServiceConfig, check_bind, check_port
     from fakebank.service import serve as run_server
 
     api_key = os.environ.get(API_KEY_ENV) or None
     check_bind(host, api_key)
+    check_port(host, port)
     fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames)
+    if not create and not fb.store.exists():
+        raise BankError(f"no bank at {fb.store.location}; pick the --bank to serve, or pass --create to start "
+                        "an empty one")
     _warn_untrained(fb)
     if not api_key:
         err.print(f"no {API_KEY_ENV} set: the API is open to anyone who can reach {host}")

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -77,6 +78,18 @@ def check_bind(host: str, api_key: str | None) -> None:
             f"refusing to listen on {host} without an API key: set {API_KEY_ENV} (clients then send "
             "'Authorization: Bearer <key>'), or listen on 127.0.0.1"
         )
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, before the model loads and the banner says 'serving', a port another process holds."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UsageError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port, or stop "
+                             "what holds it") from None
 
 
 class MicroBatcher:
