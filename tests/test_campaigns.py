@@ -517,8 +517,12 @@ def test_cli_human_output_and_usage_errors(real_bank, tmp_path):
     assert runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--similarity", "1.5"]).exit_code == 2
     res = runner.invoke(app, ["campaigns", "--bank", str(tmp_path / "none")])
     assert res.exit_code == 2 and "no bank at" in res.stderr
-    res = runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--report", str(tmp_path / "no" / "r.html")])
-    assert res.exit_code == 2 and "does not exist" in res.stderr
+    res = runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--report", str(tmp_path / "new" / "r.html")])
+    assert res.exit_code == 0 and (tmp_path / "new" / "r.html").is_file()  # its folder is made, as explain's
+    (tmp_path / "afile").write_text("x")
+    for bad, words in ((tmp_path / "afile" / "r.html", "afile is a file, not a folder"), (tmp_path, "is a folder")):
+        res = runner.invoke(app, ["campaigns", "--bank", str(real_bank), "--report", str(bad)])
+        assert res.exit_code == 2 and words in " ".join(res.stderr.split()) and "Traceback" not in res.output
 
 
 def test_look_alikes_never_join_a_campaign_by_embeddings_alone(tmp_path):

@@ -511,6 +511,11 @@ def test_cli_video_add_query_and_vpdq(tmp_path, videos):
     orig = vid.read_vpdq(out)
     assert vid.vpdq_compare(vid.read_vpdq(upright), orig).query_match_percent == 100.0
     assert vid.vpdq_compare(vid.read_vpdq(coded), orig).query_match_percent == 0.0  # as vpdq: turned frames
+    nested = tmp_path / "new" / "x" / "orig.vpdq"  # missing folders are made; a file in the way is refused
+    assert runner.invoke(app, ["vpdq", str(videos["orig"]), "-o", str(nested)]).exit_code == 0
+    assert vid.read_vpdq(nested) == orig
+    res = runner.invoke(app, ["vpdq", str(videos["orig"]), "-o", str(out / "x.vpdq")])
+    assert res.exit_code == 2 and "is a file, not a folder" in " ".join(res.stderr.split())
     res = runner.invoke(app, ["vpdq", str(tmp_path / "missing.mp4")])
     assert res.exit_code == 1 and "no such file" in " ".join(res.stderr.split())
     # the banked video's stored frames, exported as vPDQ: Meta's rule matches them to the file's own hash

@@ -27,6 +27,7 @@ from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
 from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
+from fakebank.outputs import check_output_file, write_failed
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY
 from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.store import open_store
@@ -405,12 +406,7 @@ class Fakebank:
 
         path = os.fspath(path)
         if out is not None:  # before the work, not after it
-            out = Path(out)
-            if out.is_dir():
-                raise UsageError(f"--out {out} is a folder; name a .png file")
-            blocker = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
-            if blocker is not None:
-                raise UsageError(f"--out {out}: {blocker} is a file, not a folder")
+            out = check_output_file(out, "--out", example="heat.png")
         data = _read_input(path)
         if vid.is_video(path, data[:vid.SNIFF_BYTES]):
             raise UsageError(f"{path} is a video; explain draws the heat map of one image: save the frame you "
@@ -428,8 +424,11 @@ class Fakebank:
             record["p_model"] = round(float(self.extractor.embed_pixels(pixels[None])[1][0]), 6)
             record["deletion"] = None
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            heat.overlay().save(out, format="PNG")
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                heat.overlay().save(out, format="PNG")
+            except OSError as e:
+                raise write_failed(out, "--out", e) from e
             record["heatmap"]["overlay"] = str(out)
         record["model"] = self.model_record()
         return record
@@ -882,12 +881,12 @@ class Fakebank:
         """The self-contained HTML report of `records` (thumbnails embedded from the items' paths)."""
         from fakebank.campaigns import write_report
 
-        path = Path(path)
-        if path.is_dir():
-            raise UsageError(f"--report {path} is a folder; name an .html file")
-        if not path.parent.is_dir():
-            raise UsageError(f"--report {path}: folder {path.parent} does not exist")
-        return write_report(path, bank, records, result.events, params=result.params)
+        path = check_output_file(path, "--report", example="campaigns.html")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return write_report(path, bank, records, result.events, params=result.params)
+        except OSError as e:
+            raise write_failed(path, "--report", e) from e
 
     def calibrate(self, folder: str | os.PathLike, *, k: int = DEFAULT_K, force: bool = False) -> dict:
         """Fit the fusion weights on DIR/fake and DIR/real against this bank; store them in the manifest

@@ -23,6 +23,7 @@ from rich.text import Text
 
 from fakebank.api import DEFAULT_K, Fakebank, expand_inputs
 from fakebank.errors import EXIT_SOME_FAILED, BankError, FakebankError
+from fakebank.outputs import check_output_file, write_failed
 from fakebank.video import DEFAULT_MAX_FRAMES, STRATEGIES, write_vpdq
 
 app = typer.Typer(
@@ -589,6 +590,8 @@ def campaigns(
     bank: BankOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Group flagged items into campaigns with stable ids (stored in the bank); report changes since last run."""
+    if report is not None:  # before the clustering, not after it
+        check_output_file(report, "--report", example="campaigns.html")
     fb = _fb(bank)
     snap, result = fb.campaign_run(similarity=similarity, min_p_fake=min_p_fake, local=local,
                                    embedding_attach=embedding_attach or None, recompute=not stored, save=not dry_run)
@@ -698,12 +701,18 @@ def vpdq(
         "--upright", help="Apply the video's display rotation first (as fakebank's bank does; vpdq does not).")] = False,
 ) -> None:
     """A video's vPDQ hash: `frame_number,quality,pdq_hex,timestamp` lines, as Meta's vpdq writes them."""
+    if output is not None:
+        check_output_file(output, "--output", example="hashes.txt")
     fb = Fakebank(None, max_frames=max_frames)
     features = fb.vpdq(video, strategy=strategy, upright=upright)
     if output is None:
         write_vpdq(features, sys.stdout)
     else:
-        write_vpdq(features, output)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            write_vpdq(features, output)
+        except OSError as e:
+            raise write_failed(output, "--output", e) from e
         err.print(f"{len(features)} frame hashes → {output}", markup=False, highlight=False)
 
 

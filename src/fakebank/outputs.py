@@ -1,0 +1,33 @@
+"""Files a command writes (a report, an overlay, a hash list): refused before the work when they cannot be
+written, and a failure at the end named as the user's path, not an OSError traceback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fakebank.errors import UsageError
+
+
+def check_output_file(path: str | os.PathLike, option: str, *, make_parents: bool = True,
+                      example: str = "out.html") -> Path:
+    """`path` as a Path, if a file can be written there (`make_parents`: missing folders will be made)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; name a file in it, e.g. {path / example}")
+    blocker = next((a for a in path.parents if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"{option} {path}: {blocker} is a file, not a folder")
+    if not make_parents and not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: folder {path.parent} does not exist; create it or name a file in an "
+                         "existing one")
+    existing = next(a for a in (path.parent, *path.parent.parents) if a.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: folder {existing} is not writable; name a file in a folder you can "
+                         "write to")
+    return path
+
+
+def write_failed(path: str | os.PathLike, option: str, e: OSError) -> UsageError:
+    return UsageError(f"{option} {path}: could not be written ({e.strerror or e}); name a file in a folder you "
+                      "can write to, with free space")
