@@ -204,6 +204,9 @@ def test_export_by_campaign_takes_analyst_and_computed_members(tmp_path, bank):
     b = Bank.open(bank)
     r = Fakebank(bank).export_list(tmp_path / "x.txt", fmt="local_file", campaign="op-x")
     assert r["signals"] == 2
+    # a hash look-up names the campaign as a query does: the analyst's, else the computed one
+    (hit,) = Fakebank(bank).lookup([b.value(3, "pdq").hex(), b.value(analyst, "pdq").hex()], max_distance=0)[:1]
+    assert {m["id"]: m["campaign"] for m in hit["matches"]}[3] == "op-x"
     assert (tmp_path / "x.txt").read_text().split() == \
         ["pdq", b.value(3, "pdq").hex(), "pdq", b.value(analyst, "pdq").hex()]
     # a campaign nobody gave any item (a typo) is an error, not an empty list for a partner

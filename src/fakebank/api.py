@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from fakebank.bank import (
-    HASH_ONLY_COUNT, LABELS, VIDEO, Bank, BankWriter, NewItem, check_label, check_model, default_bank_path,
+    HASH_ONLY_COUNT, LABELS, VIDEO, Bank, BankWriter, NewItem, check_label, check_model, computed_campaign,
+    default_bank_path,
 )
 from fakebank.decide import HASH_ONLY_RECORD, Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
 from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
@@ -703,6 +704,8 @@ class Fakebank:
         names = ("label", "source", "campaign", "media", "path")
         columns = bank.read_columns(ids, names) if ids else {}  # one bulk read (one round trip on Milvus)
         of = {i: {n: columns[n][k] for n in names} for k, i in enumerate(ids)}
+        for i, row in of.items():  # as a query names it: the analyst's, else the computed one
+            row["campaign"] = row["campaign"] or computed_campaign(bank, i)
         return [{"pdq": code.tobytes().hex(),
                  "matches": [{"id": i, "distance": d, **of[i], "media": of[i]["media"] or "image"} for i, d in found]}
                 for code, found in zip(codes, hits)]

@@ -449,7 +449,7 @@ def lookup(
             out.print(f"{r['pdq']}  no match")
         for m in r["matches"]:
             out.print(f"{r['pdq'][:16]}…  #{m['id']}  distance={m['distance']}  {m['label']}  "
-                      f"source={m['source']}  campaign={m['campaign']}  ({m['media']})")
+                      f"source={m['source'] or '—'}  campaign={m['campaign'] or '—'}  ({m['media']})")
 
     for r in _fb(bank).lookup(pdq, max_distance=max_distance):
         _emit(r, as_json, human)
