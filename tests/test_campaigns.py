@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from bankutil import DIM, MODEL_INFO, make_item, meme_picture, some_detail, unit
 from fakebank import campaigns as cp
 from fakebank.api import Fakebank
+from fakebank.errors import UsageError
 from fakebank.bank import Bank, BankWriter
 from fakebank.cli import app
 from fakebank.grid import GRID_CELLS, GRID_WIDTH, PatchGrid
@@ -349,6 +350,12 @@ def test_an_analyst_campaign_set_after_add_is_ground_truth_and_survives_compact(
     assert by_name(run(tmp_path)) == {"op-aurora": set(ids[:4])}
     res = runner.invoke(app, ["label", str(ids[0]), "--bank", str(tmp_path)])
     assert res.exit_code == 2 and "nothing to change" in " ".join(res.stderr.split())
+    # a name of the computed ids' form would take that id from its campaign at the next run
+    res = runner.invoke(app, ["label", str(ids[0]), "--campaign", " C0001 ", "--bank", str(tmp_path)])
+    assert res.exit_code == 2 and "form of a computed campaign id" in " ".join(res.stderr.split())
+    assert Bank.open(tmp_path).value(ids[0], "campaign") == "op-aurora"
+    with pytest.raises(UsageError, match="computed campaign id"):
+        list(Fakebank(tmp_path).add([], campaign="C0042"))
 
 
 def test_two_analyst_campaigns_in_one_component_are_split_by_nearest_seed(tmp_path):

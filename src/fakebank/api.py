@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from fakebank.bank import (
-    HASH_ONLY_COUNT, LABELS, VIDEO, Bank, BankWriter, NewItem, check_label, check_model, computed_campaign,
-    default_bank_path,
+    HASH_ONLY_COUNT, LABELS, VIDEO, Bank, BankWriter, NewItem, check_campaign_name, check_label, check_model,
+    computed_campaign, default_bank_path,
 )
 from fakebank.decide import HASH_ONLY_RECORD, Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
 from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
@@ -171,6 +171,7 @@ class Fakebank:
         from fakebank.embed import Embedding, FailedInput, Source
 
         check_label(label)
+        campaign = check_campaign_name(campaign)
         inputs = sources if sources is not None else (Source(os.fspath(f)) for f in files)
         inputs, videos = split_videos(inputs)
         created = not self.store.exists()
@@ -261,6 +262,7 @@ class Fakebank:
                      campaign: str | None = None, note: str | None = None) -> list[dict]:
         """Add already-embedded images in one commit (the HTTP service's path); records as `add`'s."""
         check_label(label)
+        campaign = check_campaign_name(campaign)
         records: list[dict | None] = [None] * len(embs)
         with self._write_lock, self.store.writer(model_info=self.model_info,
                                                  embedding_dim=self.extractor.model.embed_dim,
@@ -515,6 +517,7 @@ class Fakebank:
                   note: str | None = None) -> dict:
         """Add one video as one item (committed before the record is returned); `add`'s record plus
         `"media": "video"` and the `frames` summary. The frames are embedded before the bank is locked."""
+        campaign = check_campaign_name(campaign)
         try:
             sha = hashlib.sha256(src.data).hexdigest() if src.data is not None else vid.file_sha256(src.name)
             known = self.store.snapshot()
@@ -753,7 +756,7 @@ class Fakebank:
         if label is not None:
             check_label(label)
         if campaign is not KEEP:
-            campaign = (campaign or "").strip() or None
+            campaign = check_campaign_name(campaign)
         ids = list(dict.fromkeys(int(i) for i in ids))  # an id given twice is one change, one record
         changes = [(i, "label", label) for i in ids if label is not None]
         changes += [(i, "analyst_campaign", campaign) for i in ids if campaign is not KEEP]

@@ -240,6 +240,20 @@ def check_label(label: str) -> str:
     return label
 
 
+CAMPAIGN_ID_PREFIX = "C"  # computed campaigns are C0001, C0002, … (campaigns.name_clusters)
+_COMPUTED_ID = re.compile(rf"{CAMPAIGN_ID_PREFIX}\d{{4,}}")
+
+
+def check_campaign_name(name: str | None) -> str | None:
+    """An analyst campaign name, stripped (None: none). A name of the computed ids' form is refused: the
+    next `fakebank campaigns` run would treat it as the analyst's and move that computed campaign to a new id."""
+    name = (name or "").strip() or None
+    if name is not None and _COMPUTED_ID.fullmatch(name):
+        raise UsageError(f"campaign {name!r} has the form of a computed campaign id; give the analyst campaign a "
+                         f"name of its own (e.g. 'Op Rain'), the same for every item that belongs to it")
+    return name
+
+
 def check_new_item(it: NewItem, dim: int, where) -> None:
     """A row fit for a bank of embedding width `dim` (either store): a label, and a hash or embeddings."""
     check_label(it.label)

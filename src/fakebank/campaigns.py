@@ -73,7 +73,7 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 
 from fakebank import dedup
 from fakebank import index as _faiss_setup  # noqa: F401 - sets FAISS's BLAS threshold (DESIGN §5)
-from fakebank.bank import CAMPAIGNS_SCHEMA
+from fakebank.bank import CAMPAIGN_ID_PREFIX, CAMPAIGNS_SCHEMA
 from fakebank.errors import UsageError
 from fakebank.grid import PatchGrid, agreements, required_agreement, smoothnesses
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY
@@ -106,7 +106,7 @@ LOCAL_EDGE_MAX_ITEMS = 10_000
 # 0.927 → 0.916 and 100 % (reposts tier 0.980 → 0.971, 100 %); 3 measured the same as 2.
 MERGE_MIN_ITEMS = 2
 KEEP_FRACTION = 0.5  # a cluster keeps an old id when it holds ≥ this share of its surviving members
-ID_PREFIX = "C"
+ID_PREFIX = CAMPAIGN_ID_PREFIX
 COMPUTED, ANALYST = "computed", "analyst"
 RESCORE_CHUNK = 4096
 PDQ_QUERY_CHUNK = 4096
