@@ -511,6 +511,11 @@ def test_cli_video_add_query_and_vpdq(tmp_path, videos):
     orig = vid.read_vpdq(out)
     assert vid.vpdq_compare(vid.read_vpdq(upright), orig).query_match_percent == 100.0
     assert vid.vpdq_compare(vid.read_vpdq(coded), orig).query_match_percent == 0.0  # as vpdq: turned frames
+    # a vPDQ file or folder given to `import` is named for what it is, not parsed as a broken hash list
+    res = runner.invoke(app, ["import", str(out), "--bank", str(bank)])
+    assert res.exit_code == 1 and "a vPDQ file" in " ".join(res.stderr.split())
+    res = runner.invoke(app, ["import", str(tmp_path), "--bank", str(bank)])
+    assert res.exit_code == 2 and "is a folder" in " ".join(res.stderr.split())
     nested = tmp_path / "new" / "x" / "orig.vpdq"  # missing folders are made; a file in the way is refused
     assert runner.invoke(app, ["vpdq", str(videos["orig"]), "-o", str(nested)]).exit_code == 0
     assert vid.read_vpdq(nested) == orig

@@ -99,12 +99,18 @@ def detect_format(head: bytes) -> str:
     return "csv" if first.split(",")[0] == "signal_type" else "local_file"
 
 
+_VPDQ_LINE = re.compile(r"\d+,\d+,[0-9a-f]{64},[0-9.]+\s*$", re.M)  # frame_number,quality,pdq_hex,timestamp
+
+
 def read_list(path: str | Path, fmt: str | None = None, *, signal_type: str | None = None,
               label: str = "fake", source: str | None = None) -> HashList:
     """Parse a hash list; every bad line is reported with its number, the good ones are kept.
 
     `label`/`source`: for formats that carry none (local_file; csv rows with an empty collab)."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; import takes one hash list file (a folder of vPDQ files from "
+                         "`export --format vpdq` is for partners' video matchers: import the videos with `add`)")
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     check_label(label)
@@ -128,6 +134,9 @@ def read_list(path: str | Path, fmt: str | None = None, *, signal_type: str | No
                 _read_csv(f, out, label, source)
         except UnicodeDecodeError as e:
             raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it a hash list?") from None
+    if not out.signals and out.error_count and _VPDQ_LINE.match(head.decode("utf-8", "replace")):
+        raise InputError(f"{path}: a vPDQ file (one video's frame hashes), not a hash list; add the video itself "
+                         "with `add`, or match it with `query` or the HMA API's signal_type=vpdq")
     if not out.signals and not out.error_count:
         raise InputError(f"{path}: no signals in the file")
     return out
