@@ -514,7 +514,10 @@ def test_hma_routes_and_v1_lookup_over_http(image_bank, tmp_path):
         r = httpx.post(server.url + "/m/lookup", files={"audio": ("x.mp3", data)}, headers=AUTH, timeout=60)
         assert (r.status_code, r.json()) == (400, {"message": "no such content_type: 'audio'"})
         # the service's key guards these routes like the rest
-        assert httpx.get(server.url + "/m/raw_lookup", params={"signal_type": "pdq", "signal": h_hash}).status_code == 401
+        r = httpx.get(server.url + "/m/raw_lookup", params={"signal_type": "pdq", "signal": h_hash})
+        assert r.status_code == 401 and "API key" in r.json()["message"]  # HMA's error shape on its routes
+        r = httpx.delete(server.url + "/m/lookup", headers=AUTH)
+        assert r.status_code == 405 and "message" in r.json() and "allow" in r.headers
         # fakebank's own look-up, with labels, sources and the distance bound
         r = httpx.post(server.url + "/v1/lookup", json={"pdq": [h_hash, h_img], "max_distance": 0}, headers=AUTH, timeout=30)
         res = r.json()["results"]

@@ -238,9 +238,15 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
                         time.perf_counter() - start)
         return response
 
+    def is_hma(request: Request) -> bool:  # HMA's routes answer errors in HMA's shape, {"message": ...}
+        return request.url.path.startswith("/m/")
+
+    def error_json(request: Request, message, status: int, headers=None) -> JSONResponse:
+        return JSONResponse({"message" if is_hma(request) else "error": message}, status_code=status, headers=headers)
+
     @app.exception_handler(FakebankError)
     async def _fakebank_error(request: Request, e: FakebankError):
-        return JSONResponse({"error": str(e)}, status_code=http_status(e))
+        return error_json(request, str(e), http_status(e))
 
     app.add_exception_handler(HmaError, hma_error_response)
 
@@ -253,14 +259,14 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
         if is_page(request) and e.status_code >= 400 and e.status_code != 401:  # redirects stay redirects
             return ui.error_page(request, UsageError(str(e.detail) if e.status_code != 404 else
                                                      f"no page at {request.url.path}"), e.status_code, e.headers)
-        return JSONResponse({"error": e.detail}, status_code=e.status_code, headers=e.headers)
+        return error_json(request, e.detail, e.status_code, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
         if is_page(request):
             return ui.error_page(request, UsageError(f"bad request: {problems}"), 422)
-        return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
+        return error_json(request, f"bad request: {problems}", 422)
 
     def require_key(request: Request) -> None:
         if not bearer_ok(request, config.api_key):
