@@ -24,7 +24,7 @@ from fakebank.bank import (
     computed_campaign, default_bank_path,
 )
 from fakebank.decide import HASH_ONLY_RECORD, Decision, FusionParams, Neighbor, decide, fit_fusion, fuse, knn_vote, sigmoid
-from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance
+from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance, reported_cosine
 from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
@@ -356,7 +356,7 @@ class Fakebank:
             m = matches.get(item_id)
             out.append(Neighbor(
                 id=item_id, path=bank.value(item_id, "path"), label=bank.label_of(item_id),
-                campaign=bank.campaign_of(item_id), similarity=round(sim, 6),
+                campaign=bank.campaign_of(item_id), similarity=reported_cosine(sim),
                 pdq_distance=m.pdq_distance if m else pdq_distance(bank, probe, item_id),
                 signal=m.signal if m else None, judged=True, hash_only=hash_only,
                 inliers=m.inliers if m else None, spatial_agreement=m.spatial_agreement if m else None,
@@ -603,7 +603,7 @@ class Fakebank:
         query = np.stack([f.cls for f in vemb.frames])
         sim = float((query @ stored.T).max()) if len(stored) else 0.0
         return Neighbor(id=item_id, path=bank.value(item_id, "path"), label=bank.label_of(item_id),
-                        campaign=bank.campaign_of(item_id), similarity=round(sim, 6),
+                        campaign=bank.campaign_of(item_id), similarity=reported_cosine(sim),
                         pdq_distance=m.min_distance, signal="vpdq", judged=True)
 
     def vpdq(self, path: str | os.PathLike | bytes, *, strategy: str = "exact", upright: bool = False,

@@ -174,7 +174,7 @@ def add(
                          if moved else ""), markup=False)
         else:
             out.print(f"added      id={r['id']}  p_fake={r['p_fake']:.3f}  {r['path']}" + (
-                f"  (video: {r['frames']['count']} frames)" if r.get("media") == "video" else ""))
+                f"  (video: {_count(r['frames']['count'], 'frame')})" if r.get("media") == "video" else ""))
 
     try:
         with _progress(len(files), "adding", as_json) as tick:
@@ -255,13 +255,14 @@ def _print_video(r: dict) -> None:
     f = r.get("frames")
     if f is None:
         return
-    out.print(f"           ↳ video: {f['count']} frames over {f['duration_s']} s ({f['strategy']}, {f['decoded']} "
+    out.print(f"           ↳ video: {_count(f['count'], 'frame')} over {f['duration_s']} s ({f['strategy']}, {f['decoded']} "
               f"decoded{'' if f['complete'] else ', incomplete: ' + str(f['note'])})", markup=False)
     if f.get("driving"):
         out.print(f"           ↳ verdict from the frame at {f['driving']['timestamp']} s", markup=False)
     for v in f.get("videos", []):
         out.print(f"           ↳ vPDQ match #{v['id']} ({v['label']}) {_path(v['path'])}: "
-                  f"{v['query_match_percent']}% of this video, {v['compared_match_percent']}% of it", markup=False)
+                  f"{v['query_match_percent']}% of this video's frames are in it, {v['compared_match_percent']}% of its "
+                  "frames in this video", markup=False)
     for i in f.get("items", []):
         out.print(f"           ↳ #{i['id']} ({i['label']}) {_path(i['path'])} seen at "
                   f"{', '.join(map(str, i['timestamps']))} s ({i['signal']})", markup=False)
@@ -489,7 +490,8 @@ def thumbnails(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
         counts[r["status"]] += 1
         _emit(r, as_json, human)
     err.print(f"{counts['added']} thumbnails stored, {counts['error']} items without a readable original"
-              + ("" if counts["added"] + counts["error"] else " (every item already has one)"),
+              + ("" if counts["added"] + counts["error"] else
+                 " (nothing to do: every image and video has one; hash-only items carry no picture)"),
               markup=False, highlight=False)
     if counts["error"]:
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -714,6 +716,10 @@ def vpdq(
         except OSError as e:
             raise write_failed(output, "--output", e) from e
         err.print(f"{len(features)} frame hashes → {output}", markup=False, highlight=False)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def main() -> None:

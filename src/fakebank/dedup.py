@@ -234,6 +234,11 @@ class Match:
     spatial_agreement: float | None = None  # patch-grid agreement; None where either side has no grid
 
 
+def reported_cosine(x: float) -> float:
+    """A cosine as records report it: float32 sums of unit vectors overshoot ±1 by ~1e-5; clipped, 6 digits."""
+    return round(min(max(float(x), -1.0), 1.0), 6)
+
+
 def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
          cls_hits: tuple[np.ndarray, np.ndarray] | None = None) -> list[Match]:
     """Every bank item judged a near-duplicate of the probe, strongest signal first. `cls_hits`: the
@@ -293,7 +298,7 @@ def find(bank: Bank, probe: Probe, params: DedupParams | None = None,
                     note(int(i), "embedding")
     order = {s: n for n, s in enumerate((EXACT,) + SIGNALS)}
     matches = [
-        Match(id=i, signal=sig, similarity=round(float(bank.vector("cls", i) @ probe.cls), 6),
+        Match(id=i, signal=sig, similarity=reported_cosine(bank.vector("cls", i) @ probe.cls),
               pdq_distance=pdq_distance(bank, probe, i), inliers=inl, spatial_agreement=spatial(i))
         for i, (sig, inl) in found.items()
     ]

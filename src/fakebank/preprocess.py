@@ -177,7 +177,7 @@ def load_rgb(
         label = name or "<bytes>"
         data = bytes(source)
         if not data:
-            raise InputError(f"{label}: the upload is empty (0 bytes); send the image file's contents")
+            raise InputError(f"{label}: empty (0 bytes), not an image; check the file or what was sent")
         fp: Any = io.BytesIO(data)
     else:
         label = name or os.fspath(source)
