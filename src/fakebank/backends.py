@@ -110,9 +110,11 @@ def openvino_forward(model: LoadedModel, precision: str, *, cache: Path | None =
         # the grid's basis is computed by a forward pass of its own: made now, it is a constant of the trace
         with torch.no_grad():
             model.forward_with_grid(torch.zeros(1, 3, size, size))
-        # the tracer warns about timm's shape checks becoming constants: true, and harmless at one input size
+        # the tracer warns about timm's shape checks becoming constants: true, and harmless at one input size;
+        # and torch.jit.trace's deprecation (a FutureWarning) is OpenVINO's to act on: neither is the user's
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             converted = ov.convert_model(_Outputs(model).eval(), example_input=torch.zeros(1, 3, size, size),
                                          input=[ov.PartialShape([-1, 3, size, size])])
         # written beside under temporary names and renamed, so that a crash never leaves half a model
