@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from fakebank.api import DEFAULT_K, Fakebank, expand_inputs
-from fakebank.errors import EXIT_SOME_FAILED, BankError, FakebankError
+from fakebank.errors import EXIT_SOME_FAILED, BankError, FakebankError, UsageError
 from fakebank.outputs import check_output_file, write_failed
 from fakebank.video import DEFAULT_MAX_FRAMES, STRATEGIES, write_vpdq
 
@@ -343,9 +343,16 @@ def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
         out.print(f"storage     Milvus {st['uri']} collections {st['collection']}_*: {st['rows']}")
 
 
+def _item_ids(given: list[str]) -> list[int]:
+    bad = [g for g in given if not g.strip().isdigit()]
+    if bad:
+        raise UsageError(f"item ids are whole numbers ≥ 0 (see query/add output), not {', '.join(map(repr, bad[:5]))}")
+    return [int(g) for g in given]
+
+
 @_command
 def label(
-    ids: Annotated[list[int], typer.Argument(help="Item ids (see query/add output).")],
+    ids: Annotated[list[str], typer.Argument(help="Item ids (see query/add output).")],
     new_label: Annotated[Optional[str], typer.Option("--label", help="fake | real | unknown")] = None,
     campaign: Annotated[Optional[str], typer.Option(
         "--campaign", help="Put the items in this analyst campaign ('' takes them out); `campaigns` treats "
@@ -355,7 +362,7 @@ def label(
     """Change items' labels and/or analyst campaign (an analyst override; takes effect on the next query)."""
     from fakebank.api import KEEP
 
-    for r in _fb(bank).label(ids, new_label, campaign=KEEP if campaign is None else campaign):
+    for r in _fb(bank).label(_item_ids(ids), new_label, campaign=KEEP if campaign is None else campaign):
         _emit(r, as_json, lambda r: out.print(f"#{r['id']} → {r['label']}"
                                               + (f", campaign {r['campaign']}" if campaign is not None and r["campaign"]
                                                  else ", no analyst campaign" if campaign is not None else ""),
@@ -364,11 +371,11 @@ def label(
 
 @_command
 def remove(
-    ids: Annotated[list[int], typer.Argument(help="Item ids.")],
+    ids: Annotated[list[str], typer.Argument(help="Item ids.")],
     bank: BankOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Remove items from the bank."""
-    for r in _fb(bank).remove(ids):
+    for r in _fb(bank).remove(_item_ids(ids)):
         _emit(r, as_json, lambda r: out.print(f"#{r['id']} removed"))
 
 
