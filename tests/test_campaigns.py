@@ -358,6 +358,21 @@ def test_an_analyst_campaign_set_after_add_is_ground_truth_and_survives_compact(
         list(Fakebank(tmp_path).add([], campaign="C0042"))
 
 
+def test_an_edit_made_while_a_run_clusters_outlives_the_runs_commit(tmp_path, monkeypatch):
+    s = Synth(9)
+    ids = add(tmp_path, [s.item("a") for _ in range(4)])
+    fb = Fakebank(tmp_path)
+    fb.label([ids[0]], campaign="op-a")
+    stale = fb.open_bank()  # what a long run clusters: the seed still in op-a
+    fb.label([ids[0]], campaign="")  # the analyst takes it back meanwhile
+    monkeypatch.setattr(fb, "open_bank", lambda: stale)
+    result = fb.campaign_run()[1]  # commits the stale snapshot's clustering
+    assert by_name(result) == {"op-a": set(ids)}
+    bank = Bank.open(tmp_path)
+    assert bank.campaign_of(ids[0]) is None  # the later edit stands over the run's assignment
+    assert bank.campaign_of(ids[2]) == "op-a"  # the run's own assignments too
+
+
 def test_two_analyst_campaigns_in_one_component_are_split_by_nearest_seed(tmp_path):
     s = Synth(10)
     ca, pa_ = s.centre("a")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -224,6 +226,13 @@ def test_a_read_only_bank_is_read_and_refuses_writes_with_a_message(tmp_path, ph
         code, _, err = run(*args, "--bank", copy)
         assert code == 2 and "is read-only for this user" in " ".join(err.split()) and "Traceback" not in err, args
     assert http_status(ReadOnlyError("x")) == 403
+    monkeypatch.undo()
+    for code_, words in ((errno.EROFS, "a read-only mount"), (errno.EACCES, "Permission denied on bank.lock")):
+        def refuse(path, code_=code_):
+            raise OSError(code_, os.strerror(code_), str(path))
+        monkeypatch.setattr(bank_module, "open_lock_file", refuse)  # what a :ro volume or another's lock file does
+        code, _, err = run("label", "1", "--label", "real", "--bank", copy)
+        assert code == 2 and words in " ".join(err.split()) and "Traceback" not in err, err
     # a --bank that is a file is named as such, for add as for reads
     (tmp_path / "notabank").write_text("x")
     code, _, err = run("add", photos / "img1.png", "--bank", tmp_path / "notabank")

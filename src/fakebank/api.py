@@ -871,7 +871,7 @@ class Fakebank:
                         "params": params.to_dict(), "next_number": result.next_number,
                         "computed_at": datetime.now(timezone.utc).isoformat(),
                         "generation_clustered": bank.manifest["generation"], "campaigns": len(result.campaigns),
-                    })
+                    }, clustered=bank)
         return bank, result
 
     @staticmethod

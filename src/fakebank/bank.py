@@ -41,6 +41,7 @@ manifest names are swept by the next writer. Readers take no lock.
 from __future__ import annotations
 
 import bisect
+import errno
 import fcntl
 import hashlib
 import json
@@ -978,17 +979,13 @@ class Bank:
         edits = self.deltas.campaigns
         if not edits:
             return table
-        rows = {} if table is None else {
-            i: (c, o) for i, c, o in zip(table.column("id").to_pylist(), table.column("campaign").to_pylist(),
-                                         table.column("origin").to_pylist())}
-        for i, name in edits.items():
-            if name is None:
-                rows.pop(i, None)
-            else:
-                rows[i] = (name, "computed")
-        return pa.table({"id": pa.array(list(rows), pa.int64()),
-                         "campaign": pa.array([c for c, _ in rows.values()], pa.string()),
-                         "origin": pa.array([o for _, o in rows.values()], pa.string())}, schema=CAMPAIGNS_SCHEMA)
+        edited = pa.array(list(edits), pa.int64())
+        kept = [] if table is None else [table.filter(pc.invert(pc.is_in(table.column("id"), value_set=edited)))]
+        set_ = [(i, name) for i, name in edits.items() if name is not None]  # None: the edit cleared it
+        added = pa.table({"id": pa.array([i for i, _ in set_], pa.int64()),
+                          "campaign": pa.array([n for _, n in set_], pa.string()),
+                          "origin": pa.array(["computed"] * len(set_), pa.string())}, schema=CAMPAIGNS_SCHEMA)
+        return pa.concat_tables([*(t.cast(CAMPAIGNS_SCHEMA) for t in kept), added])
 
     def campaign_of(self, item_id: int) -> str | None:
         """The item's campaign as a query reports it: the analyst's (given at `add`), else the one the
@@ -1112,6 +1109,10 @@ def _open_format_1(path: Path, manifest: dict) -> Bank:
         table = table.take(pa.array(order))
     manifest = {**manifest, "segments": [entry], "deltas": []}
     return Bank(path, manifest, [Segment(path, entry, dim, table=table)], Deltas.empty())
+
+
+def open_lock_file(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
 
 def folder_writable(path: Path) -> bool:
@@ -1325,10 +1326,11 @@ class BankWriter:
         self._commit_delta([(int(i), "campaign", name) for i, name in assignments.items()],
                            dict(self.bank.manifest["counts"]))
 
-    def commit_campaigns(self, assignments: pa.Table, info: dict) -> None:
+    def commit_campaigns(self, assignments: pa.Table, info: dict, clustered: Bank | None = None) -> None:
         """Store a campaign run's assignments (CAMPAIGNS_SCHEMA) and its `info` in one atomic commit.
 
-        Earlier campaign edits are folded into the run (they were its input), so they are cleared.
+        The campaign edits of `clustered` (the snapshot the run clustered; None: this one) were its input
+        and are folded into it, so they are cleared; an edit made while the run clustered stays, on top.
         """
         assert self.bank is not None
         manifest = dict(self.bank.manifest)
@@ -1337,9 +1339,11 @@ class BankWriter:
         self._write_parquet(assignments.cast(CAMPAIGNS_SCHEMA), name)
         manifest["campaigns"] = {**info, "file": name, "assigned": len(assignments)}
         deltas = self.bank.deltas
-        if deltas.campaigns:
+        seen = (clustered or self.bank).deltas.campaigns
+        unseen = {i: v for i, v in deltas.campaigns.items() if i not in seen or seen[i] != v}
+        if deltas.campaigns != unseen:
             folded = deltas.copy()
-            folded.campaigns = {}
+            folded.campaigns = unseen
             manifest["deltas"] = self._fold_deltas(folded, gen)
             self._commit(manifest, gen, deltas=folded)
         else:
@@ -1619,14 +1623,17 @@ class BankWriter:
 
     def _acquire_lock(self) -> None:
         try:
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-            if not folder_writable(self.path):
-                os.close(fd)
-                raise PermissionError("folder not writable")
-        except PermissionError as e:
-            raise ReadOnlyError(
-                f"{self.path} is read-only for this user ({getattr(e, 'strerror', None) or e}): it can be "
-                "queried but not changed; write to a copy you own, or ask the bank's owner") from None
+            fd = open_lock_file(self.path / LOCK_FILE)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            where = f"{e.strerror} on {LOCK_FILE}" + (", a read-only mount" if e.errno == errno.EROFS else "")
+            raise ReadOnlyError(f"{self.path} is read-only here ({where}): it can be queried but not changed; "
+                                "write to a copy you own, or ask the bank's owner") from None
+        if not folder_writable(self.path):
+            os.close(fd)
+            raise ReadOnlyError(f"{self.path} is read-only for this user (the folder is not writable): it can be "
+                                "queried but not changed; write to a copy you own, or ask the bank's owner")
         deadline = time.monotonic() + self.lock_timeout
         said = False
         while True:

@@ -842,8 +842,9 @@ class MilvusWriter:
         for part in _chunks(rows):
             self.store.client.upsert(self.store.campaigns, list(part))
 
-    def commit_campaigns(self, assignments: pa.Table, info: dict) -> None:
-        """Replace the stored assignments with a campaign run's (CAMPAIGNS_SCHEMA) and store its `info`."""
+    def commit_campaigns(self, assignments: pa.Table, info: dict, clustered=None) -> None:
+        """Replace the stored assignments with a campaign run's (CAMPAIGNS_SCHEMA) and store its `info`.
+        Edits are rows here, not deltas: one made while the run clustered is replaced by the run's row."""
         rows = [{"id": int(i), "campaign": c, "origin": o, "_v": [0.0, 0.0]} for i, c, o in zip(
             *(assignments.column(n).to_pylist() for n in ("id", "campaign", "origin")))]
         self.store.client.delete(self.store.campaigns, filter="id >= -9223372036854775807")
