@@ -120,6 +120,13 @@ def test_auth_is_required_except_healthz(server):
     assert post(server, "/v1/query", [("a.jpg", distinct_images(1)[0])], auth={}).status_code == 401
 
 
+def test_an_upload_with_a_computed_style_campaign_is_refused_before_any_work(server):
+    before = httpx.get(server.url + "/v1/info", headers=AUTH).json()["items"]
+    r = post(server, "/v1/items", [("a.jpg", distinct_images(1)[0])], data={"campaign": "C0001"})
+    assert r.status_code == 400 and "form of a computed campaign id" in r.json()["error"]
+    assert httpx.get(server.url + "/v1/info", headers=AUTH).json()["items"] == before  # nothing went in
+
+
 def test_web_ui_errors_are_pages_and_api_errors_json(server):
     with httpx.Client(base_url=server.url, timeout=30) as ui:
         assert ui.get("/ui/bank").status_code == 303  # signed out: to the sign-in form, still a redirect

@@ -535,7 +535,7 @@ class Fakebank:
                     bank = w.bank
             else:
                 bank = known
-        except FakebankError as e:
+        except InputError as e:  # this video's failure; a bank that cannot be written stops the run, as for images
             return self._add_record(src.name, None, None, "error", None, None, str(e)) | {"media": "video"}
         if existing is not None:
             return self._add_record(src.name, existing, sha, "duplicate", None, bank.item(existing)["label"]) \

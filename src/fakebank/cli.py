@@ -167,7 +167,8 @@ def add(
         elif r["status"] == "duplicate":
             kept = r["label"] if r["label"] not in (None, label) else None  # --label is not applied to it
             # nor --campaign: the item keeps its own
-            moved = campaign if campaign and fb.snapshot().value(r["id"], "campaign") != campaign else None
+            wanted = (campaign or "").strip()  # as add stores it
+            moved = wanted if wanted and fb.snapshot().value(r["id"], "campaign") != wanted else None
             out.print(f"duplicate  id={r['id']}  {r['path']}"
                       + (f"  (stays {kept}: `fakebank label {r['id']} --label {label}` changes it)" if kept else "")
                       + (f"  (--campaign not applied: `fakebank label {r['id']} --campaign {shlex.quote(moved)}` sets it)"

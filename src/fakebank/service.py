@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fakebank.api import DEFAULT_K, KEEP, Fakebank
-from fakebank.bank import check_label, check_model, computed_campaign
+from fakebank.bank import check_campaign_name, check_label, check_model, computed_campaign
 from fakebank.embed import Decoded, Embedding, Extractor, Source
 from fakebank.errors import BankError, FakebankError, InputError, UsageError, http_status
 from fakebank.hma import HmaError, hma_error_response, hma_router
@@ -390,6 +390,7 @@ def create_app(fb: Fakebank, config: ServiceConfig | None = None) -> FastAPI:
                         campaign: Annotated[str | None, Form()] = None,
                         note: Annotated[str | None, Form()] = None) -> dict:
         check_label(label)
+        campaign = check_campaign_name(campaign)  # before any upload is embedded
         uploads, videos = split(everything := await read_uploads(file))
         results = await embed_uploads(uploads, mirror=False)
         if not videos:
