@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -43,6 +42,7 @@ from fakebank.bank import (
     signal_key,
 )
 from fakebank.errors import InputError, UsageError
+from fakebank.outputs import check_output_file
 
 FORMATS = ("local_file", "csv", "fakebank")
 SIGNAL_TYPE = "pdq"  # the one hash fakebank matches; others are reported per line, not imported
@@ -372,14 +372,9 @@ def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str],
 
 
 def check_list_path(path: Path) -> None:
-    """Refuse, before any work, a target the list cannot be written to: a folder, or a file in a folder
-    that does not exist or cannot be written (the writer would fail only at the end)."""
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder; name the list file to write, e.g. {path / 'fakes.txt'}")
-    if not path.parent.is_dir():
-        raise UsageError(f"{path}: folder {path.parent} does not exist; create it or name a file in an existing one")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{path}: folder {path.parent} is not writable; name a file in a folder you can write to")
+    """Refuse, before any work, a target the list cannot be written to: a folder, a device, or a file in a
+    folder that does not exist or cannot be written (the writer would fail only at the end)."""
+    check_output_file(path, "export:", make_parents=False, example="fakes.txt")
 
 
 def write_list(bank: Bank, path: str | Path, fmt: str, flt: ExportFilter, *, model: dict | None) -> dict:

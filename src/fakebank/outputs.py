@@ -15,6 +15,9 @@ def check_output_file(path: str | os.PathLike, option: str, *, make_parents: boo
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder; name a file in it, e.g. {path / example}")
+    if (path.exists() or path.is_symlink()) and (not path.resolve().is_file() or _special(path)):
+        # written whole beside it, then moved into place: over /dev/stdout that would replace the device link
+        raise UsageError(f"{option} {path} is not a regular file; name a file to write")
     blocker = next((a for a in path.parents if a.exists() and not a.is_dir()), None)
     if blocker is not None:
         raise UsageError(f"{option} {path}: {blocker} is a file, not a folder")
@@ -26,6 +29,10 @@ def check_output_file(path: str | os.PathLike, option: str, *, make_parents: boo
         raise UsageError(f"{option} {path}: folder {existing} is not writable; name a file in a folder you can "
                          "write to")
     return path
+
+
+def _special(path: Path) -> bool:
+    return any(p.parts[:2] in (("/", "dev"), ("/", "proc")) for p in (path.absolute(), path.resolve()))
 
 
 def write_failed(path: str | os.PathLike, option: str, e: OSError) -> UsageError:
