@@ -195,6 +195,9 @@ def test_export_is_read_by_pytx_and_round_trips_into_an_empty_bank(tmp_path, ban
     with pytest.raises(UsageError, match="no item has source 'NCMEC'; sources: .*NCMEC-genai"):
         fb.export_list(tmp_path / "typo.txt", fmt="local_file", source="NCMEC")
     assert not (tmp_path / "typo.txt").exists()
+    with pytest.raises(UsageError, match="no item has source 'NCMEC'"):
+        fb.export_list(tmp_path / "vpdq-typo", fmt="vpdq", source="NCMEC")
+    assert not (tmp_path / "vpdq-typo").exists()  # no empty folder left behind
 
 
 def test_export_by_campaign_takes_analyst_and_computed_members(tmp_path, bank):

@@ -952,14 +952,15 @@ def _export_vpdq(bank: Bank, folder: Path, flt) -> dict:
 
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder}: --format vpdq writes one file per video; name a folder")
+    ids = [i for t in export_batches(bank, flt, ("id", "media"))  # the filter's errors before the folder is made
+           for i, media in zip(t.column("id").to_pylist(), t.column("media").to_pylist()) if media == VIDEO]
     folder.mkdir(parents=True, exist_ok=True)
     written = 0
-    for t in export_batches(bank, flt, ("id",)):
-        for item_id in t.column("id").to_pylist():
-            features = item_vpdq(bank, item_id)
-            if features:
-                write_vpdq(features, folder / f"{item_id}.txt")
-                written += 1
+    for item_id in ids:
+        features = item_vpdq(bank, item_id)
+        if features:
+            write_vpdq(features, folder / f"{item_id}.txt")
+            written += 1
     return {"path": str(folder), "format": "vpdq", "signals": written}
 
 

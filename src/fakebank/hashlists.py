@@ -324,20 +324,6 @@ class ExportFilter:
         good = t.column("pdq_quality").fill_null(SHARED_HASH_QUALITY).to_numpy(zero_copy_only=False) >= self.min_quality
         return keep & good, keep & ~good
 
-    def check_source(self, bank: Bank) -> None:
-        """A source no item has is a usage error, as a campaign is (a typo would send an empty list)."""
-        if self.source is None:
-            return
-        seen: set[str] = set()
-        for t in bank.batches(["source"]):
-            seen |= set(t.column("source").to_pylist())
-            if self.source in seen:
-                return
-        names = sorted(s for s in seen if s)
-        raise UsageError(f"no item has source {self.source!r}; "
-                         + (f"sources: {', '.join(names[:20])}{' …' if len(names) > 20 else ''}" if names
-                            else "no item has a source (give one with `add --source`)"))
-
     def computed_ids(self, bank: Bank) -> set[int]:
         """The ids clustering put in the wanted campaign; a campaign that neither clustering nor an analyst
         gave any item is a usage error (a typo would otherwise send a partner an empty list)."""
@@ -358,17 +344,25 @@ class ExportFilter:
 def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str],
                    left_out: dict[str, int] | None = None) -> Iterator[pa.Table]:
     """The live items that pass `flt`, columns `names` (besides the filter's own), a batch at a time;
-    `left_out["min_quality"]` counts the items only the quality bar kept out."""
-    flt.check_source(bank)
+    `left_out["min_quality"]` counts the items only the quality bar kept out. A source no item has is a
+    usage error once the pass ends, as a campaign is (a typo would send a partner an empty list)."""
     computed = flt.computed_ids(bank)
     cols = list(dict.fromkeys([*ExportFilter.COLUMNS, *names]))
+    sources: set[str | None] = set()
     for t in bank.batches(cols):
+        if flt.source is not None and flt.source not in sources:
+            sources |= set(pc.unique(t.column("source")).to_pylist())
         keep, low = flt.keep(t, computed)
         if left_out is not None:
             left_out["min_quality"] = left_out.get("min_quality", 0) + int(low.sum())
         t = t.filter(pa.array(keep))
         if len(t):
             yield t.select(list(names))
+    if flt.source is not None and flt.source not in sources:
+        names_ = sorted(s for s in sources if s)
+        raise UsageError(f"no item has source {flt.source!r}; "
+                         + (f"sources: {', '.join(names_[:20])}{' …' if len(names_) > 20 else ''}" if names_
+                            else "no item has a source (give one with `add --source`)"))
 
 
 def check_list_path(path: Path) -> None:
