@@ -214,7 +214,7 @@ def test_export_by_campaign_takes_analyst_and_computed_members(tmp_path, bank):
         ["pdq", b.value(3, "pdq").hex(), "pdq", b.value(analyst, "pdq").hex()]
     # a campaign nobody gave any item (a typo) is an error, not an empty list for a partner
     code, _, err = cli("export", tmp_path / "typo.txt", "--bank", bank, "--campaign", "op-z")
-    assert code == 2 and "no item is in campaign 'op-z'; computed campaigns: op-x, op-y" in " ".join(err.split())
+    assert code == 2 and "no item is in campaign 'op-z'; campaigns: op-x, op-y" in " ".join(err.split())
     assert not (tmp_path / "typo.txt").exists()
     # an analyst campaign set after add counts (label --campaign)
     Fakebank(bank).label([2], campaign="op-z")

@@ -563,8 +563,8 @@ def serve(
     check_port(host, port)
     fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames)
     if not create and not fb.store.exists():
-        raise BankError(f"no bank at {fb.store.location}; pick the --bank to serve, or pass --create to start "
-                        "an empty one")
+        raise BankError(f"no bank at {fb.store.location}; pick the bank to serve (--bank, or --store for "
+                        "Milvus), or pass --create to start an empty one")
     _warn_untrained(fb)
     if not api_key:
         err.print(f"no {API_KEY_ENV} set: the API is open to anyone who can reach {host}")

@@ -332,12 +332,17 @@ class ExportFilter:
         stored = bank.campaign_assignments()
         ids = set() if stored is None else \
             set(stored.filter(pc.equal(stored.column("campaign"), self.campaign)).column("id").to_pylist())
-        if not ids and not any(self.campaign in set(t.column("campaign").to_pylist())
-                               for t in bank.batches(["campaign"])):
-            names = sorted(set(stored.column("campaign").to_pylist()) if stored is not None else set())
-            raise UsageError(f"no item is in campaign {self.campaign!r}; "
-                             + (f"computed campaigns: {', '.join(names[:20])}{' …' if len(names) > 20 else ''}"
-                                if names else "run `fakebank campaigns` to compute campaigns"))
+        if ids:
+            return ids
+        analyst: set[str | None] = set()
+        for t in bank.batches(["campaign"]):
+            analyst |= set(pc.unique(t.column("campaign")).to_pylist())
+            if self.campaign in analyst:
+                return ids
+        names = sorted({n for n in analyst if n} | (set(stored.column("campaign").to_pylist()) if stored is not None else set()))
+        raise UsageError(f"no item is in campaign {self.campaign!r}; "
+                         + (f"campaigns: {', '.join(names[:20])}{' …' if len(names) > 20 else ''}"
+                            if names else "run `fakebank campaigns` to compute campaigns"))
         return ids
 
 
