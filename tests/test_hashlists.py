@@ -253,6 +253,36 @@ def test_fakebank_export_imports_with_full_matching_or_as_hashes_only(tmp_path, 
     assert Fakebank(other).lookup([Bank.open(bank).value(4, "pdq").hex()])[0]["matches"][0]["media"] == "hash"
 
 
+def test_a_bad_row_of_a_fakebank_list_is_skipped_without_shifting_the_rows_after_it(tmp_path, bank):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fb = Fakebank(bank)
+    fb.label([2], "real")
+    out = tmp_path / "full.parquet"
+    assert fb.export_list(out, fmt="fakebank", labels=("fake", "real"))["signals"] == 5
+    t = pq.read_table(out)
+    pdq, labels = t.column("pdq").to_pylist(), t.column("label").to_pylist()
+    pdq[1], labels[3] = None, "FAKE!"  # two bad rows in the middle
+    t = t.set_column(t.schema.get_field_index("pdq"), t.schema.field("pdq"), pa.array(pdq, t.schema.field("pdq").type))
+    t = t.set_column(t.schema.get_field_index("label"), t.schema.field("label"), pa.array(labels, pa.string()))
+    pq.write_table(t, tmp_path / "bad.parquet")
+    other = tmp_path / "other"
+    with BankWriter(other, model_info=MODEL_INFO, embedding_dim=DIM):
+        pass
+    r = Fakebank(other).import_list(tmp_path / "bad.parquet")
+    assert (r["added"], r["error_count"]) == (3, 2) and [e["line"] for e in r["errors"]] == [2, 4]
+    sent = dict(zip(t.column("sha256").to_pylist(), labels))
+    b = Bank.open(other)
+    got = {b.value(i, "sha256"): (b.label_of(i), b.value(i, "pdq")) for i in b.ids.tolist()}
+    assert set(got) == {h for n, h in enumerate(sent) if n not in (1, 3)}
+    assert all(label == sent[h] and pdq is not None for h, (label, pdq) in got.items())  # each row's own label
+    # a list missing a column or with broken metadata is refused whole, with what to do
+    pq.write_table(t.drop_columns(["pdq_quality"]), tmp_path / "cut.parquet")
+    with pytest.raises(InputError, match="without the column.s. pdq_quality"):
+        Fakebank(other).import_list(tmp_path / "cut.parquet")
+
+
 def test_export_refuses_bad_targets_before_writing_and_never_leaves_a_temporary_file(tmp_path, bank, monkeypatch):
     import fakebank.hashlists as hashlists
 

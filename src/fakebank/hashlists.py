@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from fakebank.bank import (
     HASH_ONLY,
+    LABELS,
     PDQ_BYTES,
     SHARED_HASH_QUALITY,
     Bank,
@@ -203,21 +204,34 @@ def _read_parquet(path: Path, source: str | None) -> HashList:
     if meta is None:
         raise InputError(f"{path}: a Parquet file without fakebank's metadata; only `fakebank export "
                          "--format fakebank` files can be imported as Parquet")
-    info = json.loads(meta)
+    try:
+        info = json.loads(meta)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: its fakebank metadata is not valid JSON ({e}); export the list again") from None
     table = pf.read()
-    out = HashList(str(path), "fakebank", rows=table, model_identity=(info.get("model") or {}).get("identity_hash"))
-    cols = {c: table.column(c).to_pylist() for c in ("pdq", "label", "source", "tags", "note", "pdq_quality",
-                                                     "external_id", "id")}
+    wanted = ("pdq", "label", "source", "tags", "note", "pdq_quality", "external_id", "id")
+    missing = [c for c in (*wanted, "sha256") if c not in table.column_names]
+    if missing:
+        raise InputError(f"{path}: a fakebank list without the column(s) {', '.join(missing)}; export it again with "
+                         "`fakebank export --format fakebank`")
+    out = HashList(str(path), "fakebank", model_identity=(info.get("model") or {}).get("identity_hash"))
+    cols = {c: table.column(c).to_pylist() for c in wanted}
+    good = np.zeros(len(table), bool)
     for n in range(len(table)):
-        h = cols["pdq"][n]
+        h, label = cols["pdq"][n], cols["label"][n]
         if h is None or len(h) != PDQ_BYTES:
             out.error(n + 1, "row without a PDQ hash")
             continue
+        if label not in LABELS:
+            out.error(n + 1, f"label must be one of {', '.join(LABELS)}, not {str(label)[:40]!r}")
+            continue
+        good[n] = True
         out.signals.append(Signal(
-            h.hex(), label=cols["label"][n], source=cols["source"][n] or source,
+            h.hex(), label=label, source=cols["source"][n] or source,
             tags=tuple((cols["tags"][n] or "").split()), note=cols["note"][n],
             external_id=cols["external_id"][n] or f"fakebank:{info.get('bank_id', '')}:{cols['id'][n]}",
             quality=cols["pdq_quality"][n]))
+    out.rows = table.filter(pa.array(good))  # row k is signal k: a skipped row must not shift the rest
     return out
 
 
