@@ -292,6 +292,9 @@ def test_export_refuses_bad_targets_before_writing_and_never_leaves_a_temporary_
     before = files()
     code, _, stderr = cli("export", tmp_path / "nowhere" / "fakes.txt", "--bank", bank)
     assert code == 2 and "does not exist" in " ".join(stderr.split()) and "Traceback" not in stderr
+    # a list format that carries no label refuses real items (a partner would read them as fakes)
+    code, _, stderr = cli("export", tmp_path / "real.txt", "--bank", bank, "--label", "real")
+    assert code == 2 and "--format csv" in " ".join(stderr.split()) and not (tmp_path / "real.txt").exists()
     # a device is refused: the list is written beside its target and moved over it, which would replace it
     code, _, stderr = cli("export", "/dev/null", "--bank", bank)
     assert code == 2 and "not a regular file" in stderr and Path("/dev/null").is_char_device()

@@ -659,6 +659,10 @@ class Fakebank:
             raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}, vpdq")
         for label in labels:
             check_label(label)
+        if fmt == "local_file" and set(labels) != {"fake"}:
+            raise UsageError("a local_file list carries no label: a partner (and `fakebank import`) reads every line "
+                             "as a fake; export real or unknown items with --format csv (its category column says "
+                             "which) or --format fakebank")
         bank = self.open_bank()
         if min_quality is None:
             min_quality = 0 if fmt == "fakebank" else PDQ_MIN_QUALITY
