@@ -397,7 +397,7 @@ def test_a_snapshot_exchange_removes_what_it_no_longer_holds_from_its_own_items_
     assert sorted(x[1] for x in held if x[0] == "other") == sorted(h)  # the other collaboration keeps its own
 
 
-def test_sync_of_the_sample_exchange_and_bad_configs(tmp_path, bank):
+def test_sync_of_the_sample_exchange_and_bad_configs(tmp_path, bank, monkeypatch):
     config = tmp_path / "sync.json"
     config.write_text(json.dumps({"collaborations": [{"name": "SAMPLE", "api": "sample"}]}))
     [r] = list(Fakebank(bank).sync(config))
@@ -413,6 +413,18 @@ def test_sync_of_the_sample_exchange_and_bad_configs(tmp_path, bank):
         list(Fakebank(bank).sync(config))
     config.write_text("[]")
     with pytest.raises(UsageError, match="collaborations"):
+        list(Fakebank(bank).sync(config))
+    # ThreatExchange's config sets its api itself; without a token pytx's hints come through, no traceback
+    monkeypatch.delenv("TX_ACCESS_TOKEN", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.txtoken
+    config.write_text(json.dumps({"collaborations": [{"name": "te", "api": "fb_threatexchange",
+                                                      "privacy_group": 1234567890}]}))
+    with pytest.raises(UsageError, match="te: Couldn't authenticate fb_threatexchange.*TX_ACCESS_TOKEN"):
+        list(Fakebank(bank).sync(config))
+    (tmp_path / "bin.txt").write_bytes(bytes(range(256)))  # the exchange's own failure, named
+    config.write_text(json.dumps({"collaborations": [{"name": "b", "api": "local_file",
+                                                      "filename": str(tmp_path / "bin.txt")}]}))
+    with pytest.raises(UsageError, match="b: the exchange 'local_file' failed .UnicodeDecodeError"):
         list(Fakebank(bank).sync(config))
 
 

@@ -17,6 +17,7 @@ is treated as a snapshot: its items not fetched again are removed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from fakebank.bank import HASH_ONLY, Bank, check_label, signal_key
-from fakebank.errors import UsageError
+from fakebank.errors import FakebankError, UsageError
 from fakebank.hashlists import LABEL_OF_CATEGORY, SIGNAL_TYPE, HashList, Signal, check_signal
 
 MANIFEST_KEY = "sync"
@@ -109,8 +110,11 @@ def fetch(collab: Collab, stored: dict | None) -> Fetched:
         raise UsageError(f"{collab.name}: exchange {collab.api!r} keys its updates by its own ids; fakebank "
                          "syncs exchanges whose updates are keyed by (signal type, signal)")
     config_cls = cls.get_config_cls()
+    # pytx's own configs differ: some take `api` in their constructor, some set it themselves
+    base = {"name": collab.name, "api": cls.get_name(), "enabled": True}
+    takes = {f.name for f in dataclasses.fields(config_cls) if f.init}
     try:
-        config = config_cls(name=collab.name, api=cls.get_name(), enabled=True, **collab.fields)
+        config = config_cls(**{k: v for k, v in base.items() if k in takes}, **collab.fields)
     except TypeError as e:
         raise UsageError(f"{collab.name}: bad fields for exchange {collab.api!r} ({e})") from None
     checkpoint = None
@@ -118,11 +122,11 @@ def fetch(collab: Collab, stored: dict | None) -> Fetched:
         checkpoint = dataclass_json.dataclass_load_dict(stored["checkpoint"], cls.get_checkpoint_cls())
         if checkpoint.is_stale():
             checkpoint = None
-    api = cls.for_collab(config)
     merged: dict = {}
     deleted: set[str] = set()
     last = checkpoint
     try:
+        api = cls.for_collab(config)  # an exchange that needs credentials asks for them here
         for delta in api.fetch_iter([PdqSignal], checkpoint):
             for key, value in delta.updates.items():
                 if value is None:
@@ -133,8 +137,13 @@ def fetch(collab: Collab, stored: dict | None) -> Fetched:
                     merged[key] = value
                     deleted.discard(key[1].lower())
             last = delta.checkpoint
-    except (AssertionError, OSError) as e:
-        raise UsageError(f"{collab.name}: the exchange failed ({e})") from None
+    except FakebankError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the exchange is pytx's code: its failure is this collaboration's
+        if hasattr(e, "pretty_str"):  # pytx's missing credentials, with where it looks for them
+            raise UsageError(f"{collab.name}: {' '.join(e.pretty_str().split())}") from None
+        raise UsageError(f"{collab.name}: the exchange {collab.api!r} failed ({type(e).__name__}: {e}); check the "
+                         "collaboration's fields, credentials and source") from None
     out = HashList(f"sync:{collab.name}", "sync")
     for n, ((stype, signal), meta) in enumerate(merged.items(), 1):
         signal = check_signal(out, n, stype, signal)
