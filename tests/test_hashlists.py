@@ -253,6 +253,28 @@ def test_fakebank_export_imports_with_full_matching_or_as_hashes_only(tmp_path, 
     assert Fakebank(other).lookup([Bank.open(bank).value(4, "pdq").hex()])[0]["matches"][0]["media"] == "hash"
 
 
+CSV_HEADER = ("signal_type", "signal_str", "collab", "category", "tags")
+
+
+def test_lists_with_a_bom_reordered_csv_columns_utf16_or_a_huge_field(tmp_path, bank):
+    a, b = hexes(2, seed=11)
+    fb = Fakebank(bank)
+    (tmp_path / "bom.txt").write_bytes(f"\ufeffpdq {a}\npdq {b}\n".encode())  # as Windows editors save it
+    assert fb.import_list(tmp_path / "bom.txt")["added"] == 2
+    (tmp_path / "bom.csv").write_bytes(f"\ufeff{','.join(CSV_HEADER)}\npdq,{a},p2,POSITIVE_CLASS,\n".encode())
+    r = fb.import_list(tmp_path / "bom.csv")
+    assert (r["format"], r["added"], r["error_count"]) == ("csv", 1, 0)
+    (tmp_path / "order.csv").write_text(f"signal_str,collab,signal_type,category,tags\n{b},p3,pdq,NEGATIVE_CLASS,\n")
+    r = fb.import_list(tmp_path / "order.csv")
+    assert (r["format"], r["added"], r["error_count"]) == ("csv", 1, 0)
+    (tmp_path / "u16.txt").write_text(f"pdq {a}\n", encoding="utf-16")
+    with pytest.raises(InputError, match="UTF-16 text; save the list as UTF-8"):
+        fb.import_list(tmp_path / "u16.txt")
+    (tmp_path / "big.csv").write_text(f"{','.join(CSV_HEADER)}\npdq,{a},p,POSITIVE_CLASS,{'t' * 200_000}\n")
+    with pytest.raises(InputError, match="not readable as CSV"):
+        fb.import_list(tmp_path / "big.csv")
+
+
 def test_a_bad_row_of_a_fakebank_list_is_skipped_without_shifting_the_rows_after_it(tmp_path, bank):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -417,7 +417,7 @@ def import_(
             err.print(f"… and {r['error_count'] - len(r['errors'])} more bad lines", markup=False)
         if r["note"]:
             err.print(_styled("note:", "yellow", " " + r["note"]))
-        out.print(f"{r['path']} ({r['format']}): {r['signals']} signals → {r['added']} added, {r['updated']} updated, "
+        out.print(f"{r['path']} ({r['format']}): {_count(r['signals'], 'signal')} → {r['added']} added, {r['updated']} updated, "
                   f"{r['unchanged']} unchanged, {r['error_count']} bad lines skipped")
     if r["error_count"]:
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -439,7 +439,7 @@ def export(
     """Write the bank's items (its fakes by default) as a hash list a partner can import."""
     r = _fb(bank).export_list(file, fmt=fmt, labels=labels, source=source, campaign=campaign, min_quality=min_quality)
     _emit(r, as_json, lambda r: out.print(
-        f"{r['signals']} signals → {r['path']} ({r['format']})"
+        f"{_count(r['signals'], 'signal')} → {r['path']} ({r['format']})"
         + (f"; {r['below_min_quality']} items left out below --min-quality {r['min_quality']}"
            if r.get("below_min_quality") else "")))
 
@@ -475,7 +475,7 @@ def sync(
     for r in _fb(bank, weights).sync(config):
         failed += r["error_count"]
         _emit(r, as_json, lambda r: out.print(
-            f"{r['collaboration']} ({r['api']}): {r['signals']} signals → {r['added']} added, {r['updated']} updated, "
+            f"{r['collaboration']} ({r['api']}): {_count(r['signals'], 'signal')} → {r['added']} added, {r['updated']} updated, "
             f"{r['removed']} removed, {r['unchanged']} unchanged, {r['error_count']} unusable"))
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)

@@ -97,7 +97,7 @@ def detect_format(head: bytes) -> str:
     if head.startswith(b"PAR1"):
         return "fakebank"
     first = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
-    return "csv" if first.split(",")[0] == "signal_type" else "local_file"
+    return "csv" if "signal_type" in [c.strip() for c in first.split(",")] else "local_file"
 
 
 _VPDQ_LINE = re.compile(r"\d+,\d+,[0-9a-f]{64},[0-9.]+\s*$", re.M)  # frame_number,quality,pdq_hex,timestamp
@@ -124,10 +124,12 @@ def read_list(path: str | Path, fmt: str | None = None, *, signal_type: str | No
         return _read_parquet(path, source)
     if not head:
         raise InputError(f"{path}: empty file, no signals to import")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(f"{path}: UTF-16 text; save the list as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`)")
     if b"\0" in head:
         raise InputError(f"{path}: binary data, not a {fmt} hash list (formats: {', '.join(FORMATS)})")
     out = HashList(str(path), fmt)
-    with open(path, encoding="utf-8", errors="strict", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="strict", newline="") as f:  # -sig: a leading BOM is no text
         try:
             if fmt == "local_file":
                 _read_lines(f, out, signal_type, label, source)
@@ -135,6 +137,8 @@ def read_list(path: str | Path, fmt: str | None = None, *, signal_type: str | No
                 _read_csv(f, out, label, source)
         except UnicodeDecodeError as e:
             raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it a hash list?") from None
+        except csv.Error as e:  # a field over the csv module's bound (128 KiB) or a broken quote
+            raise InputError(f"{path}: not readable as CSV ({e}); is it a hash list?") from None
     if not out.signals and out.error_count and _VPDQ_LINE.match(head.decode("utf-8", "replace")):
         raise InputError(f"{path}: a vPDQ file (one video's frame hashes), not a hash list; add the video itself "
                          "with `add`, or match it with `query` or the HMA API's signal_type=vpdq")
