@@ -160,6 +160,18 @@ def test_damaged_bank_is_refused(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(BankError, match="counts 3 items but its segments hold 1"):
         Bank.open(tmp_path)
+    # a segment's files missing or cut to nothing: named as damage, not an Arrow or NumPy traceback
+    m["counts"]["items"] = 1
+    (tmp_path / MANIFEST).write_text(json.dumps(m))
+    seg = m["segments"][0]
+    sha = tmp_path / seg["sha"]
+    sha.rename(tmp_path / "moved")
+    with pytest.raises(BankError, match=f"{seg['sha']} named by the manifest is missing or unreadable"):
+        Bank.open(tmp_path).id_of_sha256(make_item(1).sha256)
+    (tmp_path / "moved").rename(sha)
+    (tmp_path / seg["file"]).write_bytes(b"")
+    with pytest.raises(BankError, match=f"segment {seg['file']} is unreadable"):
+        Bank.open(tmp_path).item(1)
 
 
 def test_second_writer_waits_then_gets_a_clear_error(tmp_path):

@@ -292,10 +292,13 @@ class Segment:
         path = self.folder / self.entry["file"]
         try:
             reader = pa.ipc.open_file(pa.memory_map(str(path)))
+            table = reader.read_all()
         except FileNotFoundError:
             raise BankError(f"{self.folder}: segment {self.entry['file']} named by the manifest is missing; "
                             "the bank is damaged. Restore the folder from a backup") from None
-        table = reader.read_all()
+        except (pa.ArrowInvalid, OSError) as e:
+            raise BankError(f"{self.folder}: segment {self.entry['file']} is unreadable ({e}); the bank is "
+                            "damaged. Restore the folder from a backup") from None
         if len(table) != self.rows:
             raise BankError(f"{path}: holds {len(table)} rows, the manifest says {self.rows}; restore the bank")
         return conform(table, self.dim, self.hash_only)
@@ -372,7 +375,11 @@ class Segment:
     def _sha_keys(self) -> np.ndarray:
         name = self.entry.get("sha")
         if name:
-            return np.load(self.folder / name, mmap_mode="r")
+            try:
+                return np.load(self.folder / name, mmap_mode="r")
+            except (OSError, ValueError) as e:  # missing, truncated or not a .npy file
+                raise BankError(f"{self.folder}: {name} named by the manifest is missing or unreadable ({e}); the "
+                                "bank is damaged. Restore the folder from a backup") from None
         return sha_keys(self.column("sha256").to_pylist())
 
     def row_of_sha256(self, sha256: str) -> int:
