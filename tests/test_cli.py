@@ -201,6 +201,8 @@ def test_usage_errors_exit_2(tmp_path, photos, bank):
     assert code == 2 and "not comparable" in err
     code, _, err = run("label", "99", "--label", "fake", "--bank", bank)
     assert code == 2 and "no item with id 99" in err
+    code, lines, _ = run("query", photos / "img0.png", "--bank", bank, "--max-pixels", "1000", "--json")
+    assert code == 1 and "more than the limit of 1,000" in lines[0]["error"]  # the guard the message names exists
     code, _, err = run("remove", "3", "x7", "--bank", bank)  # the bad value is named; nothing is removed
     assert code == 2 and "not 'x7'" in err and len(Bank.open(bank)) == 5
     assert run("add", tmp_path / "empty-dir-does-not-exist-but-is-file.jpg", "--bank", bank)[0] == 1

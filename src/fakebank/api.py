@@ -30,6 +30,7 @@ from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
 from fakebank.outputs import check_output_file, write_failed
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY
+from fakebank.preprocess import DEFAULT_MAX_PIXELS
 from fakebank.signals import LOCAL_BANK_FEATURES
 from fakebank.store import open_store
 from fakebank.errors import BankError, FakebankError, InputError, UsageError
@@ -76,6 +77,7 @@ class Fakebank:
         video_strategy: str = "auto",
         store: str | None = None,
         backend: str = "auto",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         """`store`: a store spec (store.open_store; None: FAKEBANK_STORE, else the folder `bank`);
         `backend`: the CPU inference backend (backends.resolve_backend)."""
@@ -88,6 +90,7 @@ class Fakebank:
         self.batch_size = batch_size
         self.backend = backend
         self.positive_label = positive_label
+        self.max_pixels = max_pixels
         self._write_lock = self.store.write_lock  # one writer per process; the store covers processes
 
     # -- model --------------------------------------------------------------------------------------
@@ -110,7 +113,7 @@ class Fakebank:
         model = load_model(self.weights_spec(), positive_label=self.positive_label)
         # batch_size None: 8 on the CPU, sized from free memory on CUDA (the extractor decides)
         return Extractor(model, device=self.device, precision=self.precision, batch_size=self.batch_size,
-                         backend=self.backend)
+                         backend=self.backend, max_pixels=self.max_pixels)
 
     @cached_property
     def model_info(self) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
@@ -24,6 +25,7 @@ from rich.text import Text
 from fakebank.api import DEFAULT_K, Fakebank, expand_inputs
 from fakebank.errors import EXIT_SOME_FAILED, BankError, FakebankError, UsageError
 from fakebank.outputs import check_output_file, write_failed
+from fakebank.preprocess import DEFAULT_MAX_PIXELS
 from fakebank.video import DEFAULT_MAX_FRAMES, STRATEGIES, write_vpdq
 
 app = typer.Typer(
@@ -52,6 +54,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout (a s
 MaxFramesOpt = Annotated[int, typer.Option(
     "--max-frames", min=1, help="Videos: frames sampled at most (≈ 1 a second; a longer video is sampled "
     "more sparsely over its whole length).")]
+MaxPixelsOpt = Annotated[int, typer.Option(
+    "--max-pixels", min=1, help="Decoded pixels an image may have (a decompression-bomb guard; raise it for "
+    "trusted large scans and panoramas).")]
 PositiveOpt = Annotated[Optional[str], typer.Option(
     "--positive-label", help="Which checkpoint label is the fake/positive class, when it cannot be told.")]
 
@@ -88,9 +93,12 @@ def _options(store: Annotated[Optional[str], typer.Option(
 
 
 def _fb(bank, weights=None, device="auto", precision="auto", batch_size=None, positive_label=None,
-        max_frames: int = DEFAULT_MAX_FRAMES) -> Fakebank:
+        max_frames: int = DEFAULT_MAX_FRAMES, max_pixels: int = DEFAULT_MAX_PIXELS) -> Fakebank:
+    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):  # the user raised the guard: Pillow's own must not refuse
+        Image.MAX_IMAGE_PIXELS = max_pixels
     return Fakebank(bank, weights=weights, device=device, precision=precision, batch_size=batch_size,
-                    positive_label=positive_label, max_frames=max_frames, store=_store["spec"])
+                    positive_label=positive_label, max_frames=max_frames, max_pixels=max_pixels,
+                    store=_store["spec"])
 
 
 def _styled(word: str, style: str, rest: str) -> Text:
@@ -146,7 +154,7 @@ def add(
     note: Annotated[Optional[str], typer.Option("--note", help="Free text kept with each added item.")] = None,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
-    max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
+    max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES, max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     ray: Annotated[Optional[str], typer.Option(
         "--ray", help="Extract on a Ray cluster: local (start one here), auto, or ray://HEAD:10001. PATHS may then "
         "also be listings (.txt, a path or URI a line) and URIs (s3://…); images only.")] = None,
@@ -154,7 +162,7 @@ def add(
     ray_gpus: Annotated[float, typer.Option("--ray-gpus", min=0, help="GPUs per actor (with --ray).")] = 0,
 ) -> None:
     """Embed images and videos and add them to the bank (resumable: what is already there is skipped)."""
-    fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames)
+    fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames, max_pixels)
     files = list(paths) if ray else expand_inputs(paths, recursive)
     if not files:
         raise typer.BadParameter(NO_INPUTS)
@@ -211,10 +219,10 @@ def query(
         "--out-dir", help="With --explain: write each heat-map overlay PNG into this folder.")] = None,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, positive_label: PositiveOpt = None, as_json: JsonOpt = False,
-    max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
+    max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES, max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Verdicts for images and videos: known copy? what do the model and the nearest known items say?"""
-    fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames)
+    fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames, max_pixels)
     files = expand_inputs(paths, recursive)
     if not files:
         raise typer.BadParameter(NO_INPUTS)
@@ -294,10 +302,10 @@ def explain(
         "--deletion/--no-deletion", help="Run the deletion test that checks the map on this image "
         "(6 more forward passes, batched).")] = True,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto",
-    positive_label: PositiveOpt = None, as_json: JsonOpt = False,
+    positive_label: PositiveOpt = None, as_json: JsonOpt = False, max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Where in the picture the model's fake logit comes from: a per-patch heat map drawn over the image."""
-    fb = _fb(bank, weights, device, "fp32", None, positive_label)
+    fb = _fb(bank, weights, device, "fp32", None, positive_label, max_pixels=max_pixels)
     _warn_untrained(fb)
     r = fb.explain(path, out=out_png, deletion=deletion)
     if as_json:
@@ -651,9 +659,10 @@ def dupes(
         "--save", help="Store these thresholds in the bank's manifest: query's match and dupes use them.")] = False,
     bank: BankOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = None, as_json: JsonOpt = False, max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Near-duplicates: bank items that are copies of the given images or videos, or groups in the bank."""
-    fb = _fb(bank, weights, device, precision, batch_size, max_frames=max_frames)
+    fb = _fb(bank, weights, device, precision, batch_size, max_frames=max_frames, max_pixels=max_pixels)
     b = fb.open_bank()  # a missing bank is the first thing to report, before loading any model
     try:
         params = fb.dedup_params(b, pdq_threshold=pdq_threshold, embedding_threshold=threshold,
