@@ -330,6 +330,20 @@ def test_animated_image_gives_first_frame(tmp_path, fmt):
     assert np.abs(a - (250, 0, 0)).max() <= 8
 
 
+def test_heic_photo_decodes_like_its_source(tmp_path):
+    """HEIC, the iPhone's default: written here with pillow-heif's encoder, read back through Pillow; and
+    sniffed as an image, not a video (it is an ISO-BMFF file like an MP4)."""
+    from fakebank import video as vid
+
+    src = load_rgb(BRIDGE).resize((320, 240))
+    path = tmp_path / "IMG_0001.HEIC"
+    src.save(path, format="HEIF", quality=95)
+    img = load_rgb(path)
+    assert img.size == src.size and img.mode == "RGB"
+    assert np.abs(np.asarray(img, np.int16) - np.asarray(src, np.int16)).mean() < 4  # lossy, but the same picture
+    assert not vid.is_video(str(path), path.read_bytes()[:vid.SNIFF_BYTES])
+
+
 # --- inputs and errors ----------------------------------------------------------------------------------
 
 

@@ -33,6 +33,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fakebank.errors import InputError, TooLargeError
 
+try:  # HEIC/HEIF, the iPhone's photo format: Pillow reads it through this plugin
+    from pillow_heif import register_heif_opener
+except ImportError:  # pragma: no cover - a dependency; without it HEIC is refused as unreadable
+    pass
+else:
+    register_heif_opener()
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
