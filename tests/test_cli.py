@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import shutil
@@ -203,6 +204,10 @@ def test_usage_errors_exit_2(tmp_path, photos, bank):
     assert code == 2 and "no item with id 99" in err
     code, lines, _ = run("query", photos / "img0.png", "--bank", bank, "--max-pixels", "1000", "--json")
     assert code == 1 and "more than the limit of 1,000" in lines[0]["error"]  # the guard the message names exists
+    code, _, err = run("add", photos, "--bank", tmp_path / "r", "--ray-workers", "4")  # ignored before
+    assert code == 2 and "need --ray" in err and not (tmp_path / "r").exists()
+    code, _, err = run("dupes", "--bank", bank, "--signals", "")
+    assert code == 2 and "non-empty subset" in " ".join(err.split())
     code, _, err = run("remove", "3", "x7", "--bank", bank)  # the bad value is named; nothing is removed
     assert code == 2 and "not 'x7'" in err and len(Bank.open(bank)) == 5
     assert run("add", tmp_path / "empty-dir-does-not-exist-but-is-file.jpg", "--bank", bank)[0] == 1
@@ -239,6 +244,12 @@ def test_a_read_only_bank_is_read_and_refuses_writes_with_a_message(tmp_path, ph
     (tmp_path / "notabank").write_text("x")
     code, _, err = run("add", photos / "img1.png", "--bank", tmp_path / "notabank")
     assert code == 2 and "is a file, not a bank folder" in " ".join(err.split())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="Ray is installed here")
+def test_add_ray_without_ray_says_so_before_loading_a_model_or_making_a_bank(tmp_path, photos):
+    code, _, err = run("add", photos, "--bank", tmp_path / "b", "--ray", "local", "--weights", "hf:nobody/none")
+    assert code == 2 and "--ray needs Ray Data" in err and not (tmp_path / "b").exists()
 
 
 def test_calibrate_stores_fusion(tmp_path, photos, bank):

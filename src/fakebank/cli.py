@@ -162,6 +162,12 @@ def add(
     ray_gpus: Annotated[float, typer.Option("--ray-gpus", min=0, help="GPUs per actor (with --ray).")] = 0,
 ) -> None:
     """Embed images and videos and add them to the bank (resumable: what is already there is skipped)."""
+    if ray:
+        from fakebank.raydata import check_installed
+
+        check_installed()
+    elif ray_workers != 2 or ray_gpus:
+        raise UsageError("--ray-workers and --ray-gpus need --ray (extraction on a Ray cluster)")
     fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames, max_pixels)
     files = list(paths) if ray else expand_inputs(paths, recursive)
     if not files:
@@ -426,7 +432,10 @@ def import_(
         if r["note"]:
             err.print(_styled("note:", "yellow", " " + r["note"]))
         out.print(f"{r['path']} ({r['format']}): {_count(r['signals'], 'signal')} → {r['added']} added, {r['updated']} updated, "
-                  f"{r['unchanged']} unchanged, {r['error_count']} bad lines skipped")
+                  f"{r['unchanged']} unchanged, "
+                  + (f"{r['repeated_in_list']} repeated in the list (the last one counts), "
+                     if r.get("repeated_in_list") else "")
+                  + f"{r['error_count']} bad lines skipped")
     if r["error_count"]:
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -667,7 +676,7 @@ def dupes(
     try:
         params = fb.dedup_params(b, pdq_threshold=pdq_threshold, embedding_threshold=threshold,
                                  local_min_inliers=min_inliers, local_min_spread=min_spread,
-                                 signals=tuple(x.strip() for x in signals.split(",")) if signals else None)
+                                 signals=tuple(x.strip() for x in signals.split(",")) if signals is not None else None)
     except FakebankError as e:
         raise typer.BadParameter(str(e)) from None
     if save:

@@ -87,6 +87,14 @@ class _Embed:
         return {"result": column}
 
 
+def check_installed() -> None:
+    """Before any model loads or any bank is made: --ray without Ray is a usage error."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--ray needs Ray Data: pip install 'fakebank[ray]'")
+
+
 def extract(paths: Sequence[str], *, address: str, weights: str | None, device: str, precision: str,
             batch_size: int, workers: int, gpus: float, store: str | None, bank_path: str,
             skip_known: bool) -> Iterator:
