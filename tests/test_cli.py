@@ -163,6 +163,14 @@ def test_info_shows_the_dedup_settings_that_matching_uses(bank):
     _, (info,), _ = run("info", "--bank", bank, "--json")
     assert info["dedup"] == Fakebank(bank).dedup_params().to_dict()  # what query's match and dupes read
     assert (info["dedup"]["pdq_threshold"], info["dedup"]["signals"]) == (4, ["pdq"])
+    assert info["dedup"]["source"].startswith("stored by dupes --save")  # what is in force, not the last flags
+    # a second save with one more override keeps the first save's settings and says it was stored
+    code, _, err = run("dupes", "--min-inliers", "30", "--save", "--bank", bank, "--json")
+    said = " ".join(err.split())
+    assert code == 0 and "pdq_threshold=4 " in said and "signals=pdq " in said and "{" not in said
+    _, (info,), _ = run("info", "--bank", bank, "--json")
+    assert (info["dedup"]["pdq_threshold"], info["dedup"]["local_min_inliers"]) == (4, 30)
+    assert "overridden" not in info["dedup"]["source"]
     # the fusion block no longer carries a second, unused copy threshold (it said 31)
     assert not {"pdq_threshold", "duplicate_similarity"} & set(info["fusion"])
     res = runner.invoke(app, ["info", "--bank", str(bank)])

@@ -492,8 +492,9 @@ class Fakebank:
 
     def save_dedup_params(self, params: DedupParams) -> None:
         """Store thresholds in the bank's manifest: `query`'s match and `dupes` use them from then on."""
+        stored = replace(params, source=f"stored by dupes --save, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
         with self._write_lock, self.writer(with_model=False) as w:
-            w.set_manifest_entry("dedup", params.to_dict())
+            w.set_manifest_entry("dedup", stored.to_dict())
 
     def query_record(self, path: str, sha256: str, d: Decision) -> dict:
         return {

@@ -681,7 +681,9 @@ def dupes(
         raise typer.BadParameter(str(e)) from None
     if save:
         fb.save_dedup_params(params)
-        err.print(f"thresholds stored in {fb.store.location}: {params.to_dict()}", markup=False)
+        err.print(f"thresholds stored in {fb.store.location}: " + " ".join(
+            f"{k}={','.join(v) if k == 'signals' else v}" for k, v in params.to_dict().items() if k != "source"),
+            markup=False)
     if not paths:
         with _progress(len(b), "grouping", as_json) as tick:
             n = 0

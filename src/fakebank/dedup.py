@@ -171,7 +171,9 @@ class DedupParams:
         given = {k: v for k, v in overrides.items() if v is not None}
         if not given:
             return self
-        return replace(self, **given, source="overridden: " + ", ".join(f"{k}={v}" for k, v in sorted(given.items())))
+        shown = {k: ",".join(v) if k == "signals" else v for k, v in sorted(given.items())}
+        return replace(self, **given, source=f"{self.source}, overridden here: "
+                       + ", ".join(f"{k}={v}" for k, v in shown.items()))
 
 
 @dataclass(frozen=True)
