@@ -239,7 +239,7 @@ def test_a_read_only_bank_is_read_and_refuses_writes_with_a_message(tmp_path, ph
     for args in (("label", "1", "--label", "real"), ("remove", "1"), ("compact",), ("campaigns",),
                  ("add", photos / "img1.png")):
         code, _, err = run(*args, "--bank", copy)
-        assert code == 2 and "is read-only for this user" in " ".join(err.split()) and "Traceback" not in err, args
+        assert code == 2 and "is read-only here (the folder is not writable for this user)" in " ".join(err.split()) and "Traceback" not in err, args
     assert http_status(ReadOnlyError("x")) == 403
     monkeypatch.undo()
     for code_, words in ((errno.EROFS, "a read-only mount"), (errno.EACCES, "Permission denied on bank.lock")):

@@ -28,7 +28,7 @@ from fakebank.dedup import EMBEDDING_K, DedupParams, Probe, pdq_distance, report
 from fakebank.dedup import find as dedup_find
 from fakebank.dedup import groups as dedup_groups
 from fakebank.index import ANN_FACTORY, ANN_MIN_ROWS, MIH_MIN_ROWS
-from fakebank.outputs import check_output_file, write_failed
+from fakebank.outputs import check_output_file, writing
 from fakebank.pdq import PDQ_MATCH_THRESHOLD, PDQ_MIN_QUALITY
 from fakebank.preprocess import DEFAULT_MAX_PIXELS
 from fakebank.signals import LOCAL_BANK_FEATURES
@@ -430,11 +430,8 @@ class Fakebank:
             record["p_model"] = round(float(self.extractor.embed_pixels(pixels[None])[1][0]), 6)
             record["deletion"] = None
         if out is not None:
-            try:
-                out.parent.mkdir(parents=True, exist_ok=True)
+            with writing(out, "--out"):
                 heat.overlay().save(out, format="PNG")
-            except OSError as e:
-                raise write_failed(out, "--out", e) from e
             record["heatmap"]["overlay"] = str(out)
         record["model"] = self.model_record()
         return record
@@ -896,11 +893,8 @@ class Fakebank:
         from fakebank.campaigns import write_report
 
         path = check_output_file(path, "--report", example="campaigns.html")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        with writing(path, "--report"):
             return write_report(path, bank, records, result.events, params=result.params)
-        except OSError as e:
-            raise write_failed(path, "--report", e) from e
 
     def calibrate(self, folder: str | os.PathLike, *, k: int = DEFAULT_K, force: bool = False) -> dict:
         """Fit the fusion weights on DIR/fake and DIR/real against this bank; store them in the manifest

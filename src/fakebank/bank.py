@@ -1118,6 +1118,11 @@ def _open_format_1(path: Path, manifest: dict) -> Bank:
     return Bank(path, manifest, [Segment(path, entry, dim, table=table)], Deltas.empty())
 
 
+def check_bank_path(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise BankError(f"{path} is a file, not a bank folder; pick another --bank")
+
+
 def open_lock_file(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
@@ -1187,8 +1192,7 @@ class BankWriter:
         self._quantizer_entry: dict | None = None  # trained by this writer, not yet in a manifest
 
     def __enter__(self) -> BankWriter:
-        if self.path.exists() and not self.path.is_dir():
-            raise BankError(f"{self.path} is a file, not a bank folder; pick another --bank")
+        check_bank_path(self.path)
         if not (self.path / MANIFEST).is_file():
             if not self.create:
                 read_manifest(self.path)  # raises the right message
@@ -1629,18 +1633,20 @@ class BankWriter:
     # -- lock ---------------------------------------------------------------------------------------
 
     def _acquire_lock(self) -> None:
+        why = None
         try:
             fd = open_lock_file(self.path / LOCK_FILE)
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
-            where = f"{e.strerror} on {LOCK_FILE}" + (", a read-only mount" if e.errno == errno.EROFS else "")
-            raise ReadOnlyError(f"{self.path} is read-only here ({where}): it can be queried but not changed; "
-                                "write to a copy you own, or ask the bank's owner") from None
-        if not folder_writable(self.path):
-            os.close(fd)
-            raise ReadOnlyError(f"{self.path} is read-only for this user (the folder is not writable): it can be "
-                                "queried but not changed; write to a copy you own, or ask the bank's owner")
+            why = f"{e.strerror} on {LOCK_FILE}" + (", a read-only mount" if e.errno == errno.EROFS else "")
+        else:
+            if not folder_writable(self.path):
+                os.close(fd)
+                why = "the folder is not writable for this user"
+        if why is not None:
+            raise ReadOnlyError(f"{self.path} is read-only here ({why}): it can be queried but not changed; "
+                                "write to a copy you own, or ask the bank's owner")
         deadline = time.monotonic() + self.lock_timeout
         said = False
         while True:

@@ -23,8 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from fakebank.api import DEFAULT_K, Fakebank, expand_inputs
+from fakebank.dedup import DedupParams
 from fakebank.errors import EXIT_SOME_FAILED, BankError, FakebankError, UsageError
-from fakebank.outputs import check_output_file, write_failed
+from fakebank.outputs import check_output_file, writing
 from fakebank.preprocess import DEFAULT_MAX_PIXELS
 from fakebank.video import DEFAULT_MAX_FRAMES, STRATEGIES, write_vpdq
 
@@ -158,7 +159,8 @@ def add(
     ray: Annotated[Optional[str], typer.Option(
         "--ray", help="Extract on a Ray cluster: local (start one here), auto, or ray://HEAD:10001. PATHS may then "
         "also be listings (.txt, a path or URI a line) and URIs (s3://…); images only.")] = None,
-    ray_workers: Annotated[int, typer.Option("--ray-workers", min=1, help="Extraction actors (with --ray).")] = 2,
+    ray_workers: Annotated[Optional[int], typer.Option(
+        "--ray-workers", min=1, help="Extraction actors (with --ray) [default: 2].")] = None,
     ray_gpus: Annotated[float, typer.Option("--ray-gpus", min=0, help="GPUs per actor (with --ray).")] = 0,
 ) -> None:
     """Embed images and videos and add them to the bank (resumable: what is already there is skipped)."""
@@ -166,7 +168,7 @@ def add(
         from fakebank.raydata import check_installed
 
         check_installed()
-    elif ray_workers != 2 or ray_gpus:
+    elif ray_workers is not None or ray_gpus:
         raise UsageError("--ray-workers and --ray-gpus need --ray (extraction on a Ray cluster)")
     fb = _fb(bank, weights, device, precision, batch_size, positive_label, max_frames, max_pixels)
     files = list(paths) if ray else expand_inputs(paths, recursive)
@@ -193,7 +195,7 @@ def add(
 
     try:
         with _progress(len(files), "adding", as_json) as tick:
-            records = fb.add_ray(files, address=ray, workers=ray_workers, gpus=ray_gpus, recursive=recursive,
+            records = fb.add_ray(files, address=ray, workers=ray_workers or 2, gpus=ray_gpus, recursive=recursive,
                                  label=label, source=source, campaign=campaign, note=note) if ray else \
                 fb.add(files, label=label, source=source, campaign=campaign, note=note)
             for r in records:
@@ -348,8 +350,7 @@ def info(bank: BankOpt = None, as_json: JsonOpt = False) -> None:
     out.print(f"fusion      w_model={f['w_model']:.3f} w_knn={f['w_knn']:.3f} bias={f['bias']:.3f} "
               f"min_sim={f['min_similarity']} ({f['source']})")
     d = r["dedup"]  # the copy decision's settings, as `dupes --save` stores them
-    out.print("dedup       " + " ".join(f"{k}={','.join(v) if k == 'signals' else v}" for k, v in d.items()
-                                        if k != "source") + f" ({d['source']})")
+    out.print(f"dedup       {DedupParams.from_dict(d).describe()} ({d['source']})")
     out.print(f"updated     {r['updated_at']}")
     st = r.get("storage")
     if st and "segments" in st:
@@ -681,9 +682,7 @@ def dupes(
         raise typer.BadParameter(str(e)) from None
     if save:
         fb.save_dedup_params(params)
-        err.print(f"thresholds stored in {fb.store.location}: " + " ".join(
-            f"{k}={','.join(v) if k == 'signals' else v}" for k, v in params.to_dict().items() if k != "source"),
-            markup=False)
+        err.print(f"thresholds stored in {fb.store.location}: {params.describe()}", markup=False)
     if not paths:
         with _progress(len(b), "grouping", as_json) as tick:
             n = 0
@@ -738,11 +737,8 @@ def vpdq(
     if output is None:
         write_vpdq(features, sys.stdout)
     else:
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
+        with writing(output, "--output"):
             write_vpdq(features, output)
-        except OSError as e:
-            raise write_failed(output, "--output", e) from e
         err.print(f"{len(features)} frame hashes → {output}", markup=False, highlight=False)
 
 

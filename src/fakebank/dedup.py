@@ -171,9 +171,15 @@ class DedupParams:
         given = {k: v for k, v in overrides.items() if v is not None}
         if not given:
             return self
-        shown = {k: ",".join(v) if k == "signals" else v for k, v in sorted(given.items())}
-        return replace(self, **given, source=f"{self.source}, overridden here: "
-                       + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        return replace(self, **given, source=f"{self.source}, overridden here: " + _settings(sorted(given.items())))
+
+    def describe(self) -> str:
+        """The settings for reading: `pdq_threshold=31 … signals=pdq,local`."""
+        return _settings((k, v) for k, v in self.to_dict().items() if k != "source")
+
+
+def _settings(items) -> str:
+    return " ".join(f"{k}={','.join(v) if k == 'signals' else v}" for k, v in items)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from fakebank.bank import (
 )
 from fakebank.errors import InputError, UsageError
 from fakebank.outputs import check_output_file
+from fakebank.video import looks_like_vpdq
 
 FORMATS = ("local_file", "csv", "fakebank")
 SIGNAL_TYPE = "pdq"  # the one hash fakebank matches; others are reported per line, not imported
@@ -100,9 +101,6 @@ def detect_format(head: bytes) -> str:
     return "csv" if "signal_type" in [c.strip() for c in first.split(",")] else "local_file"
 
 
-_VPDQ_LINE = re.compile(r"\d+,\d+,[0-9a-f]{64},[0-9.]+\s*$", re.M)  # frame_number,quality,pdq_hex,timestamp
-
-
 def read_list(path: str | Path, fmt: str | None = None, *, signal_type: str | None = None,
               label: str = "fake", source: str | None = None) -> HashList:
     """Parse a hash list; every bad line is reported with its number, the good ones are kept.
@@ -139,7 +137,7 @@ def read_list(path: str | Path, fmt: str | None = None, *, signal_type: str | No
             raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it a hash list?") from None
         except csv.Error as e:  # a field over the csv module's bound (128 KiB) or a broken quote
             raise InputError(f"{path}: not readable as CSV ({e}); is it a hash list?") from None
-    if not out.signals and out.error_count and _VPDQ_LINE.match(head.decode("utf-8", "replace")):
+    if not out.signals and out.error_count and looks_like_vpdq(head.decode("utf-8", "replace")):
         raise InputError(f"{path}: a vPDQ file (one video's frame hashes), not a hash list; add the video itself "
                          "with `add`, or match it with `query` or the HMA API's signal_type=vpdq")
     if not out.signals and not out.error_count:
@@ -357,11 +355,9 @@ class ExportFilter:
             analyst |= set(pc.unique(t.column("campaign")).to_pylist())
             if self.campaign in analyst:
                 return ids
-        names = sorted({n for n in analyst if n} | (set(stored.column("campaign").to_pylist()) if stored is not None else set()))
-        raise UsageError(f"no item is in campaign {self.campaign!r}; "
-                         + (f"campaigns: {', '.join(names[:20])}{' …' if len(names) > 20 else ''}"
-                            if names else "run `fakebank campaigns` to compute campaigns"))
-        return ids
+        computed = set(stored.column("campaign").to_pylist()) if stored is not None else set()
+        raise _unknown("is in campaign", "campaigns", self.campaign, analyst | computed,
+                       "run `fakebank campaigns` to compute campaigns")
 
 
 def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str],
@@ -382,10 +378,14 @@ def export_batches(bank: Bank, flt: ExportFilter, names: Sequence[str],
         if len(t):
             yield t.select(list(names))
     if flt.source is not None and flt.source not in sources:
-        names_ = sorted(s for s in sources if s)
-        raise UsageError(f"no item has source {flt.source!r}; "
-                         + (f"sources: {', '.join(names_[:20])}{' …' if len(names_) > 20 else ''}" if names_
-                            else "no item has a source (give one with `add --source`)"))
+        raise _unknown("has source", "sources", flt.source, sources, "no item has a source (give one with `add --source`)")
+
+
+def _unknown(what: str, kind: str, wanted: str, there: set, otherwise: str) -> UsageError:
+    """A filter value no item has (a typo would send a partner an empty list), with the values there are."""
+    names = sorted(n for n in there if n)
+    return UsageError(f"no item {what} {wanted!r}; "
+                      + (f"{kind}: {', '.join(names[:20])}{' …' if len(names) > 20 else ''}" if names else otherwise))
 
 
 def check_list_path(path: Path) -> None:

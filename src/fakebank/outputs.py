@@ -4,6 +4,8 @@ written, and a failure at the end named as the user's path, not an OSError trace
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fakebank.errors import UsageError
@@ -35,6 +37,13 @@ def _special(path: Path) -> bool:
     return any(p.parts[:2] in (("/", "dev"), ("/", "proc")) for p in (path.absolute(), path.resolve()))
 
 
-def write_failed(path: str | os.PathLike, option: str, e: OSError) -> UsageError:
-    return UsageError(f"{option} {path}: could not be written ({e.strerror or e}); name a file in a folder you "
-                      "can write to, with free space")
+@contextmanager
+def writing(path: Path, option: str) -> Iterator[None]:
+    """Around the write of a checked `path`: its missing folders are made, and a failure (a full disk, a
+    path that refuses files) is named as the user's option and path."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield
+    except OSError as e:
+        raise UsageError(f"{option} {path}: could not be written ({e.strerror or e}); name a file in a folder you "
+                         "can write to, with free space") from e

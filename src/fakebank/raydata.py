@@ -87,12 +87,15 @@ class _Embed:
         return {"result": column}
 
 
+NEEDS_RAY = "--ray needs Ray Data: pip install 'fakebank[ray]'"
+
+
 def check_installed() -> None:
     """Before any model loads or any bank is made: --ray without Ray is a usage error."""
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        raise UsageError("--ray needs Ray Data: pip install 'fakebank[ray]'")
+        raise UsageError(NEEDS_RAY)
 
 
 def extract(paths: Sequence[str], *, address: str, weights: str | None, device: str, precision: str,
@@ -103,7 +106,7 @@ def extract(paths: Sequence[str], *, address: str, weights: str | None, device: 
         import numpy as np
         import ray
     except ImportError as e:
-        raise UsageError("--ray needs Ray Data: pip install 'fakebank[ray]'") from e
+        raise UsageError(NEEDS_RAY) from e
     if workers < 1:
         raise UsageError(f"--ray-workers must be ≥ 1, not {workers}")
     if not ray.is_initialized():

@@ -21,8 +21,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fakebank.bank import MANIFEST, Bank, BankWriter, read_manifest
-from fakebank.errors import BankError, ReadOnlyError, UsageError
+from fakebank.bank import MANIFEST, Bank, BankWriter, check_bank_path, read_manifest
+from fakebank.errors import ReadOnlyError, UsageError
 
 STORE_ENV = "FAKEBANK_STORE"
 FOLDER = "folder"
@@ -38,8 +38,7 @@ class FolderStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        if self.path.is_file():  # before a model is loaded for it
-            raise BankError(f"{self.path} is a file, not a bank folder; pick another --bank")
+        check_bank_path(self.path)  # before a model is loaded for it
         self.write_lock = threading.Lock()  # one writer per process; the bank's flock covers processes
         self._lock = threading.Lock()
         self._snapshot: tuple[tuple | None, Bank] | None = None

@@ -471,6 +471,12 @@ def write_vpdq(features: Sequence[VpdqFeature], out: str | os.PathLike | io.Text
         out.write(text)
 
 
+def looks_like_vpdq(text: str) -> bool:
+    """Whether the first non-blank line is a vPDQ hash line (`frame_number,quality,pdq_hex,timestamp`)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return _VPDQ_LINE.match(first) is not None
+
+
 def read_vpdq(source: str | os.PathLike | io.TextIOBase) -> list[VpdqFeature]:
     """Parse vPDQ hash lines (vpdq-hash-video's output, or `write_vpdq`'s); blank lines are skipped and
     any other malformed line is an InputError naming its number."""
